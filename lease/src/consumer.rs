@@ -1,0 +1,477 @@
+//! One task per leased shard: read (paced), de-aggregate, hand batches to
+//! the processor, and finish the shard. It never writes a lease except
+//! through its fenced [`Checkpointer`].
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::kpl;
+use crate::metrics::Metrics;
+use crate::processor::{Batch, CheckpointOutcome, Checkpointer, RecordProcessor, ShardStart};
+use crate::retry;
+use crate::store::{LeaseStore, LeaseUpdate, OwnerChange, StoreError};
+use crate::stream::{ChildShard, RawRecord, StreamError, StreamSource};
+use crate::types::{
+    Checkpoint, ExtendedSequence, Lease, Record, SequenceNumber, ShardId, StartPosition,
+};
+
+/// Why a consumer was asked to stop gracefully.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// The worker is stopping: checkpoint and release.
+    Shutdown,
+    /// Another worker asked for the lease: checkpoint and hand it over.
+    Handoff { to: String },
+}
+
+/// The switches the coordinator holds for one consumer.
+#[derive(Clone, Default)]
+pub struct ConsumerControl {
+    /// Graceful stop after the in-flight batch.
+    pub stop: CancellationToken,
+    /// The lease is lost: stop at once, checkpoint nothing.
+    pub lost: CancellationToken,
+    reason: Arc<Mutex<Option<StopReason>>>,
+}
+
+impl ConsumerControl {
+    pub fn request_stop(&self, reason: StopReason) {
+        let mut slot = self.reason.lock().expect("lock");
+        if slot.is_none() {
+            *slot = Some(reason);
+        }
+        self.stop.cancel();
+    }
+    pub fn stop_reason(&self) -> Option<StopReason> {
+        self.reason.lock().expect("lock").clone()
+    }
+}
+
+/// How a consumer ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConsumerExit {
+    /// Read to the end, `SHARD_END` written, lease released.
+    Ended,
+    /// The lease moved away.
+    Lost,
+    /// Stopped as asked, after a final checkpoint.
+    Stopped(StopReason),
+    /// The shard no longer exists.
+    Vanished,
+}
+
+/// Everything a consumer needs.
+pub struct ConsumerContext {
+    pub lease: Lease,
+    pub store: Arc<dyn LeaseStore>,
+    pub stream: Arc<dyn StreamSource>,
+    pub processor: Box<dyn RecordProcessor>,
+    pub control: ConsumerControl,
+    pub metrics: Arc<Metrics>,
+    pub poll_interval: Duration,
+    pub max_records: u32,
+    /// Poked when the shard ended, so the sync runs at once.
+    pub shard_ended: Arc<tokio::sync::Notify>,
+}
+
+/// Where to (re)open the iterator, and the position to skip through.
+fn start_for(checkpoint: &Checkpoint) -> (StartPosition, Option<ExtendedSequence>) {
+    match checkpoint {
+        Checkpoint::TrimHorizon | Checkpoint::ShardEnd => (StartPosition::TrimHorizon, None),
+        Checkpoint::Latest => (StartPosition::Latest, None),
+        Checkpoint::AtTimestamp(millis) => (
+            StartPosition::AtTimestamp(UNIX_EPOCH + Duration::from_millis((*millis).max(0) as u64)),
+            None,
+        ),
+        // AT the sequence number, skipping what is checkpointed: a
+        // checkpoint inside an aggregate resumes at the next sub-record.
+        Checkpoint::At(position) => (
+            StartPosition::AtSequence(position.sequence.clone()),
+            Some(position.clone()),
+        ),
+    }
+}
+
+/// Turns Kinesis records into user records: aggregates are split, and an
+/// aggregate that fails to split is delivered once, whole, flagged.
+pub fn user_records(raw: &[RawRecord], metrics: &Metrics) -> Vec<Record> {
+    let mut out = Vec::with_capacity(raw.len());
+    for record in raw {
+        if kpl::is_aggregate(&record.data) {
+            match kpl::deaggregate(&record.data) {
+                Ok(subs) => {
+                    for (index, sub) in subs.into_iter().enumerate() {
+                        out.push(Record {
+                            data: sub.data,
+                            partition_key: sub.partition_key,
+                            explicit_hash_key: sub.explicit_hash_key,
+                            position: ExtendedSequence {
+                                sequence: record.sequence.clone(),
+                                sub_sequence: index as u64,
+                            },
+                            arrival: record.arrival,
+                            bad_aggregate: None,
+                        });
+                    }
+                    continue;
+                }
+                Err(reason) => {
+                    Metrics::add(&metrics.bad_aggregates_total, 1);
+                    warn!(sequence = %record.sequence, reason = %reason, "bad aggregate delivered as is");
+                    out.push(Record {
+                        data: record.data.clone(),
+                        partition_key: record.partition_key.clone(),
+                        explicit_hash_key: None,
+                        position: ExtendedSequence {
+                            sequence: record.sequence.clone(),
+                            sub_sequence: 0,
+                        },
+                        arrival: record.arrival,
+                        bad_aggregate: Some(reason.to_string()),
+                    });
+                    continue;
+                }
+            }
+        }
+        out.push(Record {
+            data: record.data.clone(),
+            partition_key: record.partition_key.clone(),
+            explicit_hash_key: None,
+            position: ExtendedSequence {
+                sequence: record.sequence.clone(),
+                sub_sequence: 0,
+            },
+            arrival: record.arrival,
+            bad_aggregate: None,
+        });
+    }
+    out
+}
+
+/// Runs one shard until it ends, is lost, or is stopped.
+pub async fn run(mut ctx: ConsumerContext) -> ConsumerExit {
+    let shard = ctx.lease.key.clone();
+    let checkpointer = Checkpointer::new(
+        ctx.store.clone(),
+        ctx.lease.fence(),
+        ctx.lease.checkpoint.clone(),
+        ctx.control.lost.clone(),
+        ctx.metrics.clone(),
+    );
+    let start = ShardStart {
+        shard: shard.clone(),
+        checkpoint: ctx.lease.checkpoint.clone(),
+        fence: ctx.lease.fence(),
+    };
+    if let Err(error) = ctx.processor.initialize(&start).await {
+        error!(shard_id = %shard, error = %error, "processor failed to initialize; releasing after stop");
+    }
+    let (first_start, mut skip_through) = start_for(&ctx.lease.checkpoint);
+    let mut last_sequence: Option<SequenceNumber> = None;
+    let mut iterator: Option<String> = None;
+    let mut next_call = Instant::now();
+    let mut failures: u32 = 0;
+    loop {
+        if ctx.control.lost.is_cancelled() {
+            ctx.processor.lease_lost().await;
+            return ConsumerExit::Lost;
+        }
+        if ctx.control.stop.is_cancelled() {
+            return stop(&mut ctx, &checkpointer).await;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(next_call) => {}
+            _ = ctx.control.stop.cancelled() => continue,
+            _ = ctx.control.lost.cancelled() => continue,
+        }
+        let current = match &iterator {
+            Some(current) => current.clone(),
+            None => {
+                let position = match &last_sequence {
+                    Some(sequence) => StartPosition::AfterSequence(sequence.clone()),
+                    None => first_start.clone(),
+                };
+                match ctx.stream.shard_iterator(&shard, &position).await {
+                    Ok(fresh) => {
+                        iterator = Some(fresh.clone());
+                        fresh
+                    }
+                    Err(error) => match on_error(&shard, &error, &mut failures, &ctx.metrics) {
+                        Some(delay) => {
+                            next_call = Instant::now() + delay;
+                            continue;
+                        }
+                        None => return ConsumerExit::Vanished,
+                    },
+                }
+            }
+        };
+        let page = match ctx.stream.get_records(&current, ctx.max_records).await {
+            Ok(page) => page,
+            Err(StreamError::ExpiredIterator) => {
+                debug!(shard_id = %shard, "iterator expired; re-requesting");
+                iterator = None;
+                continue;
+            }
+            Err(error) => match on_error(&shard, &error, &mut failures, &ctx.metrics) {
+                Some(delay) => {
+                    next_call = Instant::now() + delay;
+                    continue;
+                }
+                None => return ConsumerExit::Vanished,
+            },
+        };
+        failures = 0;
+        next_call = Instant::now() + ctx.poll_interval;
+        Metrics::add(&ctx.metrics.get_records_total, 1);
+        Metrics::add(&ctx.metrics.records_read_total, page.records.len() as u64);
+        Metrics::add(
+            &ctx.metrics.bytes_read_total,
+            page.records.iter().map(|r| r.data.len() as u64).sum(),
+        );
+        if let Some(behind) = page.millis_behind {
+            Metrics::set(&ctx.metrics.millis_behind_latest, behind);
+        }
+        if let Some(last) = page.records.last() {
+            last_sequence = Some(last.sequence.clone());
+        }
+        let mut records = user_records(&page.records, &ctx.metrics);
+        if let Some(through) = skip_through.take() {
+            records.retain(|record| record.position > through);
+        }
+        if !records.is_empty() {
+            Metrics::add(&ctx.metrics.user_records_total, records.len() as u64);
+            let batch = Batch {
+                shard: shard.clone(),
+                records,
+                millis_behind_latest: page.millis_behind,
+            };
+            if !deliver(&mut ctx, &batch, &checkpointer).await {
+                continue; // lost or stopping: the loop head decides
+            }
+        }
+        iterator = page.next.clone();
+        if page.next.is_none() {
+            return finish(&mut ctx, &checkpointer, page.children).await;
+        }
+    }
+}
+
+/// Offers a batch until the processor takes it; false when the lease was
+/// lost or a stop arrived while retrying.
+async fn deliver(ctx: &mut ConsumerContext, batch: &Batch, checkpointer: &Checkpointer) -> bool {
+    let mut attempt: u32 = 0;
+    loop {
+        match ctx.processor.process_records(batch, checkpointer).await {
+            Ok(()) => return !checkpointer.is_lost(),
+            Err(error) => {
+                attempt += 1;
+                let delay = Duration::from_millis(100u64 << attempt.min(7));
+                error!(shard_id = %batch.shard, error = %error, attempt, "processor failed; offering the batch again");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = ctx.control.lost.cancelled() => return false,
+                    _ = ctx.control.stop.cancelled() => return false,
+                }
+            }
+        }
+    }
+}
+
+fn on_error(
+    shard: &ShardId,
+    error: &StreamError,
+    failures: &mut u32,
+    metrics: &Metrics,
+) -> Option<Duration> {
+    *failures = failures.saturating_add(1);
+    let backoff = retry_delay(*failures);
+    match error {
+        StreamError::NotFound(_) => {
+            error!(shard_id = %shard, error = %error, "shard vanished; reader stops");
+            None
+        }
+        StreamError::Throttled(_) => {
+            Metrics::add(&metrics.get_records_throttles_total, 1);
+            debug!(shard_id = %shard, retry_in_ms = backoff.as_millis() as u64, "throttled");
+            Some(backoff)
+        }
+        StreamError::Unavailable(_) | StreamError::ExpiredIterator => {
+            warn!(shard_id = %shard, error = %error, "stream call failed; retrying");
+            Some(backoff)
+        }
+        StreamError::Other(_) => {
+            error!(shard_id = %shard, error = %error, "unexpected stream error; retrying");
+            Some(backoff)
+        }
+    }
+}
+
+/// Exponential backoff with full jitter, capped at 5 s.
+fn retry_delay(failures: u32) -> Duration {
+    use rand::Rng;
+    let cap = 50u64.saturating_mul(1 << failures.min(7)).min(5_000);
+    Duration::from_millis(rand::thread_rng().gen_range(cap / 2..=cap))
+}
+
+async fn stop(ctx: &mut ConsumerContext, checkpointer: &Checkpointer) -> ConsumerExit {
+    let reason = ctx.control.stop_reason().unwrap_or(StopReason::Shutdown);
+    if let Err(error) = ctx.processor.shutdown_requested(checkpointer).await {
+        warn!(shard_id = %ctx.lease.key, error = %error, "processor failed its final checkpoint");
+    }
+    if checkpointer.is_lost() {
+        ctx.processor.lease_lost().await;
+        return ConsumerExit::Lost;
+    }
+    ConsumerExit::Stopped(reason)
+}
+
+async fn finish(
+    ctx: &mut ConsumerContext,
+    checkpointer: &Checkpointer,
+    children: Vec<ChildShard>,
+) -> ConsumerExit {
+    let shard = ctx.lease.key.clone();
+    loop {
+        match ctx.processor.shard_ended(checkpointer).await {
+            Ok(()) => break,
+            Err(error) => {
+                error!(shard_id = %shard, error = %error, "processor failed at shard end; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = ctx.control.lost.cancelled() => {
+                        ctx.processor.lease_lost().await;
+                        return ConsumerExit::Lost;
+                    }
+                }
+            }
+        }
+    }
+    let child_ids: Vec<ShardId> = children.iter().map(|child| child.id.clone()).collect();
+    let ids_for_update = child_ids.clone();
+    let outcome = checkpointer
+        .write(Checkpoint::ShardEnd, move |checkpoint| LeaseUpdate {
+            owner: OwnerChange::Clear,
+            checkpoint: Some(checkpoint),
+            pending_owner: Some(None),
+            children: if ids_for_update.is_empty() {
+                None
+            } else {
+                Some(ids_for_update.clone())
+            },
+        })
+        .await;
+    match outcome {
+        Ok(CheckpointOutcome::Committed) => {}
+        Ok(CheckpointOutcome::Lost) => {
+            ctx.processor.lease_lost().await;
+            return ConsumerExit::Lost;
+        }
+        Err(error) => {
+            error!(shard_id = %shard, error = %error, "could not checkpoint SHARD_END");
+            ctx.processor.lease_lost().await;
+            return ConsumerExit::Lost;
+        }
+    }
+    Metrics::add(&ctx.metrics.shards_ended_total, 1);
+    info!(shard_id = %shard, children = ?child_ids, "shard ended");
+    let mut created = false;
+    for child in children {
+        let mut lease = Lease::new(child.id.clone(), Checkpoint::TrimHorizon);
+        lease.parents = child.parents.clone();
+        lease.parents.sort();
+        lease.hash_range = Some(child.hash_range.clone());
+        let cancel = CancellationToken::new();
+        match retry::with_backoff(
+            || ctx.store.create_lease(&lease),
+            StoreError::is_retryable,
+            &cancel,
+        )
+        .await
+        {
+            Some(Ok(true)) => created = true,
+            Some(Ok(false)) => {}
+            Some(Err(error)) => {
+                warn!(shard_id = %child.id, error = %error, "could not create child lease; sync will")
+            }
+            None => {}
+        }
+    }
+    if created {
+        if let Err(error) = ctx.store.bump_epoch().await {
+            warn!(error = %error, "could not announce child leases");
+        }
+    }
+    ctx.shard_ended.notify_one();
+    ConsumerExit::Ended
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use std::time::SystemTime;
+
+    fn raw(sequence: &str, data: Vec<u8>) -> RawRecord {
+        RawRecord {
+            data: Bytes::from(data),
+            partition_key: "pk".into(),
+            sequence: SequenceNumber::parse(sequence).unwrap(),
+            arrival: SystemTime::now(),
+        }
+    }
+
+    #[test]
+    fn aggregates_split_and_bad_ones_are_flagged_once() {
+        let good = kpl::aggregate(&[
+            kpl::UserRecord {
+                partition_key: "a".into(),
+                explicit_hash_key: None,
+                data: Bytes::from_static(b"1"),
+            },
+            kpl::UserRecord {
+                partition_key: "b".into(),
+                explicit_hash_key: None,
+                data: Bytes::from_static(b"2"),
+            },
+        ]);
+        let mut bad = good.clone();
+        bad[6] ^= 0x55;
+        let metrics = Metrics::default();
+        let out = user_records(
+            &[
+                raw("1", b"plain".to_vec()),
+                raw("2", good),
+                raw("3", bad.clone()),
+            ],
+            &metrics,
+        );
+        assert_eq!(out.len(), 4);
+        assert_eq!(out[1].position.sub_sequence, 0);
+        assert_eq!(out[2].position.sub_sequence, 1);
+        assert_eq!(out[2].partition_key, "b");
+        assert_eq!(out[3].data.as_ref(), bad.as_slice());
+        assert!(out[3].bad_aggregate.is_some());
+        assert_eq!(
+            metrics
+                .bad_aggregates_total
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+    }
+
+    #[test]
+    fn resumes_after_the_checkpointed_sub_record() {
+        let position = ExtendedSequence {
+            sequence: SequenceNumber::parse("7").unwrap(),
+            sub_sequence: 2,
+        };
+        let (start, skip) = start_for(&Checkpoint::At(position.clone()));
+        assert_eq!(start, StartPosition::AtSequence(position.sequence.clone()));
+        assert_eq!(skip, Some(position));
+    }
+}
