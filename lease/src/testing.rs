@@ -1,1 +1,140 @@
+//! Test support: a running emulator per test binary (started through
+//! `ops/emulators`, stopped when the binary exits), SDK clients pointed at
+//! it, and random resource names. Only with the `testing` feature.
 
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+
+/// Which emulator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EmulatorKind {
+    /// DynamoDB, Kinesis (no resharding), CloudWatch, S3.
+    Ministack,
+    /// Kinesis with correct resharding.
+    KinesisMock,
+}
+
+impl EmulatorKind {
+    fn arg(self) -> &'static str {
+        match self {
+            EmulatorKind::Ministack => "ministack",
+            EmulatorKind::KinesisMock => "kinesis-mock",
+        }
+    }
+}
+
+/// A running emulator.
+#[derive(Debug)]
+pub struct Emulator {
+    pub endpoint: String,
+    pub pid: u32,
+}
+
+/// The `ops/emulators` script of this repository.
+pub fn emulators_script() -> String {
+    format!("{}/../ops/emulators", env!("CARGO_MANIFEST_DIR"))
+}
+
+impl Emulator {
+    /// Starts an emulator on a free loopback port; it stops when this
+    /// process exits (or when [`Emulator::stop`] is called).
+    pub fn start(kind: EmulatorKind) -> Emulator {
+        let output = Command::new("bash")
+            .arg(emulators_script())
+            .args(["start", kind.arg(), "--watch-pid"])
+            .arg(std::process::id().to_string())
+            .output()
+            .expect("run ops/emulators");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "ops/emulators start {} failed:\n{}{}",
+            kind.arg(),
+            stdout,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let field = |name: &str| {
+            stdout
+                .split_whitespace()
+                .find_map(|part| part.strip_prefix(name))
+                .unwrap_or_else(|| panic!("no {name} in {stdout}"))
+                .to_owned()
+        };
+        Emulator {
+            endpoint: field("endpoint="),
+            pid: field("pid=").parse().expect("pid"),
+        }
+    }
+
+    /// One emulator of each kind per test binary.
+    pub fn shared(kind: EmulatorKind) -> &'static Emulator {
+        static MINISTACK: OnceLock<Emulator> = OnceLock::new();
+        static KINESIS_MOCK: OnceLock<Emulator> = OnceLock::new();
+        let cell = match kind {
+            EmulatorKind::Ministack => &MINISTACK,
+            EmulatorKind::KinesisMock => &KINESIS_MOCK,
+        };
+        cell.get_or_init(|| Emulator::start(kind))
+    }
+
+    pub fn stop(&self) {
+        let _ = Command::new("bash")
+            .arg(emulators_script())
+            .args(["stop", &self.pid.to_string()])
+            .status();
+    }
+}
+
+/// SDK settings for an emulator: fixed region and dummy credentials.
+pub async fn sdk_config(endpoint: &str) -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "test", "test", None, None, "tests",
+        ))
+        .load()
+        .await
+}
+
+/// A name no other test uses.
+pub fn unique_name(prefix: &str) -> String {
+    format!("{prefix}-{:016x}", rand::random::<u64>())
+}
+
+/// Creates a stream and waits until it is ACTIVE.
+pub async fn create_stream(client: &aws_sdk_kinesis::Client, name: &str, shards: i32) {
+    client
+        .create_stream()
+        .stream_name(name)
+        .shard_count(shards)
+        .send()
+        .await
+        .expect("create stream");
+    wait_stream_active(client, name).await;
+}
+
+/// Waits until a stream is ACTIVE (after a create, split or merge).
+pub async fn wait_stream_active(client: &aws_sdk_kinesis::Client, name: &str) {
+    for _ in 0..200 {
+        let described = client
+            .describe_stream_summary()
+            .stream_name(name)
+            .send()
+            .await;
+        if let Ok(summary) = described {
+            if summary
+                .stream_description_summary()
+                .map(|d| d.stream_status() == &aws_sdk_kinesis::types::StreamStatus::Active)
+                .unwrap_or(false)
+            {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("stream {name} not ACTIVE after 20 s");
+}
