@@ -24,7 +24,13 @@ pub struct Cli {
     #[command(flatten)]
     pub common: Common,
     /// Log format on stderr.
-    #[arg(long, env = "TALLY_LOG_FORMAT", value_enum, default_value = "json", global = true)]
+    #[arg(
+        long,
+        env = "TALLY_LOG_FORMAT",
+        value_enum,
+        default_value = "json",
+        global = true
+    )]
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
@@ -108,7 +114,8 @@ async fn init(common: &Common, shards: i32) -> anyhow::Result<()> {
             eprintln!("stream {}: exists", common.stream)
         }
         Err(error) => {
-            return Err(anyhow::Error::new(error)).with_context(|| format!("creating stream {}", common.stream))
+            return Err(anyhow::Error::new(error))
+                .with_context(|| format!("creating stream {}", common.stream))
         }
     }
     for _ in 0..300 {

@@ -46,7 +46,14 @@ pub fn rows(leases: &[Lease]) -> Vec<Row> {
 
 /// Renders rows as an aligned text table.
 pub fn render(rows: &[Row]) -> String {
-    let headers = ["SHARD", "OWNER", "COUNTER", "CHECKPOINT", "PARENTS", "STATE"];
+    let headers = [
+        "SHARD",
+        "OWNER",
+        "COUNTER",
+        "CHECKPOINT",
+        "PARENTS",
+        "STATE",
+    ];
     let cells: Vec<[String; 6]> = rows
         .iter()
         .map(|row| {
@@ -60,7 +67,11 @@ pub fn render(rows: &[Row]) -> String {
                 owner,
                 row.counter.to_string(),
                 row.checkpoint.clone(),
-                if row.parents.is_empty() { "-".into() } else { row.parents.join(",") },
+                if row.parents.is_empty() {
+                    "-".into()
+                } else {
+                    row.parents.join(",")
+                },
                 row.state.to_owned(),
             ]
         })
@@ -73,7 +84,11 @@ pub fn render(rows: &[Row]) -> String {
     }
     let mut out = String::new();
     let line = |out: &mut String, values: Vec<&str>| {
-        let text: Vec<String> = values.iter().zip(widths).map(|(v, w)| format!("{v:<w$}")).collect();
+        let text: Vec<String> = values
+            .iter()
+            .zip(widths)
+            .map(|(v, w)| format!("{v:<w$}"))
+            .collect();
         out.push_str(text.join("  ").trim_end());
         out.push('\n');
     };
@@ -98,7 +113,10 @@ pub async fn show(common: &Common, clients: &Clients, json: bool) -> anyhow::Res
             .iter()
             .map(|(id, beat)| serde_json::json!({"worker": id, "heartbeat": beat.beat, "leases": beat.leases}))
             .collect();
-        println!("{}", serde_json::json!({"leases": rows, "workers": workers, "epoch": fleet.epoch}));
+        println!(
+            "{}",
+            serde_json::json!({"leases": rows, "workers": workers, "epoch": fleet.epoch})
+        );
     } else {
         print!("{}", render(&rows));
         println!();

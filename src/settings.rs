@@ -14,10 +14,20 @@ use tally_lease::{InitialPosition, WorkerConfig};
 #[derive(Args, Clone, Debug)]
 pub struct Common {
     /// The Kinesis stream of votes.
-    #[arg(long, env = "TALLY_STREAM", default_value = "tally-votes", global = true)]
+    #[arg(
+        long,
+        env = "TALLY_STREAM",
+        default_value = "tally-votes",
+        global = true
+    )]
     pub stream: String,
     /// Prefix of every DynamoDB table name.
-    #[arg(long, env = "TALLY_TABLE_PREFIX", default_value = "tally-", global = true)]
+    #[arg(
+        long,
+        env = "TALLY_TABLE_PREFIX",
+        default_value = "tally-",
+        global = true
+    )]
     pub table_prefix: String,
     /// Application name: the lease table is `<app>-leases`. A separate
     /// application reads the stream independently, with its own leases.
@@ -35,7 +45,9 @@ impl Common {
         let name_ok = |text: &str, max: usize| {
             !text.is_empty()
                 && text.len() <= max
-                && text.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+                && text
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
         };
         if !name_ok(&self.stream, 128) {
             bail!("invalid setting TALLY_STREAM (--stream): {:?} must be 1 to 128 characters of [A-Za-z0-9._-]", self.stream);
@@ -70,7 +82,9 @@ impl Clients {
             .load()
             .await;
         if config.region().is_none() {
-            bail!("no AWS region: set AWS_REGION (for the local stack, any region, e.g. us-east-1)");
+            bail!(
+                "no AWS region: set AWS_REGION (for the local stack, any region, e.g. us-east-1)"
+            );
         }
         Ok(Self {
             kinesis: aws_sdk_kinesis::Client::new(&config),
@@ -122,21 +136,30 @@ impl LeaseSettings {
         let worker_id = match &self.worker_id {
             Some(id) => id.clone(),
             None => {
-                let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "worker".into());
+                let host =
+                    std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "worker".into());
                 let host: String = host
                     .trim()
                     .chars()
                     .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
                     .take(64)
                     .collect();
-                format!("{}-{}", if host.is_empty() { "worker" } else { &host }, std::process::id())
+                format!(
+                    "{}-{}",
+                    if host.is_empty() { "worker" } else { &host },
+                    std::process::id()
+                )
             }
         };
         let mut config = WorkerConfig::new(worker_id);
         config.lease_duration = Duration::from_millis(self.lease_duration_ms);
         config.renew_interval = Duration::from_millis(self.renew_interval_ms);
         config.take_interval = Duration::from_millis(self.take_interval_ms);
-        config.max_leases_per_worker = if self.max_leases == 0 { usize::MAX } else { self.max_leases };
+        config.max_leases_per_worker = if self.max_leases == 0 {
+            usize::MAX
+        } else {
+            self.max_leases
+        };
         config.max_steals_per_cycle = self.max_steals;
         config.handoff_timeout = Duration::from_millis(self.handoff_timeout_ms);
         config.shard_sync_interval = Duration::from_millis(self.shard_sync_interval_ms);
@@ -171,7 +194,9 @@ pub fn parse_initial_position(text: &str) -> anyhow::Result<InitialPosition> {
                 .with_context(|| {
                     format!("invalid setting TALLY_INITIAL_POSITION: {text:?} is not trim_horizon, latest or an RFC 3339 time")
                 })?;
-            Ok(InitialPosition::AtTimestamp(time.to_millis().context("timestamp out of range")?))
+            Ok(InitialPosition::AtTimestamp(
+                time.to_millis().context("timestamp out of range")?,
+            ))
         }
     }
 }
@@ -182,7 +207,10 @@ mod tests {
 
     #[test]
     fn initial_positions_parse_and_bad_ones_name_the_setting() {
-        assert_eq!(parse_initial_position("LATEST").unwrap(), InitialPosition::Latest);
+        assert_eq!(
+            parse_initial_position("LATEST").unwrap(),
+            InitialPosition::Latest
+        );
         assert_eq!(
             parse_initial_position("2026-11-22T10:00:00Z").unwrap(),
             InitialPosition::AtTimestamp(1_795_341_600_000)
@@ -193,8 +221,16 @@ mod tests {
 
     #[test]
     fn bad_names_fail_naming_the_setting() {
-        let common = Common { stream: "bad name".into(), table_prefix: "tally-".into(), app: "tally".into() };
-        assert!(common.validate().unwrap_err().to_string().contains("TALLY_STREAM"));
+        let common = Common {
+            stream: "bad name".into(),
+            table_prefix: "tally-".into(),
+            app: "tally".into(),
+        };
+        assert!(common
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("TALLY_STREAM"));
         assert_eq!(common.lease_table(), "tally-leases");
     }
 }

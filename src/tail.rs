@@ -40,7 +40,9 @@ impl Output {
             ),
             None => Box::new(std::io::stdout()),
         };
-        Ok(Self { sink: Some(Arc::new(Mutex::new(sink))) })
+        Ok(Self {
+            sink: Some(Arc::new(Mutex::new(sink))),
+        })
     }
 }
 
@@ -48,7 +50,9 @@ impl Output {
 pub fn record_line(worker: &str, shard: &ShardId, record: &tally_lease::Record) -> String {
     let data = match std::str::from_utf8(&record.data) {
         Ok(text) => serde_json::json!(text),
-        Err(_) => serde_json::json!({ "base64": base64::engine::general_purpose::STANDARD.encode(&record.data) }),
+        Err(_) => {
+            serde_json::json!({ "base64": base64::engine::general_purpose::STANDARD.encode(&record.data) })
+        }
     };
     let arrival_ms = record
         .arrival
@@ -80,7 +84,11 @@ impl RecordProcessor for TailProcessor {
         Ok(())
     }
 
-    async fn process_records(&mut self, batch: &Batch, checkpointer: &Checkpointer) -> Result<(), ProcessorError> {
+    async fn process_records(
+        &mut self,
+        batch: &Batch,
+        checkpointer: &Checkpointer,
+    ) -> Result<(), ProcessorError> {
         if let Some(sink) = &self.output.sink {
             let mut text = String::new();
             for record in &batch.records {
@@ -105,7 +113,10 @@ impl RecordProcessor for TailProcessor {
 
     async fn lease_lost(&mut self) {}
 
-    async fn shutdown_requested(&mut self, _checkpointer: &Checkpointer) -> Result<(), ProcessorError> {
+    async fn shutdown_requested(
+        &mut self,
+        _checkpointer: &Checkpointer,
+    ) -> Result<(), ProcessorError> {
         // Every delivered batch is already checkpointed.
         Ok(())
     }
@@ -118,7 +129,10 @@ struct Factory {
 
 impl ProcessorFactory for Factory {
     fn create(&self, _shard: &ShardId) -> Box<dyn RecordProcessor> {
-        Box::new(TailProcessor { worker: self.worker.clone(), output: self.output.clone() })
+        Box::new(TailProcessor {
+            worker: self.worker.clone(),
+            output: self.output.clone(),
+        })
     }
 }
 
@@ -130,9 +144,15 @@ pub async fn run(
     metrics_interval: Duration,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let store = Arc::new(DynamoStore::new(clients.dynamodb.clone(), common.lease_table()));
+    let store = Arc::new(DynamoStore::new(
+        clients.dynamodb.clone(),
+        common.lease_table(),
+    ));
     let stream = Arc::new(KinesisStream::new(clients.kinesis.clone(), &common.stream));
-    let factory = Arc::new(Factory { worker: config.worker_id.clone(), output });
+    let factory = Arc::new(Factory {
+        worker: config.worker_id.clone(),
+        output,
+    });
     let worker = Worker::new(config, store, stream, factory)?;
     let metrics = worker.metrics();
     let reporter_stop = CancellationToken::new();

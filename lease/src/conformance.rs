@@ -2,7 +2,7 @@
 //! store and the DynamoDB adapter run the same checks
 //! ([`lease_store_conformance!`](crate::lease_store_conformance)).
 
-use crate::store::{Expect, LeaseStore, LeaseUpdate, OwnerChange, WorkerBeat};
+use crate::store::{Created, Expect, LeaseStore, LeaseUpdate, OwnerChange, WorkerBeat};
 use crate::types::{Checkpoint, ExtendedSequence, Lease, SequenceNumber, ShardId};
 
 fn sample(key: &str) -> Lease {
@@ -26,9 +26,25 @@ pub async fn create_get_list(store: &dyn LeaseStore) {
         .await
         .expect("ensure_table is idempotent");
     let lease = sample("shardId-000000000001");
-    assert!(store.create_lease(&lease).await.unwrap());
-    assert!(
-        !store.create_lease(&lease).await.unwrap(),
+    let epoch = store.fleet().await.unwrap().epoch;
+    assert_eq!(
+        store.create_lease(&lease, epoch + 1).await.unwrap(),
+        Created::EpochMoved,
+        "a stale epoch creates nothing"
+    );
+    assert_eq!(store.get_lease(&lease.key).await.unwrap(), None);
+    assert_eq!(
+        store.create_lease(&lease, epoch).await.unwrap(),
+        Created::Yes
+    );
+    assert_eq!(
+        store.fleet().await.unwrap().epoch,
+        epoch + 1,
+        "creation bumps the epoch"
+    );
+    assert_eq!(
+        store.create_lease(&lease, epoch + 1).await.unwrap(),
+        Created::Exists,
         "second create is refused"
     );
     assert_eq!(
@@ -43,7 +59,10 @@ pub async fn create_get_list(store: &dyn LeaseStore) {
 pub async fn fenced_updates(store: &dyn LeaseStore) {
     store.ensure_table().await.unwrap();
     let lease = sample("shardId-000000000002");
-    store.create_lease(&lease).await.unwrap();
+    store
+        .create_lease(&lease, store.fleet().await.unwrap().epoch)
+        .await
+        .unwrap();
     let taken = store
         .update_lease(&lease.fence().into(), &LeaseUpdate::take("a"))
         .await
@@ -192,7 +211,10 @@ pub async fn owner_index_and_delete(store: &dyn LeaseStore) {
     store.ensure_table().await.unwrap();
     for index in 0..3 {
         let lease = sample(&format!("shardId-00000000001{index}"));
-        store.create_lease(&lease).await.unwrap();
+        store
+            .create_lease(&lease, store.fleet().await.unwrap().epoch)
+            .await
+            .unwrap();
         if index < 2 {
             store
                 .update_lease(&lease.fence().into(), &LeaseUpdate::take("owner-x"))

@@ -12,8 +12,7 @@ use tracing::{debug, error, info, warn};
 use crate::kpl;
 use crate::metrics::Metrics;
 use crate::processor::{Batch, CheckpointOutcome, Checkpointer, RecordProcessor, ShardStart};
-use crate::retry;
-use crate::store::{LeaseStore, LeaseUpdate, OwnerChange, StoreError};
+use crate::store::{LeaseStore, LeaseUpdate, OwnerChange};
 use crate::stream::{ChildShard, RawRecord, StreamError, StreamSource};
 use crate::types::{
     Checkpoint, ExtendedSequence, Lease, Record, SequenceNumber, ShardId, StartPosition,
@@ -379,33 +378,8 @@ async fn finish(
     }
     Metrics::add(&ctx.metrics.shards_ended_total, 1);
     info!(shard_id = %shard, children = ?child_ids, "shard ended");
-    let mut created = false;
-    for child in children {
-        let mut lease = Lease::new(child.id.clone(), Checkpoint::TrimHorizon);
-        lease.parents = child.parents.clone();
-        lease.parents.sort();
-        lease.hash_range = Some(child.hash_range.clone());
-        let cancel = CancellationToken::new();
-        match retry::with_backoff(
-            || ctx.store.create_lease(&lease),
-            StoreError::is_retryable,
-            &cancel,
-        )
-        .await
-        {
-            Some(Ok(true)) => created = true,
-            Some(Ok(false)) => {}
-            Some(Err(error)) => {
-                warn!(shard_id = %child.id, error = %error, "could not create child lease; sync will")
-            }
-            None => {}
-        }
-    }
-    if created {
-        if let Err(error) = ctx.store.bump_epoch().await {
-            warn!(error = %error, "could not announce child leases");
-        }
-    }
+    // Child leases come from the (epoch-fenced) sync, poked now: a consumer
+    // paused here must never create a lease from a stale view.
     ctx.shard_ended.notify_one();
     ConsumerExit::Ended
 }

@@ -258,7 +258,7 @@ mod tests {
         let mut lease = Lease::new(ShardId::new("s"), Checkpoint::TrimHorizon);
         lease.owner = Some("a".into());
         lease.counter = 1;
-        store.create_lease(&lease).await.unwrap();
+        store.create_lease(&lease, 0).await.unwrap();
         let checkpointer = Checkpointer::new(
             Arc::new(store.clone()),
             lease.fence(),

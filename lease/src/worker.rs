@@ -24,7 +24,7 @@ use crate::graph::{lease_state, leases_to_create, parents_to_clean_up, LeaseStat
 use crate::metrics::Metrics;
 use crate::processor::ProcessorFactory;
 use crate::retry;
-use crate::store::{Expect, LeaseStore, LeaseUpdate, StoreError, WorkerBeat};
+use crate::store::{Created, Expect, LeaseStore, LeaseUpdate, StoreError, WorkerBeat};
 use crate::stream::StreamSource;
 use crate::types::{Fence, Lease, ShardId};
 
@@ -565,27 +565,38 @@ impl Worker {
     }
 }
 
+const EPOCH_MOVED: &str = "lease table changed during sync";
+
 /// Creates leases for new shards and deletes finished parents.
 async fn sync_once(
     config: &WorkerConfig,
     store: &dyn LeaseStore,
     stream: &dyn StreamSource,
 ) -> Result<usize, String> {
+    // The epoch is read before the scan: creations are fenced on it, so a
+    // sync that was paused after its scan creates nothing stale.
+    let mut epoch = store.fleet().await.map_err(|e| e.to_string())?.epoch;
     let shards = stream.list_shards().await.map_err(|e| e.to_string())?;
     let leases = store.list_leases().await.map_err(|e| e.to_string())?;
     let existing = leases.iter().map(|l| l.key.clone()).collect();
-    let mut changes = 0;
+    let mut created = 0;
     for lease in leases_to_create(&shards, &existing, config.initial_position) {
-        if store
-            .create_lease(&lease)
+        match store
+            .create_lease(&lease, epoch)
             .await
             .map_err(|e| e.to_string())?
         {
-            debug!(shard_id = %lease.key, "lease created");
-            changes += 1;
+            Created::Yes => {
+                debug!(shard_id = %lease.key, "lease created");
+                epoch += 1;
+                created += 1;
+            }
+            Created::Exists => {}
+            Created::EpochMoved => return Err(EPOCH_MOVED.into()),
         }
     }
     let all: HashMap<ShardId, Lease> = leases.into_iter().map(|l| (l.key.clone(), l)).collect();
+    let mut deleted = 0;
     for parent in parents_to_clean_up(&all) {
         if store
             .delete_lease(&parent)
@@ -593,13 +604,13 @@ async fn sync_once(
             .map_err(|e| e.to_string())?
         {
             debug!(shard_id = %parent, "finished parent lease deleted");
-            changes += 1;
+            deleted += 1;
         }
     }
-    if changes > 0 {
+    if deleted > 0 {
         store.bump_epoch().await.map_err(|e| e.to_string())?;
     }
-    Ok(changes)
+    Ok(created + deleted)
 }
 
 async fn sync_loop(
@@ -611,8 +622,17 @@ async fn sync_loop(
 ) {
     let mut rng = StdRng::seed_from_u64(config.seed.unwrap_or_else(rand::random) ^ 0x5eed);
     loop {
-        if let Err(error) = sync_once(&config, store.as_ref(), stream.as_ref()).await {
-            warn!(error = %error, "shard sync failed");
+        for attempt in 0..5 {
+            match sync_once(&config, store.as_ref(), stream.as_ref()).await {
+                Ok(_) => break,
+                Err(error) if error == EPOCH_MOVED && attempt < 4 => {
+                    tokio::time::sleep(Duration::from_millis(rng.gen_range(20..200))).await;
+                }
+                Err(error) => {
+                    warn!(error = %error, "shard sync failed");
+                    break;
+                }
+            }
         }
         let jitter = rng.gen_range(0.9..1.1);
         let wait = config.shard_sync_interval.mul_f64(jitter);

@@ -61,7 +61,10 @@ mod dynamo {
             ShardId::new("shardId-000000000001"),
             Checkpoint::TrimHorizon,
         );
-        store.create_lease(&lease).await.unwrap();
+        store
+            .create_lease(&lease, store.fleet().await.unwrap().epoch)
+            .await
+            .unwrap();
         let mine = store
             .update_lease(&lease.fence().into(), &LeaseUpdate::take("w"))
             .await

@@ -11,14 +11,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
-    KeyType, Projection, ProjectionType, ReturnValue, ScalarAttributeType, TableStatus, Update,
+    KeyType, Projection, ProjectionType, Put, ReturnValue, ScalarAttributeType, TableStatus,
+    TransactWriteItem, Update,
 };
 use aws_sdk_dynamodb::Client;
 
 use super::{
-    Expect, FleetView, LeaseStore, LeaseUpdate, OwnerChange, StoreError, WorkerBeat, FLEET_KEY,
+    Created, Expect, FleetView, LeaseStore, LeaseUpdate, OwnerChange, StoreError, WorkerBeat,
+    FLEET_KEY,
 };
 use crate::types::{Checkpoint, Fence, Lease, ShardId};
 
@@ -652,20 +655,64 @@ impl LeaseStore for DynamoStore {
         }
     }
 
-    async fn create_lease(&self, lease: &Lease) -> Result<bool, StoreError> {
-        self.count();
-        let result = self
-            .client
-            .put_item()
+    async fn create_lease(&self, lease: &Lease, epoch: u64) -> Result<Created, StoreError> {
+        let build = |e: aws_sdk_dynamodb::error::BuildError| StoreError::Other(e.to_string());
+        let put = Put::builder()
             .table_name(&self.table)
             .set_item(Some(lease_to_item(lease)))
             .condition_expression("attribute_not_exists(#key)")
             .expression_attribute_names("#key", attr::KEY)
+            .build()
+            .map_err(build)?;
+        let bump = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(FLEET_KEY)))
+            .update_expression("SET #epoch = #epoch + :one")
+            .condition_expression("#epoch = :seen")
+            .expression_attribute_names("#epoch", attr::EPOCH)
+            .expression_attribute_values(":one", number(1))
+            .expression_attribute_values(":seen", number(epoch))
+            .build()
+            .map_err(build)?;
+        self.count();
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(put).build())
+            .transact_items(TransactWriteItem::builder().update(bump).build())
             .send()
             .await;
         match result {
-            Ok(_) => Ok(true),
-            Err(error) if is_condition_failure(&error) => Ok(false),
+            Ok(_) => Ok(Created::Yes),
+            Err(SdkError::ServiceError(service))
+                if matches!(
+                    service.err(),
+                    TransactWriteItemsError::TransactionCanceledException(_)
+                ) =>
+            {
+                let TransactWriteItemsError::TransactionCanceledException(cancelled) =
+                    service.err()
+                else {
+                    unreachable!("matched above");
+                };
+                let failed = |index: usize| {
+                    cancelled
+                        .cancellation_reasons()
+                        .get(index)
+                        .and_then(|reason| reason.code())
+                        .is_some_and(|code| code == "ConditionalCheckFailed")
+                };
+                if failed(0) {
+                    Ok(Created::Exists)
+                } else if failed(1) {
+                    Ok(Created::EpochMoved)
+                } else {
+                    Err(StoreError::Throttled(format!(
+                        "lease creation cancelled: {:?}",
+                        cancelled.cancellation_reasons()
+                    )))
+                }
+            }
             Err(error) => Err(classify(error)),
         }
     }

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use super::{
-    apply_update, meets, Expect, FleetView, LeaseStore, LeaseUpdate, StoreError, WorkerBeat,
+    apply_update, meets, Created, Expect, FleetView, LeaseStore, LeaseUpdate, StoreError,
+    WorkerBeat,
 };
 use crate::types::{Lease, ShardId};
 
@@ -111,13 +112,17 @@ impl LeaseStore for MemoryStore {
         self.with(|table| Ok(table.leases.get(key).cloned()))
     }
 
-    async fn create_lease(&self, lease: &Lease) -> Result<bool, StoreError> {
+    async fn create_lease(&self, lease: &Lease, epoch: u64) -> Result<Created, StoreError> {
         self.with(|table| {
             if table.leases.contains_key(&lease.key) {
-                return Ok(false);
+                return Ok(Created::Exists);
+            }
+            if table.fleet.epoch != epoch {
+                return Ok(Created::EpochMoved);
             }
             table.leases.insert(lease.key.clone(), lease.clone());
-            Ok(true)
+            table.fleet.epoch += 1;
+            Ok(Created::Yes)
         })
     }
 

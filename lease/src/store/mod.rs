@@ -43,6 +43,17 @@ impl StoreError {
     }
 }
 
+/// The outcome of a fenced lease creation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Created {
+    /// Created; the epoch is now one more than expected.
+    Yes,
+    /// A lease with that key exists; nothing changed.
+    Exists,
+    /// The epoch moved since it was read; nothing changed. Re-read first.
+    EpochMoved,
+}
+
 /// One worker's entry in the fleet item.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerBeat {
@@ -189,8 +200,11 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// The leases one worker owns (through the `leaseOwner` index).
     async fn leases_owned_by(&self, owner: &str) -> Result<Vec<Lease>, StoreError>;
     async fn get_lease(&self, key: &ShardId) -> Result<Option<Lease>, StoreError>;
-    /// Creates a lease unless one exists; true when created.
-    async fn create_lease(&self, lease: &Lease) -> Result<bool, StoreError>;
+    /// Creates a lease unless one exists, and bumps the epoch, in one
+    /// atomic write conditioned on the epoch still being `epoch`: a writer
+    /// whose view of the table is stale (a paused process) can never bring
+    /// back a lease that finished and was cleaned up meanwhile.
+    async fn create_lease(&self, lease: &Lease, epoch: u64) -> Result<Created, StoreError>;
     /// Applies `update` if the lease meets `expect`; the lease after the
     /// update, or `None` when the condition failed (or the lease is gone).
     async fn update_lease(
