@@ -67,6 +67,10 @@ pub fn record_line(worker: &str, shard: &ShardId, record: &tally_lease::Record) 
         "data": data,
         "arrival_ms": arrival_ms,
         "worker": worker,
+        "delivered_ms": std::time::SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
         "bad_aggregate": record.bad_aggregate,
     })
     .to_string()

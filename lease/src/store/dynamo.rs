@@ -266,7 +266,14 @@ where
         _ => error.message().unwrap_or("no message").to_owned(),
     };
     let code = error.code().unwrap_or("");
-    let text = format!("{code}: {message}");
+    let text = if code.is_empty() {
+        format!(
+            "{}",
+            aws_smithy_types::error::display::DisplayErrorContext(&error)
+        )
+    } else {
+        format!("{code}: {message}")
+    };
     match code {
         "ProvisionedThroughputExceededException"
         | "ThrottlingException"

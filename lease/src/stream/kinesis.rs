@@ -61,7 +61,14 @@ where
         _ => {}
     }
     let code = error.code().unwrap_or("").to_owned();
-    let text = format!("{code}: {}", error.message().unwrap_or("no message"));
+    let text = if code.is_empty() {
+        format!(
+            "{}",
+            aws_smithy_types::error::display::DisplayErrorContext(&error)
+        )
+    } else {
+        format!("{code}: {}", error.message().unwrap_or("no message"))
+    };
     match code.as_str() {
         "ExpiredIteratorException" => StreamError::ExpiredIterator,
         "ProvisionedThroughputExceededException"

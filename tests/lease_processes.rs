@@ -1,0 +1,407 @@
+//! The lease library with real `tally tail` worker processes on the
+//! emulators: failover after SIGKILL, handover after SIGTERM, no
+//! redelivery after a restart (ministack), and a split and a merge
+//! mid-stream (kinesis-mock).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+use tally_lease::testing::{
+    create_stream, sdk_config, unique_name, wait_stream_active, Emulator, EmulatorKind,
+};
+use tally_lease::{DynamoStore, LeaseStore};
+
+struct Setup {
+    endpoint: String,
+    stream: String,
+    app: String,
+    dir: PathBuf,
+    kinesis: aws_sdk_kinesis::Client,
+    store: DynamoStore,
+}
+
+impl Setup {
+    async fn new(kind: EmulatorKind, shards: i32) -> Self {
+        let endpoint = Emulator::shared(kind).endpoint.clone();
+        let config = sdk_config(&endpoint).await;
+        let stream = unique_name("stream");
+        let app = unique_name("app");
+        let kinesis = aws_sdk_kinesis::Client::new(&config);
+        create_stream(&kinesis, &stream, shards).await;
+        let dir = std::env::temp_dir().join(unique_name("tally-lease-test"));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Leases always live in ministack's DynamoDB.
+        let dynamodb = sdk_config(&Emulator::shared(EmulatorKind::Ministack).endpoint).await;
+        let store = DynamoStore::new(
+            aws_sdk_dynamodb::Client::new(&dynamodb),
+            format!("{app}-leases"),
+        );
+        Self {
+            endpoint,
+            stream,
+            app,
+            dir,
+            kinesis,
+            store,
+        }
+    }
+
+    /// Starts `tally tail` as a worker process.
+    fn worker(&self, id: &str, dynamodb_endpoint: &str) -> Child {
+        let log = std::fs::File::create(self.dir.join(format!("{id}.log"))).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_tally"))
+            .args([
+                "--stream",
+                &self.stream,
+                "--app",
+                &self.app,
+                "tail",
+                "--worker-id",
+                id,
+            ])
+            .arg("--output")
+            .arg(self.dir.join(format!("{id}.jsonl")))
+            .env("AWS_ENDPOINT_URL_KINESIS", &self.endpoint)
+            .env("AWS_ENDPOINT_URL_DYNAMODB", dynamodb_endpoint)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("TALLY_LOG_FORMAT", "json")
+            .env("TALLY_SHARD_SYNC_INTERVAL_MS", "5000")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start tally tail")
+    }
+
+    async fn put(&self, from: usize, to: usize, keys: usize) {
+        let entries: Vec<PutRecordsRequestEntry> = (from..to)
+            .map(|index| {
+                PutRecordsRequestEntry::builder()
+                    .partition_key(format!("key-{}", index % keys))
+                    .data(Blob::new(format!("record-{index}")))
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        for chunk in entries.chunks(100) {
+            let out = self
+                .kinesis
+                .put_records()
+                .stream_name(&self.stream)
+                .set_records(Some(chunk.to_vec()))
+                .send()
+                .await
+                .expect("put records");
+            assert_eq!(out.failed_record_count(), Some(0));
+        }
+    }
+
+    /// Every delivery so far: (worker file, record line as JSON).
+    fn deliveries(&self) -> Vec<serde_json::Value> {
+        let mut all = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "jsonl") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                // A worker may be writing: only whole lines count.
+                let complete = &text[..text.rfind('\n').map_or(0, |at| at + 1)];
+                for line in complete.lines() {
+                    all.push(serde_json::from_str(line).expect("a JSON line"));
+                }
+            }
+        }
+        all
+    }
+
+    fn delivered_ids(&self) -> BTreeSet<String> {
+        self.deliveries()
+            .iter()
+            .map(|d| d["data"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    async fn wait_delivered(&self, count: usize, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let got = self.delivered_ids().len();
+            if got >= count {
+                assert_eq!(got, count, "more distinct records than were put");
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {got} of {count} records delivered after 60 s; logs in {}",
+                self.dir.display()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn owners(&self) -> BTreeMap<String, Option<String>> {
+        self.store
+            .list_leases()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|l| !l.is_finished())
+            .map(|l| (l.key.to_string(), l.owner))
+            .collect()
+    }
+
+    /// Waits until no ready lease is owned by `gone` (or free), returning how long it took.
+    async fn wait_owned_by_others(&self, gone: &str, limit: Duration) -> Duration {
+        let started = Instant::now();
+        loop {
+            let owners = self.owners().await;
+            let settled = !owners.is_empty()
+                && owners
+                    .values()
+                    .all(|owner| owner.as_deref().is_some_and(|o| o != gone));
+            if settled {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < limit,
+                "leases still with {gone} or free after {limit:?}: {owners:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn stop(child: &mut Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_share_eight_shards_through_kill_stop_and_restart() {
+    let setup = Setup::new(EmulatorKind::Ministack, 8).await;
+    let dynamodb = setup.endpoint.clone();
+    setup.put(0, 400, 50).await;
+    let mut workers: HashMap<&str, Child> = ["w1", "w2", "w3"]
+        .into_iter()
+        .map(|id| (id, setup.worker(id, &dynamodb)))
+        .collect();
+    setup.wait_delivered(400, "initial").await;
+
+    // Balanced: 3, 3, 2.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let owners = setup.owners().await;
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for owner in owners.values().flatten() {
+            *counts.entry(owner.clone()).or_default() += 1;
+        }
+        let mut sizes: Vec<usize> = counts.values().copied().collect();
+        sizes.sort();
+        if sizes == vec![2, 3, 3] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not balanced: {owners:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // SIGKILL: the victim's shards resume on the survivors.
+    stop(workers.get_mut("w1").unwrap(), "-KILL");
+    workers.remove("w1").unwrap().wait().unwrap();
+    let took = setup
+        .wait_owned_by_others("w1", Duration::from_secs(15))
+        .await;
+    eprintln!("killed worker's leases taken after {took:?}");
+    setup.put(400, 600, 50).await;
+    setup.wait_delivered(600, "after kill").await;
+
+    // SIGTERM: leases move at once (no expiry wait).
+    stop(workers.get_mut("w2").unwrap(), "-TERM");
+    let took = setup
+        .wait_owned_by_others("w2", Duration::from_secs(3))
+        .await;
+    eprintln!("stopped worker's leases taken after {took:?}");
+    assert!(
+        workers.remove("w2").unwrap().wait().unwrap().success(),
+        "graceful stop exits 0"
+    );
+    setup.put(600, 800, 50).await;
+    setup.wait_delivered(800, "after stop").await;
+
+    // Restart: nothing before a checkpoint is delivered again.
+    stop(workers.get_mut("w3").unwrap(), "-TERM");
+    assert!(workers.remove("w3").unwrap().wait().unwrap().success());
+    let mut fresh = setup.worker("w4", &dynamodb);
+    setup.put(800, 850, 50).await;
+    setup.wait_delivered(850, "after restart").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let by_w4: Vec<String> = setup
+        .deliveries()
+        .iter()
+        .filter(|d| d["worker"] == "w4")
+        .map(|d| d["data"].as_str().unwrap().to_owned())
+        .collect();
+    let replayed: Vec<&String> = by_w4
+        .iter()
+        .filter(|id| id.trim_start_matches("record-").parse::<usize>().unwrap() < 800)
+        .collect();
+    assert!(
+        replayed.is_empty(),
+        "checkpointed records delivered again: {replayed:?}"
+    );
+    assert_eq!(by_w4.len(), 50);
+    stop(&mut fresh, "-TERM");
+    assert!(fresh.wait().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_and_merge_mid_stream_deliver_everything_parents_first() {
+    // kinesis-mock for the stream (resharding), ministack for the leases.
+    let setup = Setup::new(EmulatorKind::KinesisMock, 2).await;
+    let dynamodb = Emulator::shared(EmulatorKind::Ministack).endpoint.clone();
+    let mut workers = vec![setup.worker("a", &dynamodb), setup.worker("b", &dynamodb)];
+    setup.put(0, 100, 20).await;
+    setup.wait_delivered(100, "before split").await;
+
+    let shards = setup
+        .kinesis
+        .list_shards()
+        .stream_name(&setup.stream)
+        .send()
+        .await
+        .unwrap();
+    let first = &shards.shards()[0];
+    let range = first.hash_key_range().unwrap();
+    let start: u128 = range.starting_hash_key().parse().unwrap();
+    let end: u128 = range.ending_hash_key().parse().unwrap();
+    setup
+        .kinesis
+        .split_shard()
+        .stream_name(&setup.stream)
+        .shard_to_split(first.shard_id())
+        .new_starting_hash_key((start + (end - start) / 2).to_string())
+        .send()
+        .await
+        .expect("split");
+    wait_stream_active(&setup.kinesis, &setup.stream).await;
+    setup.put(100, 200, 20).await;
+
+    // Merge the two open shards at the top of the hash space.
+    let listed = setup
+        .kinesis
+        .list_shards()
+        .stream_name(&setup.stream)
+        .send()
+        .await
+        .unwrap();
+    let mut open: Vec<(u128, String)> = listed
+        .shards()
+        .iter()
+        .filter(|s| {
+            s.sequence_number_range()
+                .and_then(|r| r.ending_sequence_number())
+                .is_none()
+        })
+        .map(|s| {
+            (
+                s.hash_key_range()
+                    .unwrap()
+                    .starting_hash_key()
+                    .parse()
+                    .unwrap(),
+                s.shard_id().to_owned(),
+            )
+        })
+        .collect();
+    open.sort();
+    assert_eq!(open.len(), 3);
+    setup
+        .kinesis
+        .merge_shards()
+        .stream_name(&setup.stream)
+        .shard_to_merge(&open[1].1)
+        .adjacent_shard_to_merge(&open[2].1)
+        .send()
+        .await
+        .expect("merge");
+    wait_stream_active(&setup.kinesis, &setup.stream).await;
+    setup.put(200, 300, 20).await;
+    setup.wait_delivered(300, "after split and merge").await;
+
+    // Parents finished before children started, by delivery time.
+    let listed = setup
+        .kinesis
+        .list_shards()
+        .stream_name(&setup.stream)
+        .send()
+        .await
+        .unwrap();
+    let deliveries = setup.deliveries();
+    let times = |shard: &str| -> Vec<u64> {
+        deliveries
+            .iter()
+            .filter(|d| d["shard"] == shard)
+            .map(|d| d["delivered_ms"].as_u64().unwrap())
+            .collect()
+    };
+    let mut checked = 0;
+    for shard in listed.shards() {
+        for parent in [shard.parent_shard_id(), shard.adjacent_parent_shard_id()]
+            .into_iter()
+            .flatten()
+        {
+            let (child_times, parent_times) = (times(shard.shard_id()), times(parent));
+            if let (Some(first_child), Some(last_parent)) =
+                (child_times.iter().min(), parent_times.iter().max())
+            {
+                assert!(
+                    first_child >= last_parent,
+                    "{} started before parent {parent} finished",
+                    shard.shard_id()
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(
+        checked >= 3,
+        "split and merge children were all checked ({checked})"
+    );
+    // Per key, records arrive in the order they were put.
+    let mut last_by_key: HashMap<String, usize> = HashMap::new();
+    let mut ordered: Vec<&serde_json::Value> = deliveries.iter().collect();
+    ordered.sort_by_key(|d| d["delivered_ms"].as_u64().unwrap());
+    for delivery in ordered {
+        let index: usize = delivery["data"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("record-")
+            .parse()
+            .unwrap();
+        let key = delivery["partition_key"].as_str().unwrap().to_owned();
+        if let Some(previous) = last_by_key.insert(key.clone(), index) {
+            assert!(
+                previous < index || index / 100 == previous / 100,
+                "key {key}: record {index} after {previous}"
+            );
+        }
+    }
+    // Parent leases end as SHARD_END (or are cleaned up once children started).
+    let leases = setup.store.list_leases().await.unwrap();
+    for lease in leases.iter().filter(|l| !l.children.is_empty()) {
+        assert!(
+            lease.is_finished(),
+            "{} has children but did not end",
+            lease.key
+        );
+    }
+    for worker in workers.iter_mut() {
+        stop(worker, "-TERM");
+        assert!(worker.wait().unwrap().success());
+    }
+}
