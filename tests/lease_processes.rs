@@ -264,7 +264,7 @@ async fn split_and_merge_mid_stream_deliver_everything_parents_first() {
     // kinesis-mock for the stream (resharding), ministack for the leases.
     let setup = Setup::new(EmulatorKind::KinesisMock, 2).await;
     let dynamodb = Emulator::shared(EmulatorKind::Ministack).endpoint.clone();
-    let mut workers = vec![setup.worker("a", &dynamodb), setup.worker("b", &dynamodb)];
+    let mut workers = [setup.worker("a", &dynamodb), setup.worker("b", &dynamodb)];
     setup.put(0, 100, 20).await;
     setup.wait_delivered(100, "before split").await;
 

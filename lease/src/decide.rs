@@ -267,7 +267,7 @@ mod tests {
 
     #[test]
     fn steals_several_when_far_from_balance_and_none_when_balanced() {
-        let owners: Vec<Option<&str>> = std::iter::repeat(Some("b")).take(64).collect();
+        let owners: Vec<Option<&str>> = std::iter::repeat_n(Some("b"), 64).collect();
         let leases = leases_owned(&owners);
         let live = BTreeMap::from([("me".to_owned(), 0), ("b".to_owned(), 64)]);
         let input = PlanInput {

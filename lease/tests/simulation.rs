@@ -431,27 +431,28 @@ async fn schedule(seed: u64) -> Result<(), String> {
         }
     }
     tokio::time::sleep(Duration::from_secs(40)).await;
-    let log = world.log.lock().unwrap();
-    if let Some(violation) = log.violations.first() {
-        return Err(format!("after quiet: {violation}"));
+    {
+        let log = world.log.lock().unwrap();
+        if let Some(violation) = log.violations.first() {
+            return Err(format!("after quiet: {violation}"));
+        }
+        let records = world.stream.all_records();
+        let missing: Vec<_> = records
+            .iter()
+            .filter(|(shard, record)| {
+                !log.delivered
+                    .contains(&(shard.clone(), record.sequence.to_string()))
+            })
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "{} of {} records never delivered (first: {:?})",
+                missing.len(),
+                produced,
+                missing[0].0
+            ));
+        }
     }
-    let records = world.stream.all_records();
-    let missing: Vec<_> = records
-        .iter()
-        .filter(|(shard, record)| {
-            !log.delivered
-                .contains(&(shard.clone(), record.sequence.to_string()))
-        })
-        .collect();
-    if !missing.is_empty() {
-        return Err(format!(
-            "{} of {} records never delivered (first: {:?})",
-            missing.len(),
-            produced,
-            missing[0].0
-        ));
-    }
-    drop(log);
     let leases: HashMap<ShardId, Lease> = world
         .table
         .list_leases()

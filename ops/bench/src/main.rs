@@ -1,0 +1,485 @@
+//! Lease benchmarks with real `tally tail` processes on the local stack.
+//!
+//! `failover [--runs N]`: time until a killed (SIGKILL) or stopped (SIGTERM)
+//! worker's shards are processed again by the survivor (2 workers, 4
+//! shards, a record put into every shard every 50 ms), median and max over
+//! N runs; and idle lease-table requests per worker per minute with 2
+//! workers at 4 and 64 shards.
+//!
+//! `drain [--records N]`: one worker drains a pre-loaded 4-shard stream
+//! with a processor that only checkpoints; records per second, CPU seconds
+//! per 100,000 records, peak memory and start-up time.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+use tally_lease::testing::{create_stream, sdk_config, unique_name, Emulator, EmulatorKind};
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+struct Stack {
+    endpoint: String,
+    kinesis: aws_sdk_kinesis::Client,
+    tally: PathBuf,
+    dir: PathBuf,
+}
+
+impl Stack {
+    async fn new() -> Self {
+        let emulator = Emulator::start(EmulatorKind::Ministack);
+        let config = sdk_config(&emulator.endpoint).await;
+        let tally = PathBuf::from(std::env::var("TALLY_BIN").expect("TALLY_BIN: the tally binary"));
+        let dir = std::env::temp_dir().join(unique_name("tally-bench"));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self {
+            endpoint: emulator.endpoint.clone(),
+            kinesis: aws_sdk_kinesis::Client::new(&config),
+            tally,
+            dir,
+        }
+    }
+
+    fn worker(&self, stream: &str, app: &str, id: &str, extra: &[&str]) -> Child {
+        let log = std::fs::File::create(self.dir.join(format!("{app}-{id}.log"))).unwrap();
+        Command::new(&self.tally)
+            .args(["--stream", stream, "--app", app, "tail", "--worker-id", id])
+            .args(extra)
+            .env("AWS_ENDPOINT_URL", &self.endpoint)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "bench")
+            .env("AWS_SECRET_ACCESS_KEY", "bench")
+            .env("TALLY_LOG_FORMAT", "json")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start tally")
+    }
+
+    fn log(&self, app: &str, id: &str) -> PathBuf {
+        self.dir.join(format!("{app}-{id}.log"))
+    }
+}
+
+fn signal(child: &Child, name: &str) {
+    Command::new("kill")
+        .args([name, &child.id().to_string()])
+        .status()
+        .unwrap();
+}
+
+/// Metrics lines of a worker's log: (uptime_ms, metrics object).
+fn metrics_lines(path: &Path) -> Vec<(u64, serde_json::Value)> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|value| value["message"] == "metrics")
+        .filter_map(|value| {
+            let metrics: serde_json::Value =
+                serde_json::from_str(value["metrics"].as_str()?).ok()?;
+            Some((value["uptime_ms"].as_u64()?, metrics))
+        })
+        .collect()
+}
+
+/// Whole lines of a worker's record output.
+fn deliveries(path: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = &text[..text.rfind('\n').map_or(0, |at| at + 1)];
+    complete
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
+async fn shard_hash_keys(kinesis: &aws_sdk_kinesis::Client, stream: &str) -> Vec<(String, String)> {
+    let listed = kinesis
+        .list_shards()
+        .stream_name(stream)
+        .send()
+        .await
+        .unwrap();
+    listed
+        .shards()
+        .iter()
+        .map(|s| {
+            (
+                s.shard_id().to_owned(),
+                s.hash_key_range().unwrap().starting_hash_key().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// One failover run: returns seconds until every shard the victim held
+/// was delivered again by the survivor.
+async fn failover_run(stack: &Stack, kill: bool) -> f64 {
+    let stream = unique_name("bench");
+    let app = unique_name("app");
+    create_stream(&stack.kinesis, &stream, 4).await;
+    let outputs: Vec<PathBuf> = ["a", "b"]
+        .iter()
+        .map(|id| stack.dir.join(format!("{app}-{id}.jsonl")))
+        .collect();
+    let mut a = stack.worker(
+        &stream,
+        &app,
+        "a",
+        &["--output", outputs[0].to_str().unwrap()],
+    );
+    let mut b = stack.worker(
+        &stream,
+        &app,
+        "b",
+        &["--output", outputs[1].to_str().unwrap()],
+    );
+    let shards = shard_hash_keys(&stack.kinesis, &stream).await;
+    let ticker = {
+        let kinesis = stack.kinesis.clone();
+        let stream = stream.clone();
+        let shards = shards.clone();
+        tokio::spawn(async move {
+            let mut tick = 0u64;
+            loop {
+                let entries = shards
+                    .iter()
+                    .map(|(_, hash)| {
+                        PutRecordsRequestEntry::builder()
+                            .partition_key("tick")
+                            .explicit_hash_key(hash)
+                            .data(Blob::new(format!("{tick}")))
+                            .build()
+                            .unwrap()
+                    })
+                    .collect();
+                let _ = kinesis
+                    .put_records()
+                    .stream_name(&stream)
+                    .set_records(Some(entries))
+                    .send()
+                    .await;
+                tick += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    // Wait until both workers deliver (balanced 2/2).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let recent = now_ms() - 1000;
+        let busy = outputs.iter().all(|path| {
+            let lines = deliveries(path);
+            let shards: std::collections::BTreeSet<String> = lines
+                .iter()
+                .filter(|d| d["delivered_ms"].as_u64().unwrap_or(0) > recent)
+                .map(|d| d["shard"].as_str().unwrap().to_owned())
+                .collect();
+            shards.len() == 2
+        });
+        if busy {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "workers did not balance; logs in {}",
+            stack.dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let victim_shards: std::collections::BTreeSet<String> = deliveries(&outputs[0])
+        .iter()
+        .filter(|d| d["delivered_ms"].as_u64().unwrap_or(0) > now_ms() - 1000)
+        .map(|d| d["shard"].as_str().unwrap().to_owned())
+        .collect();
+    let stopped_at = now_ms();
+    signal(&a, if kill { "-KILL" } else { "-TERM" });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let took = loop {
+        let lines = deliveries(&outputs[1]);
+        let firsts: Vec<u64> = victim_shards
+            .iter()
+            .filter_map(|shard| {
+                lines
+                    .iter()
+                    .filter(|d| {
+                        d["shard"] == shard.as_str()
+                            && d["delivered_ms"].as_u64().unwrap_or(0) > stopped_at
+                    })
+                    .map(|d| d["delivered_ms"].as_u64().unwrap())
+                    .min()
+            })
+            .collect();
+        if firsts.len() == victim_shards.len() {
+            break (firsts.into_iter().max().unwrap() - stopped_at) as f64 / 1000.0;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "shards not resumed in 30 s; logs in {}",
+            stack.dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    ticker.abort();
+    signal(&b, "-TERM");
+    let _ = a.wait();
+    let _ = b.wait();
+    took
+}
+
+/// Idle lease-table requests per worker per minute, 2 workers.
+async fn idle_rate(stack: &Stack, shards: i32) -> f64 {
+    let stream = unique_name("idle");
+    let app = unique_name("app");
+    create_stream(&stack.kinesis, &stream, shards).await;
+    let extra = ["--quiet", "--metrics-interval-ms", "2000"];
+    let mut workers = [
+        stack.worker(&stream, &app, "a", &extra),
+        stack.worker(&stream, &app, "b", &extra),
+    ];
+    // Settle (take and balance), then measure a 60 s window.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let start: Vec<(u64, i64)> = ["a", "b"]
+        .iter()
+        .map(|id| last_requests(&stack.log(&app, id)))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let end: Vec<(u64, i64)> = ["a", "b"]
+        .iter()
+        .map(|id| last_requests(&stack.log(&app, id)))
+        .collect();
+    for worker in workers.iter_mut() {
+        signal(worker, "-TERM");
+        let _ = worker.wait();
+    }
+    let rates: Vec<f64> = start
+        .iter()
+        .zip(&end)
+        .map(|((t0, r0), (t1, r1))| (r1 - r0) as f64 / ((t1 - t0) as f64 / 60_000.0))
+        .collect();
+    rates.iter().sum::<f64>() / rates.len() as f64
+}
+
+fn last_requests(log: &Path) -> (u64, i64) {
+    let lines = metrics_lines(log);
+    let (uptime, metrics) = lines.last().expect("a metrics line");
+    (
+        *uptime,
+        metrics["tally_lease_lease_table_requests_total"]
+            .as_i64()
+            .unwrap(),
+    )
+}
+
+fn summary(values: &mut [f64]) -> (f64, f64) {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (values[values.len() / 2], values[values.len() - 1])
+}
+
+async fn failover(runs: usize) {
+    let stack = Stack::new().await;
+    println!("settings: 2 workers, 4 shards, defaults (renew 600 ms, lease 3000 ms, take 600 ms, poll 200 ms)");
+    let mut killed = Vec::new();
+    let mut stopped = Vec::new();
+    for run in 0..runs {
+        killed.push(failover_run(&stack, true).await);
+        stopped.push(failover_run(&stack, false).await);
+        eprintln!(
+            "run {}/{runs}: killed {:.2} s, stopped {:.2} s",
+            run + 1,
+            killed[run],
+            stopped[run]
+        );
+    }
+    let (killed_median, killed_max) = summary(&mut killed);
+    let (stopped_median, stopped_max) = summary(&mut stopped);
+    eprintln!("measuring idle lease-table requests (60 s windows)");
+    let idle4 = idle_rate(&stack, 4).await;
+    let idle64 = idle_rate(&stack, 64).await;
+    println!(
+        "{:<44} {:>10} {:>10} {:>10}",
+        "figure", "median", "max", "target"
+    );
+    println!(
+        "{:<44} {:>9.2}s {:>9.2}s {:>10}",
+        format!("failover after SIGKILL ({runs} runs)"),
+        killed_median,
+        killed_max,
+        "max < 5 s"
+    );
+    println!(
+        "{:<44} {:>9.2}s {:>9.2}s {:>10}",
+        format!("failover after SIGTERM ({runs} runs)"),
+        stopped_median,
+        stopped_max,
+        "< 1 s"
+    );
+    println!(
+        "{:<44} {:>10.1} {:>10} {:>10}",
+        "idle lease-table requests/worker/min, 4 sh", idle4, "", "<= 120"
+    );
+    println!(
+        "{:<44} {:>10.1} {:>10} {:>10}",
+        "idle lease-table requests/worker/min, 64 sh", idle64, "", "= 4 sh"
+    );
+    println!("ratio 64/4 shards: {:.2} (peers measured here: disney-kinesis-client-rust 30/min, kcl-rs 82/min at 4 shards, linear in shards)", idle64 / idle4);
+}
+
+async fn drain(records: usize) {
+    let stack = Stack::new().await;
+    let stream = unique_name("drain");
+    let app = unique_name("app");
+    create_stream(&stack.kinesis, &stream, 4).await;
+    eprintln!("pre-loading {records} records");
+    let loading = Instant::now();
+    let mut batches = Vec::new();
+    for start in (0..records).step_by(500) {
+        let entries: Vec<PutRecordsRequestEntry> = (start..(start + 500).min(records))
+            .map(|index| {
+                PutRecordsRequestEntry::builder()
+                    .partition_key(format!("k{}", index % 997))
+                    .data(Blob::new(format!("r{index}")))
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        batches.push(entries);
+    }
+    for entries in batches {
+        let out = stack
+            .kinesis
+            .put_records()
+            .stream_name(&stream)
+            .set_records(Some(entries))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(out.failed_record_count(), Some(0), "pre-load failed");
+    }
+    eprintln!(
+        "pre-loaded in {:.1} s; draining",
+        loading.elapsed().as_secs_f64()
+    );
+    let spawned = Instant::now();
+    let worker = stack.worker(
+        &stream,
+        &app,
+        "drain",
+        &["--quiet", "--metrics-interval-ms", "100"],
+    );
+    let pid = worker.id();
+    let log = stack.log(&app, "drain");
+    let mut first: Option<(u64, i64)> = None;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let (done_ms, startup) = loop {
+        let lines = metrics_lines(&log);
+        if first.is_none() {
+            first = lines
+                .iter()
+                .find(|(_, m)| m["tally_lease_user_records_total"].as_i64().unwrap_or(0) > 0)
+                .map(|(t, m)| (*t, m["tally_lease_user_records_total"].as_i64().unwrap()));
+        }
+        if let Some((t, _)) = lines.iter().find(|(_, m)| {
+            m["tally_lease_user_records_total"].as_i64().unwrap_or(0) >= records as i64
+        }) {
+            break (*t, first.map(|(t0, _)| t0).unwrap_or(0));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "drain did not finish; log {}",
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    let clock: f64 = String::from_utf8(
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap();
+    let cpu = ticks / clock;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let peak_kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap();
+    signal(&worker, "-TERM");
+    let mut worker = worker;
+    let _ = worker.wait();
+    let _ = spawned;
+    let drain_s = (done_ms.saturating_sub(startup)) as f64 / 1000.0;
+    let rate = records as f64 / drain_s.max(0.001);
+    println!("settings: 1 worker, 4 shards, {records} records, defaults (max records 10000, poll 200 ms), processor checkpoints each batch");
+    println!(
+        "{:<34} {:>12} {:>32}",
+        "figure", "tally", "best peer here (disney-kcr)"
+    );
+    println!(
+        "{:<34} {:>12.0} {:>32}",
+        "records per second", rate, "72,000-80,000"
+    );
+    println!(
+        "{:<34} {:>12.3} {:>32}",
+        "CPU seconds per 100,000 records",
+        cpu / (records as f64 / 100_000.0),
+        "0.20"
+    );
+    println!(
+        "{:<34} {:>11.1}M {:>32}",
+        "peak memory (MiB, VmHWM)",
+        peak_kib / 1024.0,
+        "38-41"
+    );
+    println!(
+        "{:<34} {:>11.2}s {:>32}",
+        "start-up (spawn to first record)",
+        startup as f64 / 1000.0,
+        "1.4 s"
+    );
+    println!("(CPU includes start-up and the idle tail until the last metrics line; times from the worker's own clock)");
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let number = |flag: &str, default: usize| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|at| args.get(at + 1))
+            .map(|v| {
+                v.parse()
+                    .unwrap_or_else(|_| panic!("{flag} takes a number"))
+            })
+            .unwrap_or(default)
+    };
+    match args.first().map(String::as_str) {
+        Some("failover") => failover(number("--runs", 5).max(1)).await,
+        Some("drain") => drain(number("--records", 200_000).max(1)).await,
+        _ => {
+            eprintln!("usage: tally-bench failover [--runs N] | drain [--records N]");
+            std::process::exit(2);
+        }
+    }
+}
