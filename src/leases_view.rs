@@ -1,11 +1,9 @@
 //! `tally leases`: the lease table as a person wants to read it.
 
-use std::collections::HashMap;
-
 use anyhow::Context;
 use serde::Serialize;
 use tally_lease::graph::{lease_state, LeaseState};
-use tally_lease::{DynamoStore, Lease, LeaseStore, ShardId};
+use tally_lease::{DynamoStore, Lease, LeaseMap, LeaseStore};
 
 use crate::settings::{Clients, Common};
 
@@ -22,7 +20,7 @@ pub struct Row {
 
 /// One row per lease, in shard order.
 pub fn rows(leases: &[Lease]) -> Vec<Row> {
-    let all: HashMap<ShardId, Lease> = leases.iter().map(|l| (l.key.clone(), l.clone())).collect();
+    let all: LeaseMap = leases.iter().map(|l| (l.key.clone(), l.clone())).collect();
     let mut rows: Vec<Row> = leases
         .iter()
         .map(|lease| Row {
@@ -134,7 +132,7 @@ pub async fn show(common: &Common, clients: &Clients, json: bool) -> anyhow::Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tally_lease::Checkpoint;
+    use tally_lease::{Checkpoint, ShardId};
 
     #[test]
     fn states_read_as_people_expect() {

@@ -75,6 +75,8 @@ pub struct ConsumerContext {
     pub max_records: u32,
     /// Poked when the shard ended, so the sync runs at once.
     pub shard_ended: Arc<tokio::sync::Notify>,
+    /// Seed of the backoff jitter (reproducible in tests).
+    pub seed: u64,
 }
 
 /// Where to (re)open the iterator, and the position to skip through.
@@ -174,6 +176,7 @@ pub async fn run(mut ctx: ConsumerContext) -> ConsumerExit {
     let mut iterator: Option<String> = None;
     let mut next_call = Instant::now();
     let mut failures: u32 = 0;
+    let mut jitter = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(ctx.seed);
     loop {
         if ctx.control.lost.is_cancelled() {
             ctx.processor.lease_lost().await;
@@ -199,13 +202,15 @@ pub async fn run(mut ctx: ConsumerContext) -> ConsumerExit {
                         iterator = Some(fresh.clone());
                         fresh
                     }
-                    Err(error) => match on_error(&shard, &error, &mut failures, &ctx.metrics) {
-                        Some(delay) => {
-                            next_call = Instant::now() + delay;
-                            continue;
+                    Err(error) => {
+                        match on_error(&shard, &error, &mut failures, &ctx.metrics, &mut jitter) {
+                            Some(delay) => {
+                                next_call = Instant::now() + delay;
+                                continue;
+                            }
+                            None => return ConsumerExit::Vanished,
                         }
-                        None => return ConsumerExit::Vanished,
-                    },
+                    }
                 }
             }
         };
@@ -216,13 +221,15 @@ pub async fn run(mut ctx: ConsumerContext) -> ConsumerExit {
                 iterator = None;
                 continue;
             }
-            Err(error) => match on_error(&shard, &error, &mut failures, &ctx.metrics) {
-                Some(delay) => {
-                    next_call = Instant::now() + delay;
-                    continue;
+            Err(error) => {
+                match on_error(&shard, &error, &mut failures, &ctx.metrics, &mut jitter) {
+                    Some(delay) => {
+                        next_call = Instant::now() + delay;
+                        continue;
+                    }
+                    None => return ConsumerExit::Vanished,
                 }
-                None => return ConsumerExit::Vanished,
-            },
+            }
         };
         failures = 0;
         next_call = Instant::now() + ctx.poll_interval;
@@ -286,9 +293,10 @@ fn on_error(
     error: &StreamError,
     failures: &mut u32,
     metrics: &Metrics,
+    jitter: &mut impl rand::Rng,
 ) -> Option<Duration> {
     *failures = failures.saturating_add(1);
-    let backoff = retry_delay(*failures);
+    let backoff = retry_delay(*failures, jitter);
     match error {
         StreamError::NotFound(_) => {
             error!(shard_id = %shard, error = %error, "shard vanished; reader stops");
@@ -311,10 +319,9 @@ fn on_error(
 }
 
 /// Exponential backoff with full jitter, capped at 5 s.
-fn retry_delay(failures: u32) -> Duration {
-    use rand::Rng;
+fn retry_delay(failures: u32, jitter: &mut impl rand::Rng) -> Duration {
     let cap = 50u64.saturating_mul(1 << failures.min(7)).min(5_000);
-    Duration::from_millis(rand::thread_rng().gen_range(cap / 2..=cap))
+    Duration::from_millis(jitter.gen_range(cap / 2..=cap))
 }
 
 async fn stop(ctx: &mut ConsumerContext, checkpointer: &Checkpointer) -> ConsumerExit {
@@ -377,6 +384,8 @@ async fn finish(
         }
     }
     Metrics::add(&ctx.metrics.shards_ended_total, 1);
+    // Children waiting on this shard may start now: tell every worker.
+    crate::worker::announce(ctx.store.as_ref()).await;
     info!(shard_id = %shard, children = ?child_ids, "shard ended");
     // Child leases come from the (epoch-fenced) sync, poked now: a consumer
     // paused here must never create a lease from a stale view.

@@ -6,7 +6,7 @@
 //! dead once its heartbeat counter has not changed, as seen by the observer,
 //! for the lease duration on the observer's own monotonic clock.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rand::seq::SliceRandom;
@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::graph::{lease_state, LeaseState};
 use crate::store::FleetView;
-use crate::types::{Fence, Lease, ShardId};
+use crate::types::{Fence, Lease, LeaseMap};
 
 #[derive(Clone, Debug)]
 struct Seen {
@@ -110,7 +110,7 @@ pub struct PlanLimits {
 /// The inputs of one planning round.
 pub struct PlanInput<'a> {
     pub me: &'a str,
-    pub leases: &'a HashMap<ShardId, Lease>,
+    pub leases: &'a LeaseMap,
     /// Live workers (me included) and their lease counts; mine is replaced
     /// by what I actually hold.
     pub live: &'a BTreeMap<String, u32>,
@@ -198,11 +198,11 @@ pub fn plan(input: &PlanInput<'_>, rng: &mut impl Rng) -> Vec<Action> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::Checkpoint;
+    use crate::types::{Checkpoint, ShardId};
     use proptest::prelude::*;
     use rand::SeedableRng;
 
-    fn leases_owned(owners: &[Option<&str>]) -> HashMap<ShardId, Lease> {
+    fn leases_owned(owners: &[Option<&str>]) -> LeaseMap {
         owners
             .iter()
             .enumerate()
@@ -217,7 +217,7 @@ mod tests {
             .collect()
     }
 
-    fn count_of(leases: &HashMap<ShardId, Lease>, worker: &str) -> usize {
+    fn count_of(leases: &LeaseMap, worker: &str) -> usize {
         leases
             .values()
             .filter(|l| l.owner.as_deref() == Some(worker))
@@ -298,7 +298,7 @@ mod tests {
     /// Runs planning rounds over a fleet with instant effects, every worker
     /// in turn, and returns the number of lease moves.
     fn converge(
-        leases: &mut HashMap<ShardId, Lease>,
+        leases: &mut LeaseMap,
         workers: &[String],
         seed: u64,
         max_steals: usize,

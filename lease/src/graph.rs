@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use crate::types::{Checkpoint, InitialPosition, Lease, Shard, ShardId};
+use crate::types::{Checkpoint, InitialPosition, Lease, LeaseMap, Shard, ShardId};
 
 /// The leases a shard listing calls for that `existing` lacks, parents
 /// before children.
@@ -121,7 +121,7 @@ pub enum LeaseState {
 /// The state of `lease` given every lease in the table. A parent without a
 /// lease counts as ended: leases of parents are only deleted after they
 /// ended (see [`parents_to_clean_up`]) and shards past retention are gone.
-pub fn lease_state(lease: &Lease, all: &HashMap<ShardId, Lease>) -> LeaseState {
+pub fn lease_state(lease: &Lease, all: &LeaseMap) -> LeaseState {
     if lease.is_finished() {
         return LeaseState::Ended;
     }
@@ -139,7 +139,7 @@ pub fn lease_state(lease: &Lease, all: &HashMap<ShardId, Lease>) -> LeaseState {
 
 /// Ended leases whose children all have leases that were taken at least
 /// once: they can be deleted without the child ever seeing a live parent.
-pub fn parents_to_clean_up(all: &HashMap<ShardId, Lease>) -> Vec<ShardId> {
+pub fn parents_to_clean_up(all: &LeaseMap) -> Vec<ShardId> {
     let mut kids: HashMap<&ShardId, HashSet<&ShardId>> = HashMap::new();
     for lease in all.values() {
         for parent in &lease.parents {
@@ -224,7 +224,7 @@ mod tests {
         let mut child = Lease::new(ShardId::new("m"), Checkpoint::TrimHorizon);
         child.parents = vec![a.key.clone(), b.key.clone()];
         a.children = vec![child.key.clone()];
-        let mut all: HashMap<ShardId, Lease> = [a, b, child.clone()]
+        let mut all: LeaseMap = [a, b, child.clone()]
             .into_iter()
             .map(|l| (l.key.clone(), l))
             .collect();
@@ -320,7 +320,7 @@ mod tests {
             for (lease, done) in leases.iter_mut().zip(finished.iter().chain(std::iter::repeat(&false))) {
                 if *done { lease.checkpoint = Checkpoint::ShardEnd; }
             }
-            let all: HashMap<ShardId, Lease> = leases.into_iter().map(|l| (l.key.clone(), l)).collect();
+            let all: LeaseMap = leases.into_iter().map(|l| (l.key.clone(), l)).collect();
             for lease in all.values() {
                 if lease_state(lease, &all) == LeaseState::Ready {
                     for parent in &lease.parents {

@@ -218,6 +218,10 @@ impl Lease {
     }
 }
 
+/// Leases by shard id, in shard order (ordered, so that every decision
+/// taken from it is reproducible).
+pub type LeaseMap = std::collections::BTreeMap<ShardId, Lease>;
+
 /// What a conditional write expects to find: the owner and the counter it
 /// last saw. A write with a stale fence is refused.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

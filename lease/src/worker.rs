@@ -4,7 +4,7 @@
 //! Shutdown order: stop taking leases, stop the consumers (each finishes
 //! its batch and checkpoints), release the leases, leave the fleet.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +26,7 @@ use crate::processor::ProcessorFactory;
 use crate::retry;
 use crate::store::{Created, Expect, LeaseStore, LeaseUpdate, StoreError, WorkerBeat};
 use crate::stream::StreamSource;
-use crate::types::{Fence, Lease, ShardId};
+use crate::types::{Fence, Lease, LeaseMap, ShardId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -50,14 +50,14 @@ pub struct Worker {
     factory: Arc<dyn ProcessorFactory>,
     metrics: Arc<Metrics>,
     liveness: Liveness,
-    leases: HashMap<ShardId, Lease>,
+    leases: LeaseMap,
     last_epoch: Option<u64>,
     last_full_refresh: Option<Instant>,
     last_plan: Option<Instant>,
     last_heartbeat_ok: Option<Instant>,
-    consumers: HashMap<ShardId, Running>,
+    consumers: BTreeMap<ShardId, Running>,
     /// Handoffs I asked for: the fence I asked with, and when.
-    requested: HashMap<ShardId, (Fence, Instant)>,
+    requested: BTreeMap<ShardId, (Fence, Instant)>,
     beat: u64,
     rng: StdRng,
     shard_ended: Arc<Notify>,
@@ -83,13 +83,13 @@ impl Worker {
             stream,
             factory,
             metrics: Arc::default(),
-            leases: HashMap::new(),
+            leases: LeaseMap::new(),
             last_epoch: None,
             last_full_refresh: None,
             last_plan: None,
             last_heartbeat_ok: None,
-            consumers: HashMap::new(),
-            requested: HashMap::new(),
+            consumers: BTreeMap::new(),
+            requested: BTreeMap::new(),
             shard_ended: Arc::new(Notify::new()),
             dead_seen: BTreeSet::new(),
         })
@@ -291,12 +291,16 @@ impl Worker {
                         info!(shard_id = %key, to = %to, "lease handed over");
                         Metrics::add(&self.metrics.leases_handed_off_total, 1);
                         self.leases.insert(key.clone(), lease);
-                        let _ = self.store.bump_epoch().await;
+                        announce(self.store.as_ref()).await;
                     }
                     Ok(None) => self.last_epoch = None,
                     Err(error) => {
+                        // The transfer may have happened (lost response):
+                        // re-read, and tell the requester to look.
                         warn!(shard_id = %key, error = %error, "handoff failed; releasing");
                         self.release(&fence).await;
+                        self.last_epoch = None;
+                        announce(self.store.as_ref()).await;
                     }
                 }
             }
@@ -312,8 +316,11 @@ impl Worker {
             Ok(Some(lease)) => {
                 self.leases.insert(lease.key.clone(), lease);
             }
-            Ok(None) => {}
-            Err(error) => warn!(shard_id = %fence.key, error = %error, "could not release lease"),
+            Ok(None) => self.last_epoch = None,
+            Err(error) => {
+                warn!(shard_id = %fence.key, error = %error, "could not release lease");
+                self.last_epoch = None;
+            }
         }
     }
 
@@ -417,8 +424,11 @@ impl Worker {
                     Metrics::add(&self.metrics.leases_stolen_total, 1);
                     self.start(lease);
                 }
-                Ok(None) => {}
-                Err(error) => warn!(shard_id = %fence.key, error = %error, "forced take failed"),
+                Ok(None) => self.last_epoch = None,
+                Err(error) => {
+                    warn!(shard_id = %fence.key, error = %error, "forced take failed");
+                    self.last_epoch = None;
+                }
             }
         }
     }
@@ -438,7 +448,7 @@ impl Worker {
         };
         let actions = plan(&input, &mut self.rng);
         let me = self.config.worker_id.clone();
-        let mut announce = false;
+        let mut requested_any = false;
         for action in actions {
             match action {
                 Action::Take(fence) => {
@@ -453,7 +463,10 @@ impl Worker {
                             self.start(lease);
                         }
                         Ok(None) => self.last_epoch = None,
-                        Err(error) => warn!(shard_id = %fence.key, error = %error, "take failed"),
+                        Err(error) => {
+                            warn!(shard_id = %fence.key, error = %error, "take failed");
+                            self.last_epoch = None;
+                        }
                     }
                 }
                 Action::RequestHandoff(fence) => {
@@ -471,20 +484,19 @@ impl Worker {
                             self.requested
                                 .insert(lease.key.clone(), (lease.fence(), now));
                             self.leases.insert(lease.key.clone(), lease);
-                            announce = true;
+                            requested_any = true;
                         }
                         Ok(None) => self.last_epoch = None,
                         Err(error) => {
-                            warn!(shard_id = %fence.key, error = %error, "handoff request failed")
+                            warn!(shard_id = %fence.key, error = %error, "handoff request failed");
+                            self.last_epoch = None;
                         }
                     }
                 }
             }
         }
-        if announce {
-            if let Err(error) = self.store.bump_epoch().await {
-                warn!(error = %error, "could not announce handoff requests");
-            }
+        if requested_any {
+            announce(self.store.as_ref()).await;
         }
     }
 
@@ -504,6 +516,7 @@ impl Worker {
             poll_interval: self.config.poll_interval,
             max_records: self.config.max_records,
             shard_ended: self.shard_ended.clone(),
+            seed: self.rng.gen(),
             lease: lease.clone(),
         };
         let span =
@@ -565,6 +578,23 @@ impl Worker {
     }
 }
 
+/// Bumps the epoch so every worker re-reads the table, retrying briefly
+/// (the periodic refresh is the safety net if it still fails).
+pub(crate) async fn announce(store: &dyn LeaseStore) {
+    for attempt in 0..4u32 {
+        match store.bump_epoch().await {
+            Ok(()) => return,
+            Err(error) if error.is_retryable() && attempt < 3 => {
+                tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+            }
+            Err(error) => {
+                warn!(error = %error, "could not announce a lease change; the periodic refresh will");
+                return;
+            }
+        }
+    }
+}
+
 const EPOCH_MOVED: &str = "lease table changed during sync";
 
 /// Creates leases for new shards and deletes finished parents.
@@ -595,7 +625,7 @@ async fn sync_once(
             Created::EpochMoved => return Err(EPOCH_MOVED.into()),
         }
     }
-    let all: HashMap<ShardId, Lease> = leases.into_iter().map(|l| (l.key.clone(), l)).collect();
+    let all: LeaseMap = leases.into_iter().map(|l| (l.key.clone(), l)).collect();
     let mut deleted = 0;
     for parent in parents_to_clean_up(&all) {
         if store
@@ -608,7 +638,7 @@ async fn sync_once(
         }
     }
     if deleted > 0 {
-        store.bump_epoch().await.map_err(|e| e.to_string())?;
+        announce(store).await;
     }
     Ok(created + deleted)
 }

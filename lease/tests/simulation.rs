@@ -3,19 +3,25 @@
 //! paused virtual time, with random crashes, pauses longer than the lease
 //! duration, graceful stops, restarts, splits and merges.
 //!
+//! Throttling, 5xx and lost responses (applied, but reported as failed)
+//! are injected into 3% of lease-table calls, and throttling, 5xx and
+//! expired iterators into 3% of reads, until the quiet phase.
+//!
 //! Checked all along: checkpoints of a shard never come from a stale owner
 //! (the fencing counter never goes back, one worker per counter, positions
 //! never regress), and no child is processed before its parents ended.
 //! Checked at rest: every shard is owned by a live worker, every record was
 //! delivered, and the fleet is balanced within one lease.
 //!
+//! `SIM_TRACE=1` logs what the workers do (with `SIM_SEED`).
 //! `SIM_SCHEDULES` sets the number of seeded schedules (default 1000);
 //! `SIM_SEED` replays one. A failure prints its seed.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tally_lease::LeaseMap;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -62,6 +68,55 @@ impl Gate {
     }
 }
 
+/// Injected faults, seeded: throttling and 5xx before a call, and lost
+/// responses (the call happened, the caller sees an error).
+struct Faults {
+    on: AtomicBool,
+    /// Loses the response of the next lease update that takes a lease.
+    lose_next_take: AtomicBool,
+    rng: Mutex<StdRng>,
+}
+
+enum Fault {
+    None,
+    Before(StoreError),
+    LostResponse,
+}
+
+impl Faults {
+    fn new(seed: u64) -> Arc<Self> {
+        Arc::new(Self {
+            on: AtomicBool::new(false),
+            lose_next_take: AtomicBool::new(false),
+            rng: Mutex::new(StdRng::seed_from_u64(seed ^ 0xfa17)),
+        })
+    }
+    fn roll(&self) -> Fault {
+        if !self.on.load(Ordering::SeqCst) {
+            return Fault::None;
+        }
+        let mut rng = self.rng.lock().unwrap();
+        match rng.gen_range(0..100) {
+            0 => Fault::Before(StoreError::Throttled("injected".into())),
+            1 => Fault::Before(StoreError::Unavailable("injected 503".into())),
+            2 => Fault::LostResponse,
+            _ => Fault::None,
+        }
+    }
+    fn roll_stream(&self) -> Option<StreamError> {
+        if !self.on.load(Ordering::SeqCst) {
+            return None;
+        }
+        let mut rng = self.rng.lock().unwrap();
+        match rng.gen_range(0..100) {
+            0 => Some(StreamError::Throttled("injected".into())),
+            1 => Some(StreamError::Unavailable("injected 500".into())),
+            2 => Some(StreamError::ExpiredIterator),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Log {
     /// (shard, worker, counter, checkpoint) of every committed checkpoint, in order.
@@ -75,98 +130,119 @@ struct SimStore {
     gate: Arc<Gate>,
     worker: String,
     log: Arc<Mutex<Log>>,
+    faults: Arc<Faults>,
+}
+
+impl SimStore {
+    async fn faulty<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        self.gate.pass().await;
+        match self.faults.roll() {
+            Fault::None => call.await,
+            Fault::Before(error) => Err(error),
+            Fault::LostResponse => {
+                let _ = call.await;
+                Err(StoreError::Unavailable("response lost (injected)".into()))
+            }
+        }
+    }
+
+    fn log_checkpoint(&self, expect: &Expect, checkpoint: &Checkpoint) {
+        let mut log = self.log.lock().unwrap();
+        let key = expect.fence.key.clone();
+        let previous = log
+            .checkpoints
+            .iter()
+            .rev()
+            .find(|(shard, ..)| shard == &key)
+            .cloned();
+        if let Some((_, worker, counter, last)) = previous {
+            if expect.fence.counter < counter {
+                log.violations.push(format!(
+                    "{key}: stale counter {} after {counter}",
+                    expect.fence.counter
+                ));
+            }
+            if expect.fence.counter == counter && worker != self.worker {
+                log.violations.push(format!(
+                    "{key}: counter {counter} used by {worker} and {}",
+                    self.worker
+                ));
+            }
+            if !advances(&last, checkpoint) {
+                log.violations
+                    .push(format!("{key}: checkpoint {checkpoint} after {last}"));
+            }
+        }
+        log.checkpoints.push((
+            key,
+            self.worker.clone(),
+            expect.fence.counter,
+            checkpoint.clone(),
+        ));
+    }
 }
 
 #[async_trait]
 impl LeaseStore for SimStore {
     async fn ensure_table(&self) -> Result<(), StoreError> {
-        self.gate.pass().await;
-        self.inner.ensure_table().await
+        self.faulty(self.inner.ensure_table()).await
     }
     async fn heartbeat(&self, worker: &str, beat: WorkerBeat) -> Result<FleetView, StoreError> {
-        self.gate.pass().await;
-        self.inner.heartbeat(worker, beat).await
+        self.faulty(self.inner.heartbeat(worker, beat)).await
     }
     async fn fleet(&self) -> Result<FleetView, StoreError> {
-        self.gate.pass().await;
-        self.inner.fleet().await
+        self.faulty(self.inner.fleet()).await
     }
     async fn leave(&self, worker: &str, beat: Option<u64>) -> Result<(), StoreError> {
-        self.gate.pass().await;
-        self.inner.leave(worker, beat).await
+        self.faulty(self.inner.leave(worker, beat)).await
     }
     async fn bump_epoch(&self) -> Result<(), StoreError> {
-        self.gate.pass().await;
-        self.inner.bump_epoch().await
+        self.faulty(self.inner.bump_epoch()).await
     }
     async fn list_leases(&self) -> Result<Vec<Lease>, StoreError> {
-        self.gate.pass().await;
-        self.inner.list_leases().await
+        self.faulty(self.inner.list_leases()).await
     }
     async fn leases_owned_by(&self, owner: &str) -> Result<Vec<Lease>, StoreError> {
-        self.gate.pass().await;
-        self.inner.leases_owned_by(owner).await
+        self.faulty(self.inner.leases_owned_by(owner)).await
     }
     async fn get_lease(&self, key: &ShardId) -> Result<Option<Lease>, StoreError> {
-        self.gate.pass().await;
-        self.inner.get_lease(key).await
+        self.faulty(self.inner.get_lease(key)).await
     }
     async fn create_lease(&self, lease: &Lease, epoch: u64) -> Result<Created, StoreError> {
-        self.gate.pass().await;
-        self.inner.create_lease(lease, epoch).await
+        self.faulty(self.inner.create_lease(lease, epoch)).await
     }
     async fn update_lease(
         &self,
         expect: &Expect,
         update: &LeaseUpdate,
     ) -> Result<Option<Lease>, StoreError> {
-        self.gate.pass().await;
-        let result = self.inner.update_lease(expect, update).await;
-        if let (Ok(Some(_)), Some(checkpoint)) = (&result, &update.checkpoint) {
-            let mut log = self.log.lock().unwrap();
-            let key = expect.fence.key.clone();
-            let previous = log
-                .checkpoints
-                .iter()
-                .rev()
-                .find(|(shard, ..)| shard == &key)
-                .cloned();
-            if let Some((_, worker, counter, last)) = previous {
-                if expect.fence.counter < counter {
-                    log.violations.push(format!(
-                        "{key}: stale counter {} after {counter}",
-                        expect.fence.counter
-                    ));
-                }
-                if expect.fence.counter == counter && worker != self.worker {
-                    log.violations.push(format!(
-                        "{key}: counter {counter} used by {worker} and {}",
-                        self.worker
-                    ));
-                }
-                if !advances(&last, checkpoint) {
-                    log.violations
-                        .push(format!("{key}: checkpoint {checkpoint} after {last}"));
-                }
-            }
-            log.checkpoints.push((
-                key,
-                self.worker.clone(),
-                expect.fence.counter,
-                checkpoint.clone(),
-            ));
+        let taking = matches!(update.owner, tally_lease::store::OwnerChange::To(_));
+        if taking && self.faults.lose_next_take.swap(false, Ordering::SeqCst) {
+            self.gate.pass().await;
+            let _ = self.inner.update_lease(expect, update).await;
+            return Err(StoreError::Unavailable("response lost (injected)".into()));
         }
-        result
+        self.faulty(async {
+            let result = self.inner.update_lease(expect, update).await;
+            if let (Ok(Some(_)), Some(checkpoint)) = (&result, &update.checkpoint) {
+                self.log_checkpoint(expect, checkpoint);
+            }
+            result
+        })
+        .await
     }
     async fn delete_lease(&self, key: &ShardId) -> Result<bool, StoreError> {
-        self.gate.pass().await;
-        self.inner.delete_lease(key).await
+        self.faulty(self.inner.delete_lease(key)).await
     }
 }
 
 struct SimStream {
     inner: MemoryStream,
     gate: Arc<Gate>,
+    faults: Arc<Faults>,
 }
 
 #[async_trait]
@@ -185,6 +261,9 @@ impl StreamSource for SimStream {
     }
     async fn get_records(&self, iterator: &str, limit: u32) -> Result<Page, StreamError> {
         self.gate.pass().await;
+        if let Some(error) = self.faults.roll_stream() {
+            return Err(error);
+        }
         self.inner.get_records(iterator, limit).await
     }
 }
@@ -208,7 +287,7 @@ impl RecordProcessor for SimProcessor {
     ) -> Result<(), ProcessorError> {
         if !self.checked_parents {
             self.checked_parents = true;
-            let all: HashMap<ShardId, Lease> = self
+            let all: LeaseMap = self
                 .table
                 .list_leases()
                 .await?
@@ -285,6 +364,7 @@ struct World {
     table: MemoryStore,
     stream: MemoryStream,
     log: Arc<Mutex<Log>>,
+    faults: Arc<Faults>,
     seed: u64,
 }
 
@@ -292,7 +372,7 @@ impl World {
     fn config(&self, id: &str, incarnation: u64) -> WorkerConfig {
         let mut config = WorkerConfig::new(id);
         config.shard_sync_interval = Duration::from_secs(5);
-        config.full_refresh_interval = Duration::from_secs(10);
+        config.full_refresh_interval = Duration::from_secs(60);
         config.handoff_timeout = Duration::from_secs(4);
         config.seed = Some(self.seed ^ (incarnation << 32) ^ id.len() as u64);
         config
@@ -305,10 +385,12 @@ impl World {
             gate: gate.clone(),
             worker: id.to_owned(),
             log: self.log.clone(),
+            faults: self.faults.clone(),
         });
         let stream = Arc::new(SimStream {
             inner: self.stream.clone(),
             gate: gate.clone(),
+            faults: self.faults.clone(),
         });
         let factory = Arc::new(Factory {
             table: self.table.clone(),
@@ -344,8 +426,10 @@ async fn schedule(seed: u64) -> Result<(), String> {
         table: MemoryStore::new(),
         stream: MemoryStream::with_shards(shard_count),
         log: Arc::default(),
+        faults: Faults::new(seed),
         seed,
     };
+    world.faults.on.store(true, Ordering::SeqCst);
     world.table.ensure_table().await.unwrap();
     let mut incarnation = 0;
     let mut workers: Vec<SimWorker> = (0..worker_count)
@@ -416,6 +500,7 @@ async fn schedule(seed: u64) -> Result<(), String> {
         }
     }
     // Quiet: everyone back, no faults, and time to settle.
+    world.faults.on.store(false, Ordering::SeqCst);
     for worker in workers.iter_mut() {
         match worker.state {
             State::Paused => {
@@ -431,6 +516,7 @@ async fn schedule(seed: u64) -> Result<(), String> {
         }
     }
     tokio::time::sleep(Duration::from_secs(40)).await;
+    let leases_debug = format!("{:?}", world.table.list_leases().await);
     {
         let log = world.log.lock().unwrap();
         if let Some(violation) = log.violations.first() {
@@ -446,14 +532,15 @@ async fn schedule(seed: u64) -> Result<(), String> {
             .collect();
         if !missing.is_empty() {
             return Err(format!(
-                "{} of {} records never delivered (first: {:?})",
+                "{} of {} records never delivered (first: {:?}); leases {:?}",
                 missing.len(),
                 produced,
-                missing[0].0
+                missing[0].0,
+                leases_debug
             ));
         }
     }
-    let leases: HashMap<ShardId, Lease> = world
+    let leases: LeaseMap = world
         .table
         .list_leases()
         .await
@@ -490,8 +577,50 @@ async fn schedule(seed: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// A take whose response is lost must not leave the shard idle until the
+/// next full refresh (60 s): the worker re-reads the table at once.
+#[test]
+fn a_lost_take_response_is_recovered_at_the_next_cycle() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let world = World {
+            table: MemoryStore::new(),
+            stream: MemoryStream::with_shards(1),
+            log: Arc::default(),
+            faults: Faults::new(7),
+            seed: 7,
+        };
+        world.table.ensure_table().await.unwrap();
+        world.faults.lose_next_take.store(true, Ordering::SeqCst);
+        let worker = world.spawn("only", 0);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        world.stream.put("voter", Bytes::from_static(b"v"));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(
+            !world.faults.lose_next_take.load(Ordering::SeqCst),
+            "the take happened"
+        );
+        assert_eq!(
+            world.log.lock().unwrap().delivered.len(),
+            1,
+            "the record was delivered within 6 s"
+        );
+        worker.stop.cancel();
+    });
+}
+
 #[test]
 fn seeded_schedules_keep_every_invariant() {
+    if std::env::var("SIM_TRACE").is_ok() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("debug")
+            .with_test_writer()
+            .try_init();
+    }
     if let Ok(seed) = std::env::var("SIM_SEED") {
         let seed: u64 = seed.parse().expect("SIM_SEED is a number");
         run_schedule(seed).unwrap_or_else(|failure| panic!("seed {seed}: {failure}"));
