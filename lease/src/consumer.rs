@@ -100,55 +100,62 @@ fn start_for(checkpoint: &Checkpoint) -> (StartPosition, Option<ExtendedSequence
 /// Turns Kinesis records into user records: aggregates are split, and an
 /// aggregate that fails to split is delivered once, whole, flagged.
 pub fn user_records(raw: &[RawRecord], metrics: &Metrics) -> Vec<Record> {
+    let record = |source: &RawRecord,
+                  sub_sequence: u64,
+                  data,
+                  partition_key,
+                  explicit_hash_key,
+                  bad_aggregate| Record {
+        data,
+        partition_key,
+        explicit_hash_key,
+        position: ExtendedSequence {
+            sequence: source.sequence.clone(),
+            sub_sequence,
+        },
+        arrival: source.arrival,
+        bad_aggregate,
+    };
     let mut out = Vec::with_capacity(raw.len());
-    for record in raw {
-        if kpl::is_aggregate(&record.data) {
-            match kpl::deaggregate(&record.data) {
-                Ok(subs) => {
-                    for (index, sub) in subs.into_iter().enumerate() {
-                        out.push(Record {
-                            data: sub.data,
-                            partition_key: sub.partition_key,
-                            explicit_hash_key: sub.explicit_hash_key,
-                            position: ExtendedSequence {
-                                sequence: record.sequence.clone(),
-                                sub_sequence: index as u64,
-                            },
-                            arrival: record.arrival,
-                            bad_aggregate: None,
-                        });
-                    }
-                    continue;
-                }
-                Err(reason) => {
-                    Metrics::add(&metrics.bad_aggregates_total, 1);
-                    warn!(sequence = %record.sequence, reason = %reason, "bad aggregate delivered as is");
-                    out.push(Record {
-                        data: record.data.clone(),
-                        partition_key: record.partition_key.clone(),
-                        explicit_hash_key: None,
-                        position: ExtendedSequence {
-                            sequence: record.sequence.clone(),
-                            sub_sequence: 0,
-                        },
-                        arrival: record.arrival,
-                        bad_aggregate: Some(reason.to_string()),
-                    });
-                    continue;
+    for source in raw {
+        if !kpl::is_aggregate(&source.data) {
+            out.push(record(
+                source,
+                0,
+                source.data.clone(),
+                source.partition_key.clone(),
+                None,
+                None,
+            ));
+            continue;
+        }
+        match kpl::deaggregate(&source.data) {
+            Ok(subs) => {
+                for (index, sub) in subs.into_iter().enumerate() {
+                    out.push(record(
+                        source,
+                        index as u64,
+                        sub.data,
+                        sub.partition_key,
+                        sub.explicit_hash_key,
+                        None,
+                    ));
                 }
             }
+            Err(reason) => {
+                Metrics::add(&metrics.bad_aggregates_total, 1);
+                warn!(sequence = %source.sequence, reason = %reason, "bad aggregate delivered as is");
+                let flagged = Some(reason.to_string());
+                out.push(record(
+                    source,
+                    0,
+                    source.data.clone(),
+                    source.partition_key.clone(),
+                    None,
+                    flagged,
+                ));
+            }
         }
-        out.push(Record {
-            data: record.data.clone(),
-            partition_key: record.partition_key.clone(),
-            explicit_hash_key: None,
-            position: ExtendedSequence {
-                sequence: record.sequence.clone(),
-                sub_sequence: 0,
-            },
-            arrival: record.arrival,
-            bad_aggregate: None,
-        });
     }
     out
 }

@@ -25,6 +25,8 @@ use super::{
 };
 use crate::types::{Checkpoint, Fence, Lease, ShardId};
 
+type Item = HashMap<String, AttributeValue>;
+
 /// The `leaseOwner` index name.
 pub const OWNER_INDEX: &str = "leaseOwner-index";
 
@@ -72,6 +74,32 @@ impl DynamoStore {
 
     fn key(key: &str) -> HashMap<String, AttributeValue> {
         HashMap::from([(attr::KEY.to_owned(), AttributeValue::S(key.to_owned()))])
+    }
+
+    /// Runs a Scan or Query page by page and returns every lease, in key
+    /// order (the fleet item skipped).
+    async fn paged<F, Fut>(&self, mut page: F) -> Result<Vec<Lease>, StoreError>
+    where
+        F: FnMut(Option<Item>) -> Fut,
+        Fut: std::future::Future<Output = Result<(Vec<Item>, Option<Item>), StoreError>>,
+    {
+        let mut leases = Vec::new();
+        let mut start = None;
+        loop {
+            self.count();
+            let (items, next) = page(start).await?;
+            for item in &items {
+                if let Some(lease) = lease_from_item(item)? {
+                    leases.push(lease);
+                }
+            }
+            start = next;
+            if start.is_none() {
+                break;
+            }
+        }
+        leases.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(leases)
     }
 
     async fn wait_active(&self) -> Result<(), StoreError> {
@@ -587,10 +615,7 @@ impl LeaseStore for DynamoStore {
     }
 
     async fn list_leases(&self) -> Result<Vec<Lease>, StoreError> {
-        let mut leases = Vec::new();
-        let mut start = None;
-        loop {
-            self.count();
+        self.paged(|start| async move {
             let page = self
                 .client
                 .scan()
@@ -600,25 +625,13 @@ impl LeaseStore for DynamoStore {
                 .send()
                 .await
                 .map_err(classify)?;
-            for item in page.items() {
-                if let Some(lease) = lease_from_item(item)? {
-                    leases.push(lease);
-                }
-            }
-            start = page.last_evaluated_key().cloned();
-            if start.is_none() {
-                break;
-            }
-        }
-        leases.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(leases)
+            Ok((page.items().to_vec(), page.last_evaluated_key().cloned()))
+        })
+        .await
     }
 
     async fn leases_owned_by(&self, owner: &str) -> Result<Vec<Lease>, StoreError> {
-        let mut leases = Vec::new();
-        let mut start = None;
-        loop {
-            self.count();
+        self.paged(|start| async move {
             let page = self
                 .client
                 .query()
@@ -631,18 +644,9 @@ impl LeaseStore for DynamoStore {
                 .send()
                 .await
                 .map_err(classify)?;
-            for item in page.items() {
-                if let Some(lease) = lease_from_item(item)? {
-                    leases.push(lease);
-                }
-            }
-            start = page.last_evaluated_key().cloned();
-            if start.is_none() {
-                break;
-            }
-        }
-        leases.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(leases)
+            Ok((page.items().to_vec(), page.last_evaluated_key().cloned()))
+        })
+        .await
     }
 
     async fn get_lease(&self, key: &ShardId) -> Result<Option<Lease>, StoreError> {
