@@ -5,6 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
+use backon::BackoffBuilder;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -175,15 +176,29 @@ pub async fn run(mut ctx: ConsumerContext) -> ConsumerExit {
         checkpoint: ctx.lease.checkpoint.clone(),
         fence: ctx.lease.fence(),
     };
-    if let Err(error) = ctx.processor.initialize(&start).await {
-        error!(shard_id = %shard, error = %error, "processor failed to initialize; releasing after stop");
+    let mut attempt: u32 = 0;
+    while let Err(error) = ctx.processor.initialize(&start).await {
+        attempt += 1;
+        error!(shard_id = %shard, error = %error, attempt, "processor failed to initialize; retrying");
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100u64 << attempt.min(6))) => {}
+            _ = ctx.control.lost.cancelled() => {
+                ctx.processor.lease_lost().await;
+                return ConsumerExit::Lost;
+            }
+            _ = ctx.control.stop.cancelled() => {
+                return ConsumerExit::Stopped(ctx.control.stop_reason().unwrap_or(StopReason::Shutdown));
+            }
+        }
     }
     let (first_start, mut skip_through) = start_for(&ctx.lease.checkpoint);
     let mut last_sequence: Option<SequenceNumber> = None;
     let mut iterator: Option<String> = None;
     let mut next_call = Instant::now();
-    let mut failures: u32 = 0;
-    let mut jitter = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(ctx.seed);
+    // One backoff policy for every call (backon, exponential with jitter,
+    // seeded so that simulations replay); reset after each success.
+    let policy = crate::retry::policy().with_jitter_seed(ctx.seed);
+    let mut backoff = policy.build();
     loop {
         if ctx.control.lost.is_cancelled() {
             ctx.processor.lease_lost().await;
@@ -210,7 +225,12 @@ pub async fn run(mut ctx: ConsumerContext) -> ConsumerExit {
                         fresh
                     }
                     Err(error) => {
-                        match on_error(&shard, &error, &mut failures, &ctx.metrics, &mut jitter) {
+                        match on_error(
+                            &shard,
+                            &error,
+                            backoff.next().unwrap_or(Duration::from_secs(5)),
+                            &ctx.metrics,
+                        ) {
                             Some(delay) => {
                                 next_call = Instant::now() + delay;
                                 continue;
@@ -229,7 +249,12 @@ pub async fn run(mut ctx: ConsumerContext) -> ConsumerExit {
                 continue;
             }
             Err(error) => {
-                match on_error(&shard, &error, &mut failures, &ctx.metrics, &mut jitter) {
+                match on_error(
+                    &shard,
+                    &error,
+                    backoff.next().unwrap_or(Duration::from_secs(5)),
+                    &ctx.metrics,
+                ) {
                     Some(delay) => {
                         next_call = Instant::now() + delay;
                         continue;
@@ -238,7 +263,7 @@ pub async fn run(mut ctx: ConsumerContext) -> ConsumerExit {
                 }
             }
         };
-        failures = 0;
+        backoff = policy.build();
         next_call = Instant::now() + ctx.poll_interval;
         Metrics::add(&ctx.metrics.get_records_total, 1);
         Metrics::add(&ctx.metrics.records_read_total, page.records.len() as u64);
@@ -298,12 +323,9 @@ async fn deliver(ctx: &mut ConsumerContext, batch: &Batch, checkpointer: &Checkp
 fn on_error(
     shard: &ShardId,
     error: &StreamError,
-    failures: &mut u32,
+    backoff: Duration,
     metrics: &Metrics,
-    jitter: &mut impl rand::Rng,
 ) -> Option<Duration> {
-    *failures = failures.saturating_add(1);
-    let backoff = retry_delay(*failures, jitter);
     match error {
         StreamError::NotFound(_) => {
             error!(shard_id = %shard, error = %error, "shard vanished; reader stops");
@@ -323,12 +345,6 @@ fn on_error(
             Some(backoff)
         }
     }
-}
-
-/// Exponential backoff with full jitter, capped at 5 s.
-fn retry_delay(failures: u32, jitter: &mut impl rand::Rng) -> Duration {
-    let cap = 50u64.saturating_mul(1 << failures.min(7)).min(5_000);
-    Duration::from_millis(jitter.gen_range(cap / 2..=cap))
 }
 
 async fn stop(ctx: &mut ConsumerContext, checkpointer: &Checkpointer) -> ConsumerExit {
