@@ -15,6 +15,31 @@ use tally_lease::testing::{
 };
 use tally_lease::{DynamoStore, LeaseStore};
 
+/// A worker process, killed when dropped (a failing test leaves none behind).
+struct Worker(Child);
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+impl std::ops::Deref for Worker {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Worker {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
 struct Setup {
     endpoint: String,
     stream: String,
@@ -51,7 +76,7 @@ impl Setup {
     }
 
     /// Starts `tally tail` as a worker process.
-    fn worker(&self, id: &str, dynamodb_endpoint: &str) -> Child {
+    fn worker(&self, id: &str, dynamodb_endpoint: &str) -> Worker {
         let log = std::fs::File::create(self.dir.join(format!("{id}.log"))).unwrap();
         Command::new(env!("CARGO_BIN_EXE_tally"))
             .args([
@@ -75,6 +100,7 @@ impl Setup {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
+            .map(Worker)
             .expect("start tally tail")
     }
 
@@ -187,7 +213,7 @@ async fn three_workers_share_eight_shards_through_kill_stop_and_restart() {
     let setup = Setup::new(EmulatorKind::Ministack, 8).await;
     let dynamodb = setup.endpoint.clone();
     setup.put(0, 400, 50).await;
-    let mut workers: HashMap<&str, Child> = ["w1", "w2", "w3"]
+    let mut workers: HashMap<&str, Worker> = ["w1", "w2", "w3"]
         .into_iter()
         .map(|id| (id, setup.worker(id, &dynamodb)))
         .collect();
