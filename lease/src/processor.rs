@@ -205,9 +205,7 @@ impl Checkpointer {
     /// Records that the application's fenced write was refused: the lease
     /// is lost and the reader stops.
     pub fn mark_lost(&self) {
-        if !self.lost.is_cancelled() {
-            Metrics::add(&self.metrics.leases_lost_total, 1);
-        }
+        // Counted once, by the worker, when the reader exits.
         self.lost.cancel();
     }
 }

@@ -347,6 +347,7 @@ impl ProcessorFactory for Factory {
 
 struct SimWorker {
     id: String,
+    metrics: Arc<tally_lease::metrics::Metrics>,
     gate: Arc<Gate>,
     stop: CancellationToken,
     state: State,
@@ -399,9 +400,11 @@ impl World {
         let worker = Worker::new(self.config(id, incarnation), store, stream, factory)
             .expect("valid config");
         let stop = CancellationToken::new();
+        let metrics = worker.metrics();
         tokio::spawn(worker.run(stop.clone()));
         SimWorker {
             id: id.to_owned(),
+            metrics,
             gate,
             stop,
             state: State::Running,
@@ -609,6 +612,44 @@ fn a_lost_take_response_is_recovered_at_the_next_cycle() {
             1,
             "the record was delivered within 6 s"
         );
+        worker.stop.cancel();
+    });
+}
+
+/// A lease lost at a checkpoint is counted once (the reader's exit), not
+/// also by the checkpointer.
+#[test]
+fn a_lease_lost_at_a_checkpoint_is_counted_once() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let world = World {
+            table: MemoryStore::new(),
+            stream: MemoryStream::with_shards(1),
+            log: Arc::default(),
+            faults: Faults::new(3),
+            seed: 3,
+        };
+        world.table.ensure_table().await.unwrap();
+        let worker = world.spawn("only", 0);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let lease = world.table.list_leases().await.unwrap().remove(0);
+        assert_eq!(lease.owner.as_deref(), Some("only"));
+        // Another owner takes it behind the worker's back (no epoch change),
+        // so the worker learns it only when its checkpoint is refused.
+        world
+            .table
+            .update_lease(&lease.fence().into(), &LeaseUpdate::take("other"))
+            .await
+            .unwrap()
+            .unwrap();
+        world.stream.put("voter", Bytes::from_static(b"v"));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let lost = worker.metrics.leases_lost_total.load(Ordering::SeqCst);
+        assert_eq!(lost, 1, "lost once, counted once");
         worker.stop.cancel();
     });
 }
