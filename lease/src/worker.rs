@@ -103,13 +103,6 @@ impl Worker {
         &self.config.worker_id
     }
 
-    /// Shards whose consumers run now.
-    pub fn held(&self) -> Vec<ShardId> {
-        let mut held: Vec<ShardId> = self.consumers.keys().cloned().collect();
-        held.sort();
-        held
-    }
-
     /// Runs until `shutdown` fires, then stops gracefully.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         let span = tracing::info_span!("worker", worker_id = %self.config.worker_id);
@@ -154,11 +147,6 @@ impl Worker {
             Some(Ok(())) | None => Ok(()),
             Some(Err(error)) => Err(WorkerError::Table(error)),
         }
-    }
-
-    /// Runs one shard sync now (tests and the first start).
-    pub async fn sync_shards(&self) -> Result<usize, String> {
-        sync_once(&self.config, self.store.as_ref(), self.stream.as_ref()).await
     }
 
     /// One coordinator step: reap consumers, heartbeat, refresh if anything
@@ -557,18 +545,8 @@ impl Worker {
                     ConsumerExit::Stopped(StopReason::Shutdown)
                 }
             };
-            let exit = match exit {
-                ConsumerExit::Stopped(StopReason::Handoff { .. }) => {
-                    ConsumerExit::Stopped(StopReason::Handoff {
-                        to: self
-                            .leases
-                            .get(&key)
-                            .and_then(|l| l.pending_owner.clone())
-                            .unwrap_or_default(),
-                    })
-                }
-                other => other,
-            };
+            // A consumer asked to hand over before the stop carries its
+            // target in its exit: the handoff completes, the rest release.
             self.after_exit(&key, running.fence, exit).await;
         }
         if let Err(error) = self.store.leave(&self.config.worker_id, None).await {
