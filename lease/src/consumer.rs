@@ -212,49 +212,27 @@ pub async fn run(mut ctx: ConsumerContext) -> ConsumerExit {
             _ = ctx.control.stop.cancelled() => continue,
             _ = ctx.control.lost.cancelled() => continue,
         }
-        let current = match &iterator {
-            Some(current) => current.clone(),
-            None => {
-                let position = match &last_sequence {
-                    Some(sequence) => StartPosition::AfterSequence(sequence.clone()),
-                    None => first_start.clone(),
-                };
-                match ctx.stream.shard_iterator(&shard, &position).await {
-                    Ok(fresh) => {
-                        iterator = Some(fresh.clone());
-                        fresh
-                    }
-                    Err(error) => {
-                        match on_error(
-                            &shard,
-                            &error,
-                            backoff.next().unwrap_or(Duration::from_secs(5)),
-                            &ctx.metrics,
-                        ) {
-                            Some(delay) => {
-                                next_call = Instant::now() + delay;
-                                continue;
-                            }
-                            None => return ConsumerExit::Vanished,
-                        }
-                    }
-                }
-            }
+        let reopen_at = match &last_sequence {
+            Some(sequence) => StartPosition::AfterSequence(sequence.clone()),
+            None => first_start.clone(),
         };
-        let page = match ctx.stream.get_records(&current, ctx.max_records).await {
+        let page = match fetch(
+            ctx.stream.as_ref(),
+            &shard,
+            ctx.max_records,
+            &mut iterator,
+            &reopen_at,
+        )
+        .await
+        {
             Ok(page) => page,
             Err(StreamError::ExpiredIterator) => {
                 debug!(shard_id = %shard, "iterator expired; re-requesting");
-                iterator = None;
                 continue;
             }
             Err(error) => {
-                match on_error(
-                    &shard,
-                    &error,
-                    backoff.next().unwrap_or(Duration::from_secs(5)),
-                    &ctx.metrics,
-                ) {
+                let delay = backoff.next().unwrap_or(Duration::from_secs(5));
+                match on_error(&shard, &error, delay, &ctx.metrics) {
                     Some(delay) => {
                         next_call = Instant::now() + delay;
                         continue;
@@ -297,6 +275,30 @@ pub async fn run(mut ctx: ConsumerContext) -> ConsumerExit {
             return finish(&mut ctx, &checkpointer, page.children).await;
         }
     }
+}
+
+/// One page: opens an iterator at `reopen_at` when there is none, then
+/// reads. An expired iterator is dropped so that the next call reopens it.
+async fn fetch(
+    stream: &dyn StreamSource,
+    shard: &ShardId,
+    max_records: u32,
+    iterator: &mut Option<String>,
+    reopen_at: &StartPosition,
+) -> Result<crate::stream::Page, StreamError> {
+    let current = match iterator {
+        Some(current) => current.clone(),
+        None => {
+            let fresh = stream.shard_iterator(shard, reopen_at).await?;
+            *iterator = Some(fresh.clone());
+            fresh
+        }
+    };
+    let result = stream.get_records(&current, max_records).await;
+    if matches!(result, Err(StreamError::ExpiredIterator)) {
+        *iterator = None;
+    }
+    result
 }
 
 /// Offers a batch until the processor takes it; false when the lease was
