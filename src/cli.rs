@@ -50,6 +50,9 @@ pub enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Only this worker's leases (read through the leaseOwner index, no scan).
+        #[arg(long)]
+        owner: Option<String>,
     },
     /// Reads the stream as a lease worker and prints every record as a JSON
     /// line (shard, sequence, sub-sequence, partition key, data, worker),
@@ -73,9 +76,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     cli.common.validate()?;
     match cli.command {
         Command::Init { shards } => init(&cli.common, shards).await,
-        Command::Leases { json } => {
+        Command::Leases { json, owner } => {
+            if let Some(owner) = &owner {
+                if !tally_lease::config::valid_id(owner) {
+                    anyhow::bail!("invalid --owner {owner:?}: worker ids are 1 to 128 characters of [A-Za-z0-9._:@-]");
+                }
+            }
             let clients = Clients::from_env().await?;
-            crate::leases_view::show(&cli.common, &clients, json).await
+            crate::leases_view::show(&cli.common, &clients, json, owner.as_deref()).await
         }
         Command::Tail {
             lease,

@@ -97,12 +97,18 @@ pub fn render(rows: &[Row]) -> String {
     out
 }
 
-pub async fn show(common: &Common, clients: &Clients, json: bool) -> anyhow::Result<()> {
+pub async fn show(
+    common: &Common,
+    clients: &Clients,
+    json: bool,
+    owner: Option<&str>,
+) -> anyhow::Result<()> {
     let store = DynamoStore::new(clients.dynamodb.clone(), common.lease_table());
-    let leases = store
-        .list_leases()
-        .await
-        .with_context(|| format!("reading lease table {}", common.lease_table()))?;
+    let read = match owner {
+        Some(owner) => store.leases_owned_by(owner).await,
+        None => store.list_leases().await,
+    };
+    let leases = read.with_context(|| format!("reading lease table {}", common.lease_table()))?;
     let fleet = store.fleet().await?;
     let rows = rows(&leases);
     if json {
