@@ -45,7 +45,7 @@ pub enum Command {
         shards: i32,
     },
     /// Shows the lease table: shard, owner, checkpoint, parents and state
-    /// (processing, waiting on parents, ended), and the workers' heartbeats.
+    /// (processing, free, waiting on parents, ended), and the workers' heartbeats.
     Leases {
         /// Print JSON instead of a table.
         #[arg(long)]

@@ -21,14 +21,6 @@ pub struct Common {
         global = true
     )]
     pub stream: String,
-    /// Prefix of every DynamoDB table name.
-    #[arg(
-        long,
-        env = "TALLY_TABLE_PREFIX",
-        default_value = "tally-",
-        global = true
-    )]
-    pub table_prefix: String,
     /// Application name: the lease table is `<app>-leases`. A separate
     /// application reads the stream independently, with its own leases.
     #[arg(long, env = "TALLY_APP", default_value = "tally", global = true)]
@@ -51,9 +43,6 @@ impl Common {
         };
         if !name_ok(&self.stream, 128) {
             bail!("invalid setting TALLY_STREAM (--stream): {:?} must be 1 to 128 characters of [A-Za-z0-9._-]", self.stream);
-        }
-        if !self.table_prefix.is_empty() && !name_ok(&self.table_prefix, 200) {
-            bail!("invalid setting TALLY_TABLE_PREFIX (--table-prefix): {:?} may hold only [A-Za-z0-9._-]", self.table_prefix);
         }
         if !name_ok(&self.app, 200) {
             bail!("invalid setting TALLY_APP (--app): {:?} must be 1 to 200 characters of [A-Za-z0-9._-]", self.app);
@@ -223,7 +212,6 @@ mod tests {
     fn bad_names_fail_naming_the_setting() {
         let common = Common {
             stream: "bad name".into(),
-            table_prefix: "tally-".into(),
             app: "tally".into(),
         };
         assert!(common
