@@ -35,6 +35,9 @@ pub struct ConsumerControl {
     pub stop: CancellationToken,
     /// The lease is lost: stop at once, checkpoint nothing.
     pub lost: CancellationToken,
+    /// MillisBehindLatest of this reader's last page (the worker publishes
+    /// the largest over its readers).
+    pub millis_behind: Arc<std::sync::atomic::AtomicI64>,
     reason: Arc<Mutex<Option<StopReason>>>,
 }
 
@@ -250,7 +253,9 @@ pub async fn run(mut ctx: ConsumerContext) -> ConsumerExit {
             page.records.iter().map(|r| r.data.len() as u64).sum(),
         );
         if let Some(behind) = page.millis_behind {
-            Metrics::set(&ctx.metrics.millis_behind_latest, behind);
+            ctx.control
+                .millis_behind
+                .store(behind, std::sync::atomic::Ordering::Relaxed);
         }
         if let Some(last) = page.records.last() {
             last_sequence = Some(last.sequence.clone());

@@ -52,7 +52,8 @@ metrics! {
     get_records_total: AtomicU64,
     /// GetRecords calls throttled.
     get_records_throttles_total: AtomicU64,
-    /// Gauge: the largest MillisBehindLatest of the last page of any shard.
+    /// Gauge: the largest MillisBehindLatest over this worker's shards (each
+    /// shard's last page), updated every renew interval.
     millis_behind_latest: AtomicI64,
     /// Checkpoints written.
     checkpoints_total: AtomicU64,

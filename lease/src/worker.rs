@@ -211,6 +211,13 @@ impl Worker {
             self.act(now).await;
         }
         Metrics::set(&self.metrics.leases_held, self.consumers.len() as i64);
+        let behind = self
+            .consumers
+            .values()
+            .map(|running| running.control.millis_behind.load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(0);
+        Metrics::set(&self.metrics.millis_behind_latest, behind);
         self.metrics
             .lease_table_requests_total
             .store(self.store.requests(), Ordering::Relaxed);

@@ -616,6 +616,74 @@ fn a_lost_take_response_is_recovered_at_the_next_cycle() {
     });
 }
 
+/// The lag gauge is the largest over the worker's shards, not the last
+/// page read.
+#[test]
+fn millis_behind_is_the_largest_over_the_shards() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let world = World {
+            table: MemoryStore::new(),
+            stream: MemoryStream::with_shards(2),
+            log: Arc::default(),
+            faults: Faults::new(5),
+            seed: 5,
+        };
+        world.table.ensure_table().await.unwrap();
+        // Reads of 1 record a call: the shard with a backlog stays behind
+        // (the in-memory stream reports 1000 ms behind until a shard's end).
+        let mut config = world.config("only", 0);
+        config.max_records = 1;
+        let store = Arc::new(SimStore {
+            inner: world.table.clone(),
+            gate: Gate::new(),
+            worker: "only".into(),
+            log: world.log.clone(),
+            faults: world.faults.clone(),
+        });
+        let stream = Arc::new(SimStream {
+            inner: world.stream.clone(),
+            gate: Gate::new(),
+            faults: world.faults.clone(),
+        });
+        let factory = Arc::new(Factory {
+            table: world.table.clone(),
+            log: world.log.clone(),
+        });
+        let worker = Worker::new(config, store, stream, factory).unwrap();
+        let metrics = worker.metrics();
+        let stop = CancellationToken::new();
+        tokio::spawn(worker.run(stop.clone()));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        // A backlog on the lower shard only (keys hashing to the lower half);
+        // the other shard keeps being read at its tip (0 ms behind).
+        let mut put = 0;
+        let mut index = 0;
+        while put < 2000 {
+            index += 1;
+            let key = format!("voter-{index}");
+            if tally_lease::stream::memory::hash_key(&key) < u128::MAX / 2 {
+                world.stream.put(&key, Bytes::from_static(b"v"));
+                put += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for _ in 0..10 {
+            assert_eq!(
+                metrics.millis_behind_latest.load(Ordering::SeqCst),
+                1000,
+                "the shard with a backlog shows"
+            );
+            tokio::time::sleep(Duration::from_millis(130)).await;
+        }
+        stop.cancel();
+    });
+}
+
 /// A lease lost at a checkpoint is counted once (the reader's exit), not
 /// also by the checkpointer.
 #[test]
