@@ -464,22 +464,20 @@ async fn drain(records: usize) {
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let number = |flag: &str, default: usize| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|at| args.get(at + 1))
-            .map(|v| {
-                v.parse()
-                    .unwrap_or_else(|_| panic!("{flag} takes a number"))
-            })
-            .unwrap_or(default)
+    let usage = || -> ! {
+        eprintln!("usage: tally-bench failover [--runs N] | drain [--records N]   (N a positive whole number)");
+        std::process::exit(2);
+    };
+    let number = |flag: &str, default: usize| match args.iter().position(|a| a == flag) {
+        None => default,
+        Some(at) => match args.get(at + 1).map(|value| value.parse::<usize>()) {
+            Some(Ok(value)) if value > 0 => value,
+            _ => usage(),
+        },
     };
     match args.first().map(String::as_str) {
-        Some("failover") => failover(number("--runs", 5).max(1)).await,
-        Some("drain") => drain(number("--records", 200_000).max(1)).await,
-        _ => {
-            eprintln!("usage: tally-bench failover [--runs N] | drain [--records N]");
-            std::process::exit(2);
-        }
+        Some("failover") => failover(number("--runs", 5)).await,
+        Some("drain") => drain(number("--records", 200_000)).await,
+        _ => usage(),
     }
 }
