@@ -98,6 +98,44 @@ pub async fn fenced_updates(store: &dyn LeaseStore) {
             3
         )
     );
+    // A commit that names the checkpoint it continues from applies once.
+    let from_checkpoint = |checkpoint: Checkpoint| Expect {
+        checkpoint: Some(checkpoint),
+        ..Expect::from(taken.fence())
+    };
+    let big = "49680447902327068011534747638408591534547320311243603970";
+    assert_eq!(
+        store
+            .update_lease(
+                &from_checkpoint(at(big, 2)),
+                &LeaseUpdate::checkpoint(at(big, 4))
+            )
+            .await
+            .unwrap(),
+        None,
+        "a checkpoint expectation that does not match is refused"
+    );
+    let continued = store
+        .update_lease(
+            &from_checkpoint(at(big, 3)),
+            &LeaseUpdate::checkpoint(at(big, 4)),
+        )
+        .await
+        .unwrap()
+        .expect("the matching checkpoint expectation is met");
+    assert_eq!(continued.checkpoint, at(big, 4));
+    assert_eq!(
+        store
+            .update_lease(
+                &from_checkpoint(at(big, 3)),
+                &LeaseUpdate::checkpoint(at(big, 4))
+            )
+            .await
+            .unwrap(),
+        None,
+        "the same commit does not apply twice"
+    );
+    let checkpointed = continued;
     assert_eq!(checkpointed.owner_switches, 0);
     assert_eq!(
         checkpointed.counter, 1,
@@ -108,6 +146,7 @@ pub async fn fenced_updates(store: &dyn LeaseStore) {
             &Expect {
                 fence: taken.fence(),
                 pending_owner: Some(None),
+                checkpoint: None,
             },
             &LeaseUpdate::request_handoff("b"),
         )
@@ -120,7 +159,8 @@ pub async fn fenced_updates(store: &dyn LeaseStore) {
             .update_lease(
                 &Expect {
                     fence: taken.fence(),
-                    pending_owner: Some(None)
+                    pending_owner: Some(None),
+                    checkpoint: None,
                 },
                 &LeaseUpdate::request_handoff("c")
             )
@@ -134,6 +174,7 @@ pub async fn fenced_updates(store: &dyn LeaseStore) {
             &Expect {
                 fence: asked.fence(),
                 pending_owner: Some(Some("b".into())),
+                checkpoint: None,
             },
             &LeaseUpdate::take("b"),
         )

@@ -276,6 +276,7 @@ impl Worker {
                 let expect = Expect {
                     fence: fence.clone(),
                     pending_owner: Some(Some(to.clone())),
+                    checkpoint: None,
                 };
                 match self
                     .store
@@ -360,6 +361,7 @@ impl Worker {
             let expect = Expect {
                 fence,
                 pending_owner: Some(Some(thief)),
+                checkpoint: None,
             };
             let change = LeaseUpdate {
                 pending_owner: Some(None),
@@ -408,6 +410,7 @@ impl Worker {
             let expect = Expect {
                 fence: fence.clone(),
                 pending_owner: Some(Some(me.clone())),
+                checkpoint: None,
             };
             match self
                 .store
@@ -468,6 +471,7 @@ impl Worker {
                     let expect = Expect {
                         fence: fence.clone(),
                         pending_owner: Some(None),
+                        checkpoint: None,
                     };
                     match self
                         .store

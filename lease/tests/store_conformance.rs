@@ -51,7 +51,7 @@ mod dynamo {
     async fn checkpoint_update_commits_inside_an_application_transaction() {
         use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
         use tally_lease::store::dynamo::checkpoint_update;
-        use tally_lease::store::LeaseUpdate;
+        use tally_lease::store::{Expect, LeaseUpdate};
         use tally_lease::{
             Checkpoint, ExtendedSequence, Lease, LeaseStore, SequenceNumber, ShardId,
         };
@@ -89,7 +89,11 @@ mod dynamo {
         };
         let commit = |fence, id: &'static str| {
             let client = client.clone();
-            let update = checkpoint_update(store.table_name(), &fence, &position).unwrap();
+            let expect = Expect {
+                checkpoint: Some(Checkpoint::TrimHorizon),
+                ..Expect::from(fence)
+            };
+            let update = checkpoint_update(store.table_name(), &expect, &position).unwrap();
             let item = app_write(id);
             async move {
                 client
@@ -109,6 +113,12 @@ mod dynamo {
                 .unwrap()
                 .checkpoint,
             position
+        );
+        // The same commit again (a retry whose first attempt was applied)
+        // no longer meets the checkpoint it continues from.
+        assert!(
+            commit(mine.fence(), "again").await.is_err(),
+            "an applied commit cannot apply twice"
         );
         // Another worker takes the lease: the stale transaction fails whole.
         store

@@ -23,7 +23,7 @@ use super::{
     Created, Expect, FleetView, LeaseStore, LeaseUpdate, OwnerChange, StoreError, WorkerBeat,
     FLEET_KEY,
 };
-use crate::types::{Checkpoint, Fence, Lease, ShardId};
+use crate::types::{Checkpoint, Lease, ShardId};
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -126,21 +126,20 @@ impl DynamoStore {
 }
 
 /// A `TransactWriteItems` update that checkpoints `checkpoint` on the lease
-/// fenced by `fence`: an application puts it in its own transaction so that
-/// its writes and the checkpoint commit together. The transaction fails with
-/// a `ConditionalCheckFailed` cancellation reason when the lease was lost.
+/// if it meets `expect`: an application puts it in its own transaction so
+/// that its writes and the checkpoint commit together. The transaction fails
+/// with a `ConditionalCheckFailed` cancellation reason when the lease was
+/// lost, or, when `expect.checkpoint` names the checkpoint the commit
+/// continues from, when that commit was already applied.
 pub fn checkpoint_update(
     table: &str,
-    fence: &Fence,
+    expect: &Expect,
     checkpoint: &Checkpoint,
 ) -> Result<Update, StoreError> {
-    let parts = UpdateParts::build(
-        &Expect::from(fence.clone()),
-        &LeaseUpdate::checkpoint(checkpoint.clone()),
-    );
+    let parts = UpdateParts::build(expect, &LeaseUpdate::checkpoint(checkpoint.clone()));
     Update::builder()
         .table_name(table)
-        .set_key(Some(DynamoStore::key(fence.key.as_str())))
+        .set_key(Some(DynamoStore::key(expect.fence.key.as_str())))
         .update_expression(parts.update)
         .condition_expression(parts.condition)
         .set_expression_attribute_names(Some(parts.names))
@@ -191,6 +190,20 @@ impl UpdateParts {
                     AttributeValue::S(pending.clone()),
                 );
             }
+        }
+        if let Some(checkpoint) = &expect.checkpoint {
+            names.insert("#checkpoint".into(), attr::CHECKPOINT.into());
+            names.insert("#sub".into(), attr::SUB_SEQUENCE.into());
+            condition.push("#checkpoint = :expected_checkpoint".into());
+            condition.push("#sub = :expected_sub".into());
+            values.insert(
+                ":expected_checkpoint".into(),
+                AttributeValue::S(checkpoint.attribute()),
+            );
+            values.insert(
+                ":expected_sub".into(),
+                AttributeValue::N(checkpoint.sub_attribute().to_string()),
+            );
         }
         let mut set = Vec::new();
         let mut remove = Vec::new();

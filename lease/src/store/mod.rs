@@ -133,6 +133,10 @@ pub struct Expect {
     pub fence: Fence,
     /// `None`: don't care; `Some(None)`: must be absent; `Some(Some(id))`: must be `id`.
     pub pending_owner: Option<Option<String>>,
+    /// `None`: don't care; `Some(c)`: the checkpoint must currently be `c`
+    /// (an application's commit names the checkpoint it continues from, so
+    /// a retried commit that was already applied can never apply twice).
+    pub checkpoint: Option<Checkpoint>,
 }
 
 impl From<Fence> for Expect {
@@ -140,6 +144,7 @@ impl From<Fence> for Expect {
         Self {
             fence,
             pending_owner: None,
+            checkpoint: None,
         }
     }
 }
@@ -179,6 +184,10 @@ pub fn meets(lease: &Lease, expect: &Expect) -> bool {
             .pending_owner
             .as_ref()
             .is_none_or(|pending| &lease.pending_owner == pending)
+        && expect
+            .checkpoint
+            .as_ref()
+            .is_none_or(|checkpoint| &lease.checkpoint == checkpoint)
 }
 
 /// The lease table.
