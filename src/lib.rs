@@ -12,8 +12,13 @@
 //! - [`telemetry`]: JSON logs.
 
 pub mod cli;
+pub mod count;
 pub mod leases_view;
+pub mod poll;
 pub mod settings;
 pub mod shutdown;
+pub mod store;
 pub mod tail;
 pub mod telemetry;
+pub mod time;
+pub mod vote;

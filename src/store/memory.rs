@@ -1,0 +1,202 @@
+//! The vote tables in memory, for pure-logic and simulation tests. Commits
+//! check and move the checkpoint through the lease store it is given, with
+//! the same fence and checkpoint expectation as the DynamoDB transaction.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tally_lease::store::{Expect, LeaseUpdate};
+use tally_lease::LeaseStore;
+use tokio::sync::Mutex;
+
+use super::{
+    Commit, CommitOutcome, Counts, PutVote, RejectItem, VoteItem, VoteStore, VoteStoreError,
+};
+use crate::count::CounterKey;
+use crate::poll::{Poll, PollStatus};
+
+#[derive(Default)]
+struct Tables {
+    polls: BTreeMap<String, Poll>,
+    votes: BTreeMap<(String, String), VoteItem>,
+    rejects: BTreeMap<String, RejectItem>,
+    tallies: BTreeMap<CounterKey, BTreeMap<String, u64>>,
+}
+
+/// In-memory vote tables.
+#[derive(Clone)]
+pub struct MemoryVoteStore {
+    tables: Arc<Mutex<Tables>>,
+    leases: Arc<dyn LeaseStore>,
+}
+
+impl MemoryVoteStore {
+    pub fn new(leases: Arc<dyn LeaseStore>) -> Self {
+        Self {
+            tables: Arc::default(),
+            leases,
+        }
+    }
+
+    /// Every stored vote, for tests.
+    pub async fn all_votes(&self) -> Vec<VoteItem> {
+        self.tables.lock().await.votes.values().cloned().collect()
+    }
+
+    /// Every kept reject, for tests.
+    pub async fn all_rejects(&self) -> Vec<RejectItem> {
+        self.tables.lock().await.rejects.values().cloned().collect()
+    }
+}
+
+fn lease_error(error: tally_lease::store::StoreError) -> VoteStoreError {
+    if error.is_retryable() {
+        VoteStoreError::Unavailable(error.to_string())
+    } else {
+        VoteStoreError::Other(error.to_string())
+    }
+}
+
+#[async_trait]
+impl VoteStore for MemoryVoteStore {
+    async fn ensure_tables(&self) -> Result<(), VoteStoreError> {
+        Ok(())
+    }
+
+    async fn create_poll(&self, poll: &Poll) -> Result<bool, VoteStoreError> {
+        let mut tables = self.tables.lock().await;
+        if tables.polls.contains_key(&poll.id) {
+            return Ok(false);
+        }
+        tables.polls.insert(poll.id.clone(), poll.clone());
+        Ok(true)
+    }
+
+    async fn update_poll(&self, poll: &Poll, expected: PollStatus) -> Result<bool, VoteStoreError> {
+        let mut tables = self.tables.lock().await;
+        match tables.polls.get_mut(&poll.id) {
+            Some(stored) if stored.status == expected => {
+                stored.status = poll.status;
+                stored.opens_at = poll.opens_at;
+                stored.closes_at = poll.closes_at;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn get_poll(&self, id: &str) -> Result<Option<Poll>, VoteStoreError> {
+        Ok(self.tables.lock().await.polls.get(id).cloned())
+    }
+
+    async fn list_polls(&self) -> Result<Vec<Poll>, VoteStoreError> {
+        Ok(self.tables.lock().await.polls.values().cloned().collect())
+    }
+
+    async fn put_vote(&self, vote: &VoteItem) -> Result<PutVote, VoteStoreError> {
+        let mut tables = self.tables.lock().await;
+        let key = (vote.poll_id.clone(), vote.voter_id.clone());
+        match tables.votes.get(&key) {
+            Some(stored) if stored.origin != vote.origin => Ok(PutVote::Duplicate),
+            _ => {
+                tables.votes.insert(key, vote.clone());
+                Ok(PutVote::Counted)
+            }
+        }
+    }
+
+    async fn get_vote(
+        &self,
+        poll_id: &str,
+        voter_id: &str,
+    ) -> Result<Option<VoteItem>, VoteStoreError> {
+        Ok(self
+            .tables
+            .lock()
+            .await
+            .votes
+            .get(&(poll_id.to_owned(), voter_id.to_owned()))
+            .cloned())
+    }
+
+    async fn put_reject(&self, reject: &RejectItem) -> Result<(), VoteStoreError> {
+        self.tables
+            .lock()
+            .await
+            .rejects
+            .insert(reject.origin.key(), reject.clone());
+        Ok(())
+    }
+
+    async fn rejects_of(
+        &self,
+        poll_id: &str,
+        voter_id: &str,
+    ) -> Result<Vec<RejectItem>, VoteStoreError> {
+        Ok(self
+            .tables
+            .lock()
+            .await
+            .rejects
+            .values()
+            .filter(|reject| {
+                reject.poll_id.as_deref() == Some(poll_id)
+                    && reject.voter_id.as_deref() == Some(voter_id)
+            })
+            .cloned()
+            .collect())
+    }
+
+    async fn commit(&self, commit: &Commit) -> Result<CommitOutcome, VoteStoreError> {
+        // One commit at a time, so the counters and the checkpoint move together.
+        let mut tables = self.tables.lock().await;
+        let expect = Expect {
+            checkpoint: Some(commit.previous.clone()),
+            ..Expect::from(commit.fence.clone())
+        };
+        let moved = self
+            .leases
+            .update_lease(&expect, &LeaseUpdate::checkpoint(commit.next.clone()))
+            .await
+            .map_err(lease_error)?;
+        if moved.is_none() {
+            let lease = self
+                .leases
+                .get_lease(&commit.fence.key)
+                .await
+                .map_err(lease_error)?;
+            let applied_before = lease.is_some_and(|lease| {
+                lease.fence() == commit.fence && lease.checkpoint == commit.next
+            });
+            return Ok(if applied_before {
+                CommitOutcome::Committed
+            } else {
+                CommitOutcome::Lost
+            });
+        }
+        for (key, options) in &commit.deltas {
+            let counter = tables.tallies.entry(key.clone()).or_default();
+            for (option, count) in options {
+                *counter.entry(option.clone()).or_default() += count;
+            }
+        }
+        Ok(CommitOutcome::Committed)
+    }
+
+    async fn counts(&self, poll: &Poll) -> Result<Counts, VoteStoreError> {
+        let tables = self.tables.lock().await;
+        let mut counts = Counts::default();
+        for option in &poll.options {
+            counts.by_option.insert(option.id.clone(), 0);
+        }
+        for key in super::counter_keys(poll) {
+            if let Some(options) = tables.tallies.get(&key) {
+                for (option, count) in options {
+                    *counts.by_option.entry(option.clone()).or_default() += count;
+                }
+            }
+        }
+        Ok(counts)
+    }
+}
