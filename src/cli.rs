@@ -8,6 +8,8 @@ use aws_sdk_kinesis::error::ProvideErrorMetadata;
 use clap::{Parser, Subcommand};
 
 use crate::settings::{Clients, Common, LeaseSettings};
+use crate::store::dynamo::DynamoVoteStore;
+use crate::store::VoteStore;
 use crate::telemetry::LogFormat;
 
 #[derive(Parser, Debug)]
@@ -38,7 +40,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Creates the stream and the lease table unless they exist.
+    /// Creates the stream, the lease table and the vote tables (polls,
+    /// votes, tallies, rejects) unless they exist.
     Init {
         /// Shards of a new stream.
         #[arg(long, env = "TALLY_SHARDS", default_value_t = 4, value_parser = clap::value_parser!(i32).range(1..=10_000))]
@@ -69,6 +72,100 @@ pub enum Command {
         /// How often to log the worker's metrics.
         #[arg(long, env = "TALLY_METRICS_INTERVAL_MS", default_value_t = 10_000)]
         metrics_interval_ms: u64,
+    },
+    /// Creates, opens, closes and shows polls.
+    Poll {
+        #[command(subcommand)]
+        command: PollCommand,
+    },
+    /// The vote-counting daemon: holds shard leases, counts every vote
+    /// exactly once and commits the counts with its checkpoints. Serves
+    /// /health and /metrics; stops gracefully on SIGTERM/SIGINT.
+    Worker(crate::daemon::WorkerArgs),
+    /// A poll's live results, summed over its counter items.
+    Results {
+        /// The poll.
+        id: String,
+        /// Print JSON: {"poll_id","status","options":[{"id","label","votes"}],"total","as_of"}.
+        #[arg(long)]
+        json: bool,
+        /// Print again every --interval-ms until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+        /// Refresh interval of --watch.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..))]
+        interval_ms: u64,
+    },
+    /// What became of a voter's vote in a poll: counted, duplicate (with
+    /// --vote-id: the voter's counted vote is another one), rejected (with
+    /// the reason) or unknown. Prints JSON.
+    VoteStatus {
+        #[arg(long)]
+        poll: String,
+        #[arg(long)]
+        voter: String,
+        /// Ask about this one vote of the voter.
+        #[arg(long)]
+        vote_id: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PollCommand {
+    /// Creates a poll (a draft unless --open). Creating the same poll again
+    /// changes nothing; a different poll with the same id is an error.
+    Create {
+        /// 1 to 128 characters of [A-Za-z0-9._:@-].
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        question: String,
+        /// An option, `ID` or `ID=LABEL`; give 2 to 100.
+        #[arg(long = "option", required = true)]
+        options: Vec<String>,
+        /// Votes that arrive earlier do not count (RFC 3339).
+        #[arg(long)]
+        opens_at: Option<String>,
+        /// Votes that arrive at or after this time do not count (RFC 3339).
+        #[arg(long)]
+        closes_at: Option<String>,
+        /// Open it now.
+        #[arg(long)]
+        open: bool,
+        /// Counter items the tallies are spread over (see docs/DESIGN.md).
+        #[arg(long, default_value_t = crate::poll::DEFAULT_COUNTER_SHARDS, value_parser = clap::value_parser!(u32).range(1..=256))]
+        counter_shards: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Opens a poll now: votes that arrive from now on count.
+    Open {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Closes a poll: votes that arrive from the closing time on do not
+    /// count. The closing time is 2 s from now unless --at says otherwise,
+    /// so that every worker knows it before it passes.
+    Close {
+        id: String,
+        /// The closing time (RFC 3339), not in the past.
+        #[arg(long)]
+        at: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lists the polls.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Shows one poll.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -104,7 +201,120 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
+        Command::Poll { command } => poll(&cli.common, command).await,
+        Command::Worker(args) => {
+            let faults = args.faults()?;
+            args.lease.worker_config()?;
+            let clients = Clients::with_faults(faults.clone()).await?;
+            let shutdown = crate::shutdown::on_signal();
+            crate::daemon::run(&cli.common, &clients, &args, faults, shutdown).await
+        }
+        Command::Results {
+            id,
+            json,
+            watch,
+            interval_ms,
+        } => {
+            let store = vote_store(&cli.common).await?;
+            let stop = if watch {
+                crate::shutdown::on_signal()
+            } else {
+                tokio_util::sync::CancellationToken::new()
+            };
+            crate::admin::show_results(
+                &store,
+                &id,
+                json,
+                watch.then(|| std::time::Duration::from_millis(interval_ms)),
+                stop,
+            )
+            .await
+        }
+        Command::VoteStatus {
+            poll,
+            voter,
+            vote_id,
+        } => {
+            let store = vote_store(&cli.common).await?;
+            let status =
+                crate::admin::vote_status(&store, &poll, &voter, vote_id.as_deref()).await?;
+            println!("{status}");
+            Ok(())
+        }
     }
+}
+
+async fn vote_store(common: &Common) -> anyhow::Result<DynamoVoteStore> {
+    let clients = Clients::from_env().await?;
+    Ok(DynamoVoteStore::new(
+        clients.dynamodb.clone(),
+        common.table_names(),
+    ))
+}
+
+async fn poll(common: &Common, command: PollCommand) -> anyhow::Result<()> {
+    let store = vote_store(common).await?;
+    match command {
+        PollCommand::Create {
+            id,
+            question,
+            options,
+            opens_at,
+            closes_at,
+            open,
+            counter_shards,
+            json,
+        } => {
+            let poll = crate::admin::new_poll(
+                &id,
+                &question,
+                &options,
+                opens_at.as_deref(),
+                closes_at.as_deref(),
+                counter_shards,
+            )?;
+            let poll = crate::admin::create_poll(&store, poll, open).await?;
+            crate::admin::print_poll(&poll, json);
+        }
+        PollCommand::Open { id, json } => {
+            let poll = crate::admin::open_poll(&store, &id).await?;
+            crate::admin::print_poll(&poll, json);
+        }
+        PollCommand::Close { id, at, json } => {
+            let now = crate::time::now_millis();
+            let at_ms = match at {
+                None => now + crate::admin::CLOSE_GRACE.as_millis() as i64,
+                Some(text) => {
+                    let at_ms = crate::time::parse_rfc3339(&text)
+                        .with_context(|| format!("invalid --at {text:?}: not an RFC 3339 time"))?;
+                    if at_ms < now {
+                        anyhow::bail!("invalid --at {text:?}: it is in the past; votes already counted after it would stay counted");
+                    }
+                    at_ms
+                }
+            };
+            let poll = crate::admin::close_poll(&store, &id, at_ms).await?;
+            crate::admin::print_poll(&poll, json);
+        }
+        PollCommand::List { json } => {
+            let polls = store.list_polls().await?;
+            if json {
+                let list: Vec<serde_json::Value> =
+                    polls.iter().map(crate::admin::poll_json).collect();
+                println!("{}", serde_json::Value::Array(list));
+            } else {
+                print!("{}", crate::admin::polls_table(&polls));
+            }
+        }
+        PollCommand::Show { id, json } => {
+            let poll = store
+                .get_poll(&id)
+                .await?
+                .with_context(|| format!("no poll {id} (`tally poll list` shows the polls)"))?;
+            crate::admin::print_poll(&poll, json);
+        }
+    }
+    Ok(())
 }
 
 async fn init(common: &Common, shards: i32) -> anyhow::Result<()> {
@@ -142,10 +352,12 @@ async fn init(common: &Common, shards: i32) -> anyhow::Result<()> {
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    let store = tally_lease::DynamoStore::new(clients.dynamodb.clone(), common.lease_table());
-    tally_lease::LeaseStore::ensure_table(&store)
-        .await
-        .with_context(|| format!("creating lease table {}", common.lease_table()))?;
-    eprintln!("lease table {}: ready", common.lease_table());
+    let store = DynamoVoteStore::new(clients.dynamodb.clone(), common.table_names());
+    store.ensure_tables().await.context("creating the tables")?;
+    let names = store.names();
+    eprintln!(
+        "tables ready: {}, {}, {}, {}, {}",
+        names.leases, names.polls, names.votes, names.tallies, names.rejects
+    );
     Ok(())
 }

@@ -11,9 +11,14 @@
 //! - [`shutdown`]: signal handling.
 //! - [`telemetry`]: JSON logs.
 
+pub mod admin;
 pub mod cli;
 pub mod count;
+pub mod daemon;
+pub mod faults;
 pub mod leases_view;
+pub mod metrics;
+pub mod pipeline;
 pub mod poll;
 pub mod settings;
 pub mod shutdown;

@@ -25,11 +25,25 @@ pub struct Common {
     /// application reads the stream independently, with its own leases.
     #[arg(long, env = "TALLY_APP", default_value = "tally", global = true)]
     pub app: String,
+    /// Prefix of the vote tables' names: `<prefix>polls`, `<prefix>votes`,
+    /// `<prefix>tallies`, `<prefix>rejects`.
+    #[arg(
+        long,
+        env = "TALLY_TABLE_PREFIX",
+        default_value = "tally-",
+        global = true
+    )]
+    pub table_prefix: String,
 }
 
 impl Common {
     pub fn lease_table(&self) -> String {
         format!("{}-leases", self.app)
+    }
+
+    /// The vote tables, and the lease table the commits checkpoint in.
+    pub fn table_names(&self) -> crate::store::dynamo::TableNames {
+        crate::store::dynamo::TableNames::with_prefix(&self.table_prefix, self.lease_table())
     }
 
     /// Checks names before any request, naming the setting at fault.
@@ -47,6 +61,14 @@ impl Common {
         if !name_ok(&self.app, 200) {
             bail!("invalid setting TALLY_APP (--app): {:?} must be 1 to 200 characters of [A-Za-z0-9._-]", self.app);
         }
+        let prefix_ok = self.table_prefix.len() <= 200
+            && self
+                .table_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !prefix_ok {
+            bail!("invalid setting TALLY_TABLE_PREFIX (--table-prefix): {:?} must be 0 to 200 characters of [A-Za-z0-9._-]", self.table_prefix);
+        }
         Ok(())
     }
 }
@@ -61,6 +83,14 @@ impl Clients {
     /// Builds clients from the standard AWS settings, with timeouts so
     /// that a lost response ends as an error instead of a hang.
     pub async fn from_env() -> anyhow::Result<Self> {
+        Self::with_faults(None).await
+    }
+
+    /// Like [`Clients::from_env`], with every request going through the
+    /// fault layer when one is given (tests only).
+    pub async fn with_faults(
+        faults: Option<std::sync::Arc<crate::faults::Faults>>,
+    ) -> anyhow::Result<Self> {
         let timeouts = aws_config::timeout::TimeoutConfig::builder()
             .connect_timeout(Duration::from_secs(3))
             .operation_attempt_timeout(Duration::from_secs(10))
@@ -75,6 +105,18 @@ impl Clients {
                 "no AWS region: set AWS_REGION (for the local stack, any region, e.g. us-east-1)"
             );
         }
+        let config = match faults {
+            None => config,
+            Some(faults) => {
+                let inner = config
+                    .http_client()
+                    .context("the SDK configuration has no HTTP client to wrap with faults")?;
+                config
+                    .into_builder()
+                    .http_client(faults.wrap(inner))
+                    .build()
+            }
+        };
         Ok(Self {
             kinesis: aws_sdk_kinesis::Client::new(&config),
             dynamodb: aws_sdk_dynamodb::Client::new(&config),
@@ -213,6 +255,7 @@ mod tests {
         let common = Common {
             stream: "bad name".into(),
             app: "tally".into(),
+            table_prefix: "tally-".into(),
         };
         assert!(common
             .validate()
@@ -220,5 +263,24 @@ mod tests {
             .to_string()
             .contains("TALLY_STREAM"));
         assert_eq!(common.lease_table(), "tally-leases");
+        let common = Common {
+            stream: "votes".into(),
+            table_prefix: "no spaces".into(),
+            ..common
+        };
+        assert!(common
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("TALLY_TABLE_PREFIX"));
+        let names = Common {
+            table_prefix: "x-".into(),
+            ..common
+        }
+        .table_names();
+        assert_eq!(
+            (names.votes.as_str(), names.leases.as_str()),
+            ("x-votes", "tally-leases")
+        );
     }
 }

@@ -174,7 +174,7 @@ pub async fn commits_are_fenced_and_apply_once(store: &dyn VoteStore, leases: &d
                 poll_id: "p".into(),
                 shard,
             })
-            .or_insert_with(BTreeMap::new)
+            .or_default()
             .insert(option.into(), count);
     }
     let first = Commit {
