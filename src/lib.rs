@@ -27,3 +27,4 @@ pub mod tail;
 pub mod telemetry;
 pub mod time;
 pub mod vote;
+pub mod workload;
