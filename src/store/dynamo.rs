@@ -824,6 +824,24 @@ impl VoteStore for DynamoVoteStore {
 }
 
 impl DynamoVoteStore {
+    /// Every item of the `votes` table (a full scan: for recounts and tests).
+    pub async fn scan_votes(&self) -> Result<Vec<VoteItem>, VoteStoreError> {
+        self.scan_all(&self.names.votes)
+            .await?
+            .iter()
+            .map(vote_from_item)
+            .collect()
+    }
+
+    /// Every item of the `rejects` table (a full scan).
+    pub async fn scan_rejects(&self) -> Result<Vec<RejectItem>, VoteStoreError> {
+        self.scan_all(&self.names.rejects)
+            .await?
+            .iter()
+            .map(reject_from_item)
+            .collect()
+    }
+
     /// The lease condition failed: either the lease moved (lost), or an
     /// earlier attempt of this very commit was applied and its response
     /// lost (then the lease shows our fence and the new checkpoint).
