@@ -108,9 +108,14 @@ impl Clients {
         let config = match faults {
             None => config,
             Some(faults) => {
+                // The SDK's default client, which the configuration only
+                // names lazily.
+                #[allow(deprecated)]
+                let default = aws_smithy_http_client::hyper_014::default_client();
                 let inner = config
                     .http_client()
-                    .context("the SDK configuration has no HTTP client to wrap with faults")?;
+                    .or(default)
+                    .context("no HTTP client to wrap with faults")?;
                 config
                     .into_builder()
                     .http_client(faults.wrap(inner))

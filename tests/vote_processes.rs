@@ -53,7 +53,10 @@ impl Process {
             if let Some(status) = self.0.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "the worker did not exit in {limit:?}");
+            assert!(
+                Instant::now() < deadline,
+                "the worker did not exit in {limit:?}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -156,7 +159,11 @@ impl Run {
             store,
             leases,
         };
-        let init = run.tally().args(["init", "--shards", "4"]).output().unwrap();
+        let init = run
+            .tally()
+            .args(["init", "--shards", "4"])
+            .output()
+            .unwrap();
         assert!(
             init.status.success(),
             "tally init: {}",
@@ -210,9 +217,9 @@ impl Run {
         let text = std::fs::read_to_string(self.log(id)).unwrap_or_default();
         text.lines()
             .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-            .filter(|line| line["fields"]["message"] == "metrics")
+            .filter(|line| line["message"] == "metrics")
             .filter_map(|line| {
-                line["fields"]["metrics"]
+                line["metrics"]
                     .as_str()
                     .and_then(|m| serde_json::from_str(m).ok())
             })
@@ -238,7 +245,11 @@ impl Run {
         for poll in &self.loaded.workload.polls {
             counts.insert(
                 poll.id.clone(),
-                self.store.counts(poll).await.map_err(|e| e.to_string())?.by_option,
+                self.store
+                    .counts(poll)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .by_option,
             );
         }
         let votes = self.store.scan_votes().await.map_err(|e| e.to_string())?;
@@ -264,7 +275,10 @@ impl Run {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         if let Err(problem) = self.compare().await {
-            panic!("the tables do not match the truth: {problem}; logs in {}", self.dir.display());
+            panic!(
+                "the tables do not match the truth: {problem}; logs in {}",
+                self.dir.display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(1500)).await;
         if let Err(problem) = self.compare().await {
@@ -289,7 +303,11 @@ async fn clean_run_with_the_command_line_and_a_graceful_stop() {
         .args(["results", &poll.id, "--json"])
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let results: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let expected = &truth.counts[&poll.id];
     assert_eq!(results["total"], expected.values().sum::<u64>());
@@ -322,7 +340,10 @@ async fn clean_run_with_the_command_line_and_a_graceful_stop() {
         })
         .expect("a voter with only rejected votes in a poll");
     assert_eq!(
-        status(invalid.poll_id.as_deref().unwrap(), invalid.voter_id.as_deref().unwrap()),
+        status(
+            invalid.poll_id.as_deref().unwrap(),
+            invalid.voter_id.as_deref().unwrap()
+        ),
         "rejected"
     );
 
@@ -341,15 +362,17 @@ async fn every_record_put_twice_is_counted_once() {
     let loaded = DOUBLED
         .get_or_init(|| async {
             std::thread::spawn(|| {
-                tokio::runtime::Runtime::new().unwrap().block_on(put_workload(
-                    workload::generate(&Shape {
-                        seed: 5,
-                        poll_prefix: "twice".into(),
-                        ..Shape::default()
-                    })
-                    .doubled(),
-                    4,
-                ))
+                tokio::runtime::Runtime::new()
+                    .unwrap()
+                    .block_on(put_workload(
+                        workload::generate(&Shape {
+                            seed: 5,
+                            poll_prefix: "twice".into(),
+                            ..Shape::default()
+                        })
+                        .doubled(),
+                        4,
+                    ))
             })
             .join()
             .unwrap()
@@ -380,7 +403,11 @@ async fn a_worker_aborted_at_each_crash_point_loses_and_doubles_nothing() {
             })
             .await
             .unwrap();
-            assert_eq!(exit.signal(), Some(6), "{point}: the worker aborted ({exit:?})");
+            assert_eq!(
+                exit.signal(),
+                Some(6),
+                "{point}: the worker aborted ({exit:?})"
+            );
             let _restarted = run.worker("restarted", &[small]);
             run.wait_and_verify(LIMIT).await;
             point
@@ -395,7 +422,10 @@ async fn a_lease_moved_in_the_middle_of_a_batch_counts_once() {
     let run = Run::new(shared().await).await;
     // Every commit of the first worker waits 1.5 s before it is sent, so it
     // is almost always in the middle of a batch.
-    let slow = run.worker("slow", &[("TALLY_FAULTS", "TransactWriteItems:latency:1:1500")]);
+    let slow = run.worker(
+        "slow",
+        &[("TALLY_FAULTS", "TransactWriteItems:latency:1:1500")],
+    );
     tokio::time::sleep(Duration::from_secs(4)).await;
     // Paused past the lease duration, its leases are taken over; resumed,
     // its pending commits must be refused.
@@ -428,7 +458,10 @@ async fn injected_faults_of_every_kind_lose_and_double_nothing() {
     .join(",");
     let mut worker = run.worker(
         "faulty",
-        &[("TALLY_FAULTS", faults.as_str()), ("TALLY_FAULTS_SEED", "42")],
+        &[
+            ("TALLY_FAULTS", faults.as_str()),
+            ("TALLY_FAULTS_SEED", "42"),
+        ],
     );
     run.wait_and_verify(LIMIT).await;
     worker.signal("TERM");
@@ -436,7 +469,10 @@ async fn injected_faults_of_every_kind_lose_and_double_nothing() {
     let metrics = run.last_metrics("faulty");
     for kind in ["throttle", "conflict", "5xx", "latency", "lost"] {
         assert!(
-            metrics["tally_faults_injected_total"][kind].as_u64().unwrap_or(0) > 0,
+            metrics["tally_faults_injected_total"][kind]
+                .as_u64()
+                .unwrap_or(0)
+                > 0,
             "{kind} injected: {metrics}"
         );
     }

@@ -692,62 +692,27 @@ impl VoteStore for DynamoVoteStore {
     }
 
     async fn commit(&self, commit: &Commit) -> Result<CommitOutcome, VoteStoreError> {
-        let expect = Expect {
-            checkpoint: Some(commit.previous.clone()),
-            ..Expect::from(commit.fence.clone())
-        };
-        let checkpoint = checkpoint_update(&self.names.leases, &expect, &commit.next)
-            .map_err(|error| VoteStoreError::Other(error.to_string()))?;
-        let mut request = self
-            .client
-            .transact_write_items()
-            .client_request_token(&commit.token)
-            .return_consumed_capacity(ReturnConsumedCapacity::Total);
-        for (key, options) in &commit.deltas {
-            request = request.transact_items(
-                TransactWriteItem::builder()
-                    .update(self.counter_update(key, options)?)
-                    .build(),
-            );
-        }
-        // The lease's update is the last action: its cancellation reason
-        // tells a lost lease (or an applied commit) from anything else.
-        let lease_action = commit.deltas.len();
-        request = request.transact_items(TransactWriteItem::builder().update(checkpoint).build());
-        self.count();
-        match request.send().await {
-            Ok(output) => {
-                self.consumed(output.consumed_capacity());
-                Ok(CommitOutcome::Committed)
-            }
-            Err(SdkError::ServiceError(service)) => {
-                if let TransactWriteItemsError::TransactionCanceledException(cancelled) =
-                    service.err()
-                {
-                    let codes: Vec<&str> = cancelled
-                        .cancellation_reasons()
-                        .iter()
-                        .map(|reason| reason.code().unwrap_or("None"))
-                        .collect();
-                    if codes.get(lease_action) == Some(&"ConditionalCheckFailed") {
-                        return self.lost_or_applied(commit).await;
+        let mut token = commit.token.clone();
+        for attempt in 1..=4u32 {
+            match self.commit_once(commit, &token).await {
+                Err(AttemptError::TokenInUse) => {
+                    // The token was used by an earlier attempt of this commit.
+                    // If that attempt was applied, the lease shows it; if not,
+                    // a fresh token is safe: the commit is conditioned on the
+                    // checkpoint it continues from, so it never applies twice.
+                    if self.lost_or_applied(commit).await? == CommitOutcome::Committed {
+                        return Ok(CommitOutcome::Committed);
                     }
-                    let text = format!("transaction cancelled: {codes:?}");
-                    if codes
-                        .iter()
-                        .any(|code| code.contains("Throttl") || code.contains("ThroughputExceeded"))
-                    {
-                        return Err(VoteStoreError::Throttled(text));
-                    }
-                    if codes.contains(&"TransactionConflict") {
-                        return Err(VoteStoreError::Conflict(text));
-                    }
-                    return Err(VoteStoreError::Other(text));
+                    token = salted_token(&commit.token, attempt);
                 }
-                Err(classify(SdkError::ServiceError(service)))
+                Err(AttemptError::Failed(error)) => return Err(error),
+                Ok(outcome) => return Ok(outcome),
             }
-            Err(error) => Err(classify(error)),
         }
+        Err(VoteStoreError::Unavailable(format!(
+            "commit token {} kept being refused as in use",
+            commit.token
+        )))
     }
 
     async fn counts(&self, poll: &Poll) -> Result<Counts, VoteStoreError> {
@@ -823,7 +788,96 @@ impl VoteStore for DynamoVoteStore {
     }
 }
 
+/// Why one commit attempt did not give an outcome.
+enum AttemptError {
+    /// DynamoDB refused the `ClientRequestToken` as used by another request.
+    TokenInUse,
+    Failed(VoteStoreError),
+}
+
+impl From<VoteStoreError> for AttemptError {
+    fn from(error: VoteStoreError) -> Self {
+        AttemptError::Failed(error)
+    }
+}
+
+/// Another token for the same commit, for when the first is refused.
+fn salted_token(token: &str, attempt: u32) -> String {
+    use md5::{Digest, Md5};
+    Md5::digest(format!("{token}/{attempt}"))
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
 impl DynamoVoteStore {
+    /// One `TransactWriteItems` with `token`.
+    async fn commit_once(
+        &self,
+        commit: &Commit,
+        token: &str,
+    ) -> Result<CommitOutcome, AttemptError> {
+        let expect = Expect {
+            checkpoint: Some(commit.previous.clone()),
+            ..Expect::from(commit.fence.clone())
+        };
+        let checkpoint = checkpoint_update(&self.names.leases, &expect, &commit.next)
+            .map_err(|error| VoteStoreError::Other(error.to_string()))?;
+        let mut request = self
+            .client
+            .transact_write_items()
+            .client_request_token(token)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total);
+        for (key, options) in &commit.deltas {
+            request = request.transact_items(
+                TransactWriteItem::builder()
+                    .update(self.counter_update(key, options)?)
+                    .build(),
+            );
+        }
+        // The lease's update is the last action: its cancellation reason
+        // tells a lost lease (or an applied commit) from anything else.
+        let lease_action = commit.deltas.len();
+        request = request.transact_items(TransactWriteItem::builder().update(checkpoint).build());
+        self.count();
+        match request.send().await {
+            Ok(output) => {
+                self.consumed(output.consumed_capacity());
+                Ok(CommitOutcome::Committed)
+            }
+            Err(SdkError::ServiceError(service)) => {
+                if let TransactWriteItemsError::TransactionCanceledException(cancelled) =
+                    service.err()
+                {
+                    let codes: Vec<&str> = cancelled
+                        .cancellation_reasons()
+                        .iter()
+                        .map(|reason| reason.code().unwrap_or("None"))
+                        .collect();
+                    if codes.get(lease_action) == Some(&"ConditionalCheckFailed") {
+                        return Ok(self.lost_or_applied(commit).await?);
+                    }
+                    let text = format!("transaction cancelled: {codes:?}");
+                    if codes
+                        .iter()
+                        .any(|code| code.contains("Throttl") || code.contains("ThroughputExceeded"))
+                    {
+                        return Err(VoteStoreError::Throttled(text).into());
+                    }
+                    if codes.contains(&"TransactionConflict") {
+                        return Err(VoteStoreError::Conflict(text).into());
+                    }
+                    return Err(VoteStoreError::Other(text).into());
+                }
+                if service.err().code() == Some("IdempotentParameterMismatchException") {
+                    return Err(AttemptError::TokenInUse);
+                }
+                Err(classify(SdkError::ServiceError(service)).into())
+            }
+            Err(error) => Err(classify(error).into()),
+        }
+    }
+
     /// Every item of the `votes` table (a full scan: for recounts and tests).
     pub async fn scan_votes(&self) -> Result<Vec<VoteItem>, VoteStoreError> {
         self.scan_all(&self.names.votes)
