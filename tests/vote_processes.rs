@@ -390,8 +390,9 @@ async fn a_worker_aborted_at_each_crash_point_loses_and_doubles_nothing() {
         let point = point.to_string();
         async move {
             let run = Run::new(loaded).await;
-            // Two actions per transaction: batches commit in several parts.
-            let small = ("TALLY_MAX_TRANSACTION_ACTIONS", "2");
+            // Eight actions per transaction: a batch touching the eight open
+            // polls' counters commits in two parts.
+            let small = ("TALLY_MAX_TRANSACTION_ACTIONS", "8");
             let mut crashing = run.worker(
                 "crashing",
                 &[("TALLY_CRASH_POINT", &format!("{point}:2")), small],

@@ -692,7 +692,17 @@ impl VoteStore for DynamoVoteStore {
     }
 
     async fn commit(&self, commit: &Commit) -> Result<CommitOutcome, VoteStoreError> {
-        let mut token = commit.token.clone();
+        // The token names the tables too: two applications reading the same
+        // stream (other prefixes) make the same commits with other tables,
+        // and DynamoDB keeps tokens per account, not per table.
+        let scoped = salted_token(
+            &format!(
+                "{}/{}/{}",
+                commit.token, self.names.leases, self.names.tallies
+            ),
+            0,
+        );
+        let mut token = scoped.clone();
         for attempt in 1..=4u32 {
             match self.commit_once(commit, &token).await {
                 Err(AttemptError::TokenInUse) => {
@@ -703,7 +713,7 @@ impl VoteStore for DynamoVoteStore {
                     if self.lost_or_applied(commit).await? == CommitOutcome::Committed {
                         return Ok(CommitOutcome::Committed);
                     }
-                    token = salted_token(&commit.token, attempt);
+                    token = salted_token(&scoped, attempt);
                 }
                 Err(AttemptError::Failed(error)) => return Err(error),
                 Ok(outcome) => return Ok(outcome),
@@ -801,7 +811,7 @@ impl From<VoteStoreError> for AttemptError {
     }
 }
 
-/// Another token for the same commit, for when the first is refused.
+/// A 32-hex-digit token derived from `token` and `attempt`.
 fn salted_token(token: &str, attempt: u32) -> String {
     use md5::{Digest, Md5};
     Md5::digest(format!("{token}/{attempt}"))
