@@ -450,11 +450,11 @@ async fn injected_faults_of_every_kind_lose_and_double_nothing() {
         "GetRecords:throttle:0.2",
         "PutItem:throttle:0.05",
         "TransactWriteItems:throttle:0.1",
-        "TransactWriteItems:conflict:0.15",
+        "TransactWriteItems:conflict:0.3",
         "*:5xx:0.03",
         "*:latency:0.05:40",
         "PutItem:lost:0.05",
-        "TransactWriteItems:lost:0.15",
+        "TransactWriteItems:lost:0.2",
     ]
     .join(",");
     let mut worker = run.worker(
