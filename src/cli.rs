@@ -108,6 +108,27 @@ pub enum Command {
         #[arg(long)]
         vote_id: Option<String>,
     },
+    /// Puts random valid votes for a poll on the stream (demos, benchmarks).
+    Load {
+        /// The poll (its options are read from the polls table).
+        #[arg(long)]
+        poll: String,
+        /// Votes to put.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+        votes: u64,
+        /// Distinct voters; votes beyond them are repeats (duplicates).
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+        voters: u64,
+        /// Votes per second (0: as fast as the stream takes them).
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        /// Prefix of the generated voter ids.
+        #[arg(long, default_value = "voter-")]
+        voter_prefix: String,
+        /// Seed of the random choices.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -239,6 +260,41 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let status =
                 crate::admin::vote_status(&store, &poll, &voter, vote_id.as_deref()).await?;
             println!("{status}");
+            Ok(())
+        }
+        Command::Load {
+            poll,
+            votes,
+            voters,
+            rate,
+            voter_prefix,
+            seed,
+        } => {
+            if !crate::vote::valid_id(&format!("{voter_prefix}0"), crate::vote::MAX_ID_CHARS - 20) {
+                anyhow::bail!("invalid --voter-prefix {voter_prefix:?}: characters of [A-Za-z0-9._:@-] only");
+            }
+            let store = vote_store(&cli.common).await?;
+            let found = store
+                .get_poll(&poll)
+                .await?
+                .with_context(|| format!("no poll {poll} (`tally poll list` shows the polls)"))?;
+            let clients = Clients::from_env().await?;
+            let plan = crate::load::LoadPlan {
+                poll_id: found.id.clone(),
+                options: found.options.iter().map(|option| option.id.clone()).collect(),
+                votes,
+                voters,
+                rate,
+                seed,
+                voter_prefix,
+            };
+            let (put, took) = crate::load::run(&clients.kinesis, &cli.common.stream, &plan).await?;
+            eprintln!(
+                "load: {put} votes put on {} in {:.2} s ({:.0} votes/s)",
+                cli.common.stream,
+                took.as_secs_f64(),
+                put as f64 / took.as_secs_f64().max(1e-9)
+            );
             Ok(())
         }
     }

@@ -17,6 +17,7 @@ pub mod count;
 pub mod daemon;
 pub mod faults;
 pub mod leases_view;
+pub mod load;
 pub mod metrics;
 pub mod pipeline;
 pub mod poll;
