@@ -271,7 +271,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             seed,
         } => {
             if !crate::vote::valid_id(&format!("{voter_prefix}0"), crate::vote::MAX_ID_CHARS - 20) {
-                anyhow::bail!("invalid --voter-prefix {voter_prefix:?}: characters of [A-Za-z0-9._:@-] only");
+                anyhow::bail!(
+                    "invalid --voter-prefix {voter_prefix:?}: characters of [A-Za-z0-9._:@-] only"
+                );
             }
             let store = vote_store(&cli.common).await?;
             let found = store
@@ -281,7 +283,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let clients = Clients::from_env().await?;
             let plan = crate::load::LoadPlan {
                 poll_id: found.id.clone(),
-                options: found.options.iter().map(|option| option.id.clone()).collect(),
+                options: found
+                    .options
+                    .iter()
+                    .map(|option| option.id.clone())
+                    .collect(),
                 votes,
                 voters,
                 rate,

@@ -100,6 +100,7 @@ struct Shared {
     lease_metrics: Arc<tally_lease::metrics::Metrics>,
     faults: Option<Arc<Faults>>,
     stopping: Arc<AtomicBool>,
+    store: Arc<DynamoVoteStore>,
 }
 
 impl Shared {
@@ -116,6 +117,9 @@ impl Shared {
                 .collect();
             snapshot["tally_faults_injected_total"] = injected.into();
         }
+        let usage = crate::store::VoteStore::usage(self.store.as_ref());
+        snapshot["tally_dynamodb_requests_total"] = usage.requests.into();
+        snapshot["tally_dynamodb_write_units_total"] = usage.write_units.into();
         snapshot["uptime_ms"] = (crate::tail::started().elapsed().as_millis() as u64).into();
         snapshot
     }
@@ -161,7 +165,7 @@ pub async fn run(
         common.table_names(),
     ));
     let metrics = Arc::new(Metrics::default());
-    let pipeline = Pipeline::new(store, args.pipeline_config(), metrics.clone());
+    let pipeline = Pipeline::new(store.clone(), args.pipeline_config(), metrics.clone());
     let lease_store = Arc::new(DynamoStore::new(
         clients.dynamodb.clone(),
         common.lease_table(),
@@ -178,6 +182,7 @@ pub async fn run(
         lease_metrics: worker.metrics(),
         faults,
         stopping: Arc::default(),
+        store,
     };
 
     let listener = tokio::net::TcpListener::bind(args.health_addr)

@@ -9,6 +9,12 @@
 //! `drain [--records N]`: one worker drains a pre-loaded 4-shard stream
 //! with a processor that only checkpoints; records per second, CPU seconds
 //! per 100,000 records, peak memory and start-up time.
+//!
+//! `pipeline [--votes N]`: one `tally worker` counts a pre-loaded 4-shard
+//! stream of votes (10% repeats) end to end; votes per second, the
+//! emulator's own rate for the same conditional puts at the same
+//! concurrency (and the ratio), DynamoDB requests and write units per 1,000
+//! votes, CPU seconds and peak memory of the worker.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -331,6 +337,235 @@ async fn failover(runs: usize) {
     println!("ratio 64/4 shards: {:.2} (peers measured here: disney-kinesis-client-rust 30/min, kcl-rs 82/min at 4 shards, linear in shards)", idle64 / idle4);
 }
 
+/// CPU seconds and peak resident memory (KiB) of a running process.
+fn cpu_and_peak(pid: u32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    let clock: f64 = String::from_utf8(
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let peak_kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap();
+    (ticks / clock, peak_kib)
+}
+
+async fn pipeline(votes: usize) {
+    use tally::store::dynamo::{DynamoVoteStore, TableNames};
+    use tally::store::{Origin, VoteItem, VoteStore};
+    let stack = Stack::new().await;
+    let stream = unique_name("pipeline");
+    let app = unique_name("app");
+    let prefix = format!("{}-", unique_name("b"));
+    create_stream(&stack.kinesis, &stream, 4).await;
+    let dynamodb = aws_sdk_dynamodb::Client::new(&sdk_config(&stack.endpoint).await);
+    let store = DynamoVoteStore::new(
+        dynamodb.clone(),
+        TableNames::with_prefix(&prefix, format!("{app}-leases")),
+    );
+    store.ensure_tables().await.unwrap();
+    let poll = tally::admin::new_poll(
+        "bench",
+        "Which one?",
+        &["a".into(), "b".into(), "c".into(), "d".into()],
+        None,
+        None,
+        tally::poll::DEFAULT_COUNTER_SHARDS,
+    )
+    .unwrap();
+    tally::admin::create_poll(&store, poll, true).await.unwrap();
+    eprintln!("pre-loading {votes} votes");
+    let voters = (votes * 9 / 10).max(1);
+    for start in (0..votes).step_by(500) {
+        let entries: Vec<PutRecordsRequestEntry> = (start..(start + 500).min(votes))
+            .map(|index| {
+                let voter = format!("v{}", index % voters);
+                let vote = tally::vote::Vote {
+                    vote_id: format!("id{index}"),
+                    poll_id: "bench".into(),
+                    option: ["a", "b", "c", "d"][index % 4].into(),
+                    voter_id: voter.clone(),
+                    cast_at: None,
+                };
+                PutRecordsRequestEntry::builder()
+                    .partition_key(voter)
+                    .data(Blob::new(tally::vote::encode(&vote)))
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        let out = stack
+            .kinesis
+            .put_records()
+            .stream_name(&stream)
+            .set_records(Some(entries))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(out.failed_record_count(), Some(0), "pre-load failed");
+    }
+    eprintln!("counting");
+    let log = stack.log(&app, "pipeline");
+    let worker = Command::new(&stack.tally)
+        .args([
+            "--stream",
+            &stream,
+            "--app",
+            &app,
+            "--table-prefix",
+            &prefix,
+        ])
+        .args(["worker", "--worker-id", "pipeline"])
+        .env("AWS_ENDPOINT_URL", &stack.endpoint)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "bench")
+        .env("AWS_SECRET_ACCESS_KEY", "bench")
+        .env("TALLY_LOG_FORMAT", "json")
+        .env("TALLY_HEALTH_ADDR", "127.0.0.1:0")
+        .env("TALLY_METRICS_INTERVAL_MS", "100")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start tally worker");
+    let pid = worker.id();
+    let decided = |m: &serde_json::Value| {
+        let rejected: i64 = m["tally_votes_rejected_total"]
+            .as_object()
+            .map(|reasons| reasons.values().filter_map(|v| v.as_i64()).sum())
+            .unwrap_or(0);
+        m["tally_votes_counted_total"].as_i64().unwrap_or(0)
+            + m["tally_votes_duplicate_total"].as_i64().unwrap_or(0)
+            + rejected
+    };
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let (first, done) = loop {
+        let lines = metrics_lines(&log);
+        let first = lines
+            .iter()
+            .find(|(_, m)| m["tally_lease_user_records_total"].as_i64().unwrap_or(0) > 0);
+        let done = lines.iter().find(|(_, m)| decided(m) >= votes as i64);
+        if let (Some(first), Some(done)) = (first, done) {
+            break (first.clone(), done.clone());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker did not finish; log {}",
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (cpu, peak_kib) = cpu_and_peak(pid);
+    signal(&worker, "-TERM");
+    let mut worker = worker;
+    let _ = worker.wait();
+    let counted = done.1["tally_votes_counted_total"].as_i64().unwrap_or(0);
+    let seconds = (done.0.saturating_sub(first.0)) as f64 / 1000.0;
+    let rate = votes as f64 / seconds.max(0.001);
+    let requests = done.1["tally_dynamodb_requests_total"]
+        .as_f64()
+        .unwrap_or(0.0)
+        + done.1["tally_lease_lease_table_requests_total"]
+            .as_f64()
+            .unwrap_or(0.0);
+    let write_units = done.1["tally_dynamodb_write_units_total"]
+        .as_f64()
+        .unwrap_or(0.0);
+
+    // The emulator's own rate for the same conditional puts, at the same
+    // concurrency as the worker (64 per shard, 4 shards), into a fresh table.
+    let raw_store = DynamoVoteStore::new(
+        dynamodb,
+        TableNames::with_prefix(&format!("{}-", unique_name("raw")), format!("{app}-leases")),
+    );
+    raw_store.ensure_tables().await.unwrap();
+    let raw_count = votes.min(20_000);
+    let raw_started = Instant::now();
+    use futures::StreamExt;
+    futures::stream::iter(0..raw_count)
+        .map(|index| {
+            let store = &raw_store;
+            async move {
+                let item = VoteItem {
+                    poll_id: "bench".into(),
+                    voter_id: format!("v{index}"),
+                    option: "a".into(),
+                    vote_id: format!("id{index}"),
+                    origin: Origin {
+                        shard: "shardId-000000000000".into(),
+                        sequence: format!("{index}"),
+                        sub_sequence: 0,
+                    },
+                    arrival_ms: 0,
+                };
+                store.put_vote(&item).await.unwrap()
+            }
+        })
+        .buffer_unordered(256)
+        .for_each(|_| async {})
+        .await;
+    let raw_rate = raw_count as f64 / raw_started.elapsed().as_secs_f64();
+
+    println!("settings: 1 worker, 4 shards, {votes} votes from {voters} voters (10% repeats), put concurrency 64 per shard, defaults otherwise");
+    println!("{:<52} {:>14}", "figure", "value");
+    println!(
+        "{:<52} {:>14.0}",
+        "votes decided per second, end to end", rate
+    );
+    println!(
+        "{:<52} {:>14.0}",
+        "emulator: conditional puts per second, same code", raw_rate
+    );
+    println!(
+        "{:<52} {:>14.2}",
+        "ratio (pipeline / raw puts)",
+        rate / raw_rate
+    );
+    println!(
+        "{:<52} {:>14.0}",
+        "votes counted (the rest duplicates)", counted
+    );
+    println!(
+        "{:<52} {:>14.1}",
+        "DynamoDB requests per 1,000 votes",
+        requests * 1000.0 / votes as f64
+    );
+    println!(
+        "{:<52} {:>14.1}",
+        "write units per 1,000 votes (as reported)",
+        write_units * 1000.0 / votes as f64
+    );
+    println!(
+        "{:<52} {:>14.3}",
+        "worker CPU seconds per 100,000 votes",
+        cpu / (votes as f64 / 100_000.0)
+    );
+    println!(
+        "{:<52} {:>13.1}M",
+        "worker peak memory (MiB, VmHWM)",
+        peak_kib / 1024.0
+    );
+    println!("(times from the worker's own metrics clock, first record read to last vote decided; CPU includes start-up)");
+}
+
 async fn drain(records: usize) {
     let stack = Stack::new().await;
     let stream = unique_name("drain");
@@ -465,7 +700,7 @@ async fn drain(records: usize) {
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = || -> ! {
-        eprintln!("usage: tally-bench failover [--runs N] | drain [--records N]   (N a positive whole number)");
+        eprintln!("usage: tally-bench failover [--runs N] | drain [--records N] | pipeline [--votes N]   (N a positive whole number)");
         std::process::exit(2);
     };
     let number = |flag: &str, default: usize| match args.iter().position(|a| a == flag) {
@@ -478,6 +713,7 @@ async fn main() {
     match args.first().map(String::as_str) {
         Some("failover") => failover(number("--runs", 5)).await,
         Some("drain") => drain(number("--records", 200_000)).await,
+        Some("pipeline") => pipeline(number("--votes", 50_000)).await,
         _ => usage(),
     }
 }
