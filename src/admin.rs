@@ -32,18 +32,18 @@ pub fn poll_json(poll: &Poll) -> serde_json::Value {
     })
 }
 
+fn time_or_dash(millis: Option<i64>) -> String {
+    millis.map(format_rfc3339).unwrap_or_else(|| "-".into())
+}
+
 fn poll_text(poll: &Poll) -> String {
     let mut text = format!(
         "poll {} ({})\n  question: {}\n  opens at: {}\n  closes at: {}\n  options:\n",
         poll.id,
         poll.status,
         poll.question,
-        poll.opens_at
-            .map(format_rfc3339)
-            .unwrap_or_else(|| "-".into()),
-        poll.closes_at
-            .map(format_rfc3339)
-            .unwrap_or_else(|| "-".into()),
+        time_or_dash(poll.opens_at),
+        time_or_dash(poll.closes_at),
     );
     for option in &poll.options {
         text.push_str(&format!("    {} = {}\n", option.id, option.label));
@@ -258,12 +258,8 @@ pub fn polls_table(polls: &[Poll]) -> String {
             poll.id,
             poll.status,
             poll.options.len(),
-            poll.opens_at
-                .map(format_rfc3339)
-                .unwrap_or_else(|| "-".into()),
-            poll.closes_at
-                .map(format_rfc3339)
-                .unwrap_or_else(|| "-".into()),
+            time_or_dash(poll.opens_at),
+            time_or_dash(poll.closes_at),
             poll.question
         ));
     }

@@ -3,13 +3,19 @@
 //! Real-time, exactly-once vote counting on Kinesis and DynamoDB.
 //!
 //! ## Layout
-//! - [`cli`]: the command line (`tally init`, `tally leases`, `tally tail`).
-//! - [`settings`]: common settings (stream, table names, AWS clients) and
-//!   the lease worker's settings, from flags and environment variables.
-//! - [`leases_view`]: the lease table as a person wants to read it.
-//! - [`tail`]: a lease worker that prints every record it reads.
-//! - [`shutdown`]: signal handling.
-//! - [`telemetry`]: JSON logs.
+//! - Pure decisions, no I/O: [`vote`] (the record contract and reject
+//!   reasons), [`poll`] (definitions, life cycle, the window rule),
+//!   [`count`] (first-wins, counter items, deltas, commit chunking, tokens).
+//! - [`store`]: the vote tables behind [`store::VoteStore`], DynamoDB and
+//!   in-memory adapters and their conformance suite.
+//! - [`pipeline`]: the per-shard processor that decides and commits each
+//!   batch; [`daemon`]: `tally worker` (health, metrics, shutdown).
+//! - [`faults`]: fault injection into AWS requests and crash points (tests).
+//! - [`admin`]: polls, results and vote status; [`load`]: `tally load`.
+//! - [`workload`]: a generated workload and its ground truth (tests, benchmarks).
+//! - [`cli`], [`settings`], [`telemetry`], [`shutdown`], [`time`],
+//!   [`metrics`]: the command line, settings, logs, signals, clocks, metrics.
+//! - [`leases_view`], [`tail`]: `tally leases` and `tally tail`.
 
 pub mod admin;
 pub mod cli;

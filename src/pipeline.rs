@@ -504,3 +504,54 @@ impl RecordProcessor for VoteProcessor {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryVoteStore;
+
+    fn vote(poll: &str, option: &str) -> Vote {
+        Vote {
+            vote_id: "v".into(),
+            poll_id: poll.into(),
+            option: option.into(),
+            voter_id: "u".into(),
+            cast_at: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reject_is_confirmed_by_a_fresh_read_and_the_cache_refreshes() {
+        let store = Arc::new(MemoryVoteStore::new(Arc::new(
+            tally_lease::MemoryStore::new(),
+        )));
+        let cache = PollCache::new(store.clone(), PipelineConfig::default(), Arc::default());
+        let unknown = cache.check(&vote("p", "a"), 10).await.unwrap().unwrap_err();
+        assert_eq!(unknown.reason, Reason::UnknownPoll);
+        // The poll is created: a fresh read finds it before the next reject,
+        // even though the cached "no such poll" is younger than its max age.
+        let mut poll = crate::poll::tests::sample("p");
+        poll.status = crate::poll::PollStatus::Draft;
+        store.create_poll(&poll).await.unwrap();
+        tokio::time::advance(Duration::from_millis(60)).await;
+        let draft = cache.check(&vote("p", "a"), 10).await.unwrap().unwrap_err();
+        assert_eq!(draft.reason, Reason::PollNotOpen);
+        // Opened: the not-open verdict is confirmed by a fresh read, and flips.
+        let mut opened = poll.clone();
+        opened.open(5).unwrap();
+        assert!(store.update_poll(&opened, poll.status).await.unwrap());
+        tokio::time::advance(Duration::from_millis(60)).await;
+        assert!(cache.check(&vote("p", "a"), 10).await.unwrap().is_ok());
+        // Closed: the cached open poll is used until it is older than the
+        // cache's max age, then read again.
+        let mut closed = opened.clone();
+        closed.close(8).unwrap();
+        assert!(store.update_poll(&closed, opened.status).await.unwrap());
+        assert!(cache.check(&vote("p", "a"), 10).await.unwrap().is_ok());
+        tokio::time::advance(Duration::from_millis(600)).await;
+        let late = cache.check(&vote("p", "a"), 10).await.unwrap().unwrap_err();
+        assert_eq!(late.reason, Reason::PollNotOpen);
+        let invalid = cache.check(&vote("p", "zz"), 7).await.unwrap().unwrap_err();
+        assert_eq!(invalid.reason, Reason::InvalidOption);
+    }
+}

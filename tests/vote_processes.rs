@@ -216,6 +216,7 @@ impl Run {
     fn last_metrics(&self, id: &str) -> serde_json::Value {
         let text = std::fs::read_to_string(self.log(id)).unwrap_or_default();
         text.lines()
+            .rev()
             .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
             .filter(|line| line["message"] == "metrics")
             .filter_map(|line| {
@@ -223,7 +224,7 @@ impl Run {
                     .as_str()
                     .and_then(|m| serde_json::from_str(m).ok())
             })
-            .last()
+            .next()
             .unwrap_or(serde_json::Value::Null)
     }
 
@@ -333,10 +334,9 @@ async fn clean_run_with_the_command_line_and_a_graceful_stop() {
         .iter()
         .find(|r| {
             r.voter_id.is_some()
-                && truth
+                && !truth
                     .votes
-                    .get(&(r.poll_id.clone().unwrap(), r.voter_id.clone().unwrap()))
-                    .is_none()
+                    .contains_key(&(r.poll_id.clone().unwrap(), r.voter_id.clone().unwrap()))
         })
         .expect("a voter with only rejected votes in a poll");
     assert_eq!(

@@ -90,7 +90,11 @@ fn metrics_lines(path: &Path) -> Vec<(u64, serde_json::Value)> {
         .filter_map(|value| {
             let metrics: serde_json::Value =
                 serde_json::from_str(value["metrics"].as_str()?).ok()?;
-            Some((value["uptime_ms"].as_u64()?, metrics))
+            // `tally tail` logs the uptime beside the metrics, `tally worker` in them.
+            let uptime = value["uptime_ms"]
+                .as_u64()
+                .or_else(|| metrics["uptime_ms"].as_u64())?;
+            Some((uptime, metrics))
         })
         .collect()
 }
@@ -632,34 +636,7 @@ async fn drain(records: usize) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    let clock: f64 = String::from_utf8(
-        Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap()
-    .trim()
-    .parse()
-    .unwrap();
-    let cpu = ticks / clock;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let peak_kib: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (cpu, peak_kib) = cpu_and_peak(pid);
     signal(&worker, "-TERM");
     let mut worker = worker;
     let _ = worker.wait();
