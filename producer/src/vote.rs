@@ -1,0 +1,109 @@
+//! Builds records that follow Tally's vote contract: a UTF-8 JSON object
+//! `{"vote_id","poll_id","option","voter_id","cast_at"}`, keyed by voter.
+//! `poll_id`, `option` and `voter_id` are 1 to 128 characters of
+//! `[A-Za-z0-9._:@-]`, `vote_id` 1 to 64.
+
+use crate::producer::Record;
+
+/// Why a vote cannot be built.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field}: {reason}")]
+pub struct InvalidVote {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+fn valid(text: &str, max: usize) -> bool {
+    !text.is_empty()
+        && text.len() <= max
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'@' | b'-'))
+}
+
+/// A vote to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VoteBuilder {
+    pub vote_id: String,
+    pub poll_id: String,
+    pub option: String,
+    pub voter_id: String,
+    /// RFC 3339; informational only (the stream's arrival time decides).
+    pub cast_at: Option<String>,
+}
+
+impl VoteBuilder {
+    pub fn new(
+        vote_id: impl Into<String>,
+        poll_id: impl Into<String>,
+        option: impl Into<String>,
+        voter_id: impl Into<String>,
+    ) -> Self {
+        Self {
+            vote_id: vote_id.into(),
+            poll_id: poll_id.into(),
+            option: option.into(),
+            voter_id: voter_id.into(),
+            cast_at: None,
+        }
+    }
+
+    pub fn cast_at(mut self, rfc3339: impl Into<String>) -> Self {
+        self.cast_at = Some(rfc3339.into());
+        self
+    }
+
+    /// The record: the contract's JSON, keyed by the voter.
+    pub fn build(&self) -> Result<Record, InvalidVote> {
+        for (field, value, max) in [
+            ("vote_id", &self.vote_id, 64),
+            ("poll_id", &self.poll_id, 128),
+            ("option", &self.option, 128),
+            ("voter_id", &self.voter_id, 128),
+        ] {
+            if !valid(value, max) {
+                return Err(InvalidVote {
+                    field,
+                    reason: format!("must be 1 to {max} characters of [A-Za-z0-9._:@-]"),
+                });
+            }
+        }
+        let mut object = serde_json::json!({
+            "vote_id": self.vote_id,
+            "poll_id": self.poll_id,
+            "option": self.option,
+            "voter_id": self.voter_id,
+        });
+        if let Some(cast_at) = &self.cast_at {
+            object["cast_at"] = serde_json::json!(cast_at);
+        }
+        Ok(Record::new(
+            self.voter_id.clone(),
+            object.to_string().into_bytes(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn votes_follow_the_contract() {
+        let record = VoteBuilder::new("v1", "f1-2026", "verstappen", "u-1234")
+            .cast_at("2026-11-22T10:00:00.123Z")
+            .build()
+            .unwrap();
+        assert_eq!(record.partition_key, "u-1234");
+        let value: serde_json::Value = serde_json::from_slice(&record.data).unwrap();
+        assert_eq!(value["poll_id"], "f1-2026");
+        assert_eq!(value["cast_at"], "2026-11-22T10:00:00.123Z");
+        let error = VoteBuilder::new("v1", "bad poll", "a", "u")
+            .build()
+            .unwrap_err();
+        assert_eq!(error.field, "poll_id");
+        assert!(VoteBuilder::new("x".repeat(65), "p", "a", "u")
+            .build()
+            .is_err());
+    }
+}
