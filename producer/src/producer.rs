@@ -572,7 +572,7 @@ impl Task {
                 record.last_error = text;
                 self.metrics.retried_records.fetch_add(1, Ordering::Relaxed);
             }
-            done.sort_by(|a, b| b.0.cmp(&a.0));
+            done.sort_by_key(|(member, _)| std::cmp::Reverse(*member));
             for (member, outcome) in done {
                 let record = pending.remove(member);
                 if let Ok(receipt) = &outcome {
