@@ -108,20 +108,38 @@ pub enum Command {
         #[arg(long)]
         vote_id: Option<String>,
     },
-    /// Puts random valid votes for a poll on the stream (demos, benchmarks).
+    /// Sends realistic vote traffic through the producer SDK: voters vote
+    /// in the given polls (default: every open poll) at a rate, a share
+    /// repeat an earlier voter, a share are malformed; for a count or a
+    /// duration. Progress on stderr every 2 s, a JSON summary on stdout.
     Load {
-        /// The poll (its options are read from the polls table).
-        #[arg(long)]
-        poll: String,
-        /// Votes to put.
-        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
-        votes: u64,
-        /// Distinct voters; votes beyond them are repeats (duplicates).
+        /// A poll to vote in (repeat for several; default: every open poll).
+        #[arg(long = "poll")]
+        polls: Vec<String>,
+        /// Records to send.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
+        votes: Option<u64>,
+        /// Or: send for this many seconds.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        duration_s: Option<u64>,
+        /// Distinct voters.
         #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
         voters: u64,
-        /// Votes per second (0: as fast as the stream takes them).
+        /// Records per second (0: as fast as the stream takes them).
         #[arg(long, default_value_t = 0)]
         rate: u64,
+        /// Share of votes that repeat an earlier voter (0 to 1).
+        #[arg(long, default_value_t = 0.1)]
+        repeat_share: f64,
+        /// Share of records that are malformed (0 to 1).
+        #[arg(long, default_value_t = 0.0)]
+        malformed_share: f64,
+        /// Pack records into KPL aggregates per shard.
+        #[arg(long)]
+        aggregate: bool,
+        /// How long the producer waits to fill a call.
+        #[arg(long, default_value_t = 50)]
+        linger_ms: u64,
         /// Prefix of the generated voter ids.
         #[arg(long, default_value = "voter-")]
         voter_prefix: String,
@@ -263,10 +281,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Load {
-            poll,
+            polls,
             votes,
+            duration_s,
             voters,
             rate,
+            repeat_share,
+            malformed_share,
+            aggregate,
+            linger_ms,
             voter_prefix,
             seed,
         } => {
@@ -275,32 +298,79 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     "invalid --voter-prefix {voter_prefix:?}: characters of [A-Za-z0-9._:@-] only"
                 );
             }
+            for (flag, share) in [
+                ("--repeat-share", repeat_share),
+                ("--malformed-share", malformed_share),
+            ] {
+                if !(0.0..=1.0).contains(&share) {
+                    anyhow::bail!("invalid {flag} {share}: a share is 0 to 1");
+                }
+            }
+            if votes.is_none() && duration_s.is_none() {
+                anyhow::bail!("give --votes N or --duration-s S");
+            }
             let store = vote_store(&cli.common).await?;
-            let found = store
-                .get_poll(&poll)
-                .await?
-                .with_context(|| format!("no poll {poll} (`tally poll list` shows the polls)"))?;
+            let chosen = if polls.is_empty() {
+                store
+                    .list_polls()
+                    .await?
+                    .into_iter()
+                    .filter(|poll| poll.status == crate::poll::PollStatus::Open)
+                    .collect::<Vec<_>>()
+            } else {
+                let mut found = Vec::new();
+                for id in &polls {
+                    found.push(store.get_poll(id).await?.with_context(|| {
+                        format!("no poll {id} (`tally poll list` shows the polls)")
+                    })?);
+                }
+                found
+            };
+            if chosen.is_empty() {
+                anyhow::bail!("no open poll to vote in (`tally poll create ... --open`)");
+            }
             let clients = Clients::from_env().await?;
+            let sink = std::sync::Arc::new(tally_producer::KinesisSink::new(
+                clients.kinesis.clone(),
+                &cli.common.stream,
+            ));
+            let producer = tally_producer::Producer::start(
+                sink,
+                tally_producer::ProducerConfig {
+                    linger: std::time::Duration::from_millis(linger_ms),
+                    aggregation: aggregate.then(tally_producer::Aggregation::default),
+                    ..tally_producer::ProducerConfig::default()
+                },
+            );
             let plan = crate::load::LoadPlan {
-                poll_id: found.id.clone(),
-                options: found
-                    .options
+                polls: chosen
                     .iter()
-                    .map(|option| option.id.clone())
+                    .map(|poll| {
+                        (
+                            poll.id.clone(),
+                            poll.options.iter().map(|o| o.id.clone()).collect(),
+                        )
+                    })
                     .collect(),
                 votes,
+                duration: duration_s.map(std::time::Duration::from_secs),
                 voters,
                 rate,
+                repeat_share,
+                malformed_share,
                 seed,
                 voter_prefix,
             };
-            let (put, took) = crate::load::run(&clients.kinesis, &cli.common.stream, &plan).await?;
-            eprintln!(
-                "load: {put} votes put on {} in {:.2} s ({:.0} votes/s)",
-                cli.common.stream,
-                took.as_secs_f64(),
-                put as f64 / took.as_secs_f64().max(1e-9)
-            );
+            let summary = crate::load::run(&producer, &plan).await?;
+            producer.close().await?;
+            println!("{}", serde_json::to_string(&summary)?);
+            if summary.failed > 0 {
+                anyhow::bail!(
+                    "{} of {} records were not put",
+                    summary.failed,
+                    summary.sent
+                );
+            }
             Ok(())
         }
     }

@@ -16,6 +16,10 @@
 //! - `latency`: waits MILLIS before sending.
 //! - `lost`: the request is sent and applied, then its response is lost
 //!   (the caller sees a timeout).
+//! - `partial` (`PutRecords` only): about a third of the records are left
+//!   out of the request and reported failed (`ProvisionedThroughputExceededException`)
+//!   in the response, the rest are put. The request's body changes after
+//!   signing, which the emulators do not check.
 //!
 //! **Crash points** (`name[:N]`) abort the process the N-th time (default
 //! the first) the worker reaches the named step of the counting protocol;
@@ -44,6 +48,7 @@ pub enum FaultKind {
     ServerError,
     Latency,
     Lost,
+    Partial,
 }
 
 impl FaultKind {
@@ -54,14 +59,16 @@ impl FaultKind {
             FaultKind::ServerError => "5xx",
             FaultKind::Latency => "latency",
             FaultKind::Lost => "lost",
+            FaultKind::Partial => "partial",
         }
     }
-    const ALL: [FaultKind; 5] = [
+    const ALL: [FaultKind; 6] = [
         FaultKind::Throttle,
         FaultKind::Conflict,
         FaultKind::ServerError,
         FaultKind::Latency,
         FaultKind::Lost,
+        FaultKind::Partial,
     ];
 }
 
@@ -81,7 +88,7 @@ pub struct FaultRule {
 pub struct Faults {
     rules: Vec<FaultRule>,
     random: Mutex<rand::rngs::StdRng>,
-    injected: [AtomicU64; 5],
+    injected: [AtomicU64; 6],
 }
 
 impl Faults {
@@ -104,7 +111,7 @@ impl Faults {
                 .find(|kind| kind.as_str() == parts[1])
                 .ok_or_else(|| {
                     format!(
-                        "{rule:?}: unknown fault {:?} (throttle, conflict, 5xx, latency, lost)",
+                        "{rule:?}: unknown fault {:?} (throttle, conflict, 5xx, latency, lost, partial)",
                         parts[1]
                     )
                 })?;
@@ -277,15 +284,24 @@ impl HttpConnector for FaultConnector {
         let faults = self.faults.clone();
         HttpConnectorFuture::new(async move {
             let mut lose_response = false;
+            let mut partial = false;
             for rule in &drawn {
-                faults.count(rule.kind);
+                match rule.kind {
+                    FaultKind::Partial if operation != "PutRecords" => continue,
+                    _ => faults.count(rule.kind),
+                }
                 match rule.kind {
                     FaultKind::Latency => tokio::time::sleep(rule.latency).await,
                     FaultKind::Lost => lose_response = true,
+                    FaultKind::Partial => partial = true,
                     kind => return Ok(injected_error(kind, &operation, dynamodb)),
                 }
             }
-            let response = inner.call(request).await?;
+            let response = if partial {
+                partial_put_records(&inner, request).await?
+            } else {
+                inner.call(request).await?
+            };
             if lose_response {
                 drop(response);
                 return Err(ConnectorError::timeout(
@@ -295,6 +311,87 @@ impl HttpConnector for FaultConnector {
             Ok(response)
         })
     }
+}
+
+/// Puts about a third of a `PutRecords` request's records (every third,
+/// starting at a random offset) and reports the others failed.
+async fn partial_put_records(
+    inner: &SharedHttpConnector,
+    mut request: HttpRequest,
+) -> Result<HttpResponse, ConnectorError> {
+    let malformed =
+        |what: &str| ConnectorError::other(format!("partial fault: {what}").into(), None);
+    let body: serde_json::Value = request
+        .body()
+        .bytes()
+        .and_then(|bytes| serde_json::from_slice(bytes).ok())
+        .ok_or_else(|| malformed("request body is not JSON"))?;
+    let records = body["Records"]
+        .as_array()
+        .cloned()
+        .ok_or_else(|| malformed("no Records"))?;
+    let offset = rand::random::<usize>() % 3;
+    let failing: Vec<bool> = (0..records.len()).map(|i| i % 3 == offset).collect();
+    let kept: Vec<serde_json::Value> = records
+        .iter()
+        .zip(&failing)
+        .filter(|(_, fail)| !**fail)
+        .map(|(record, _)| record.clone())
+        .collect();
+    let mut put_results = std::collections::VecDeque::new();
+    if !kept.is_empty() {
+        let mut smaller = body.clone();
+        smaller["Records"] = serde_json::Value::Array(kept);
+        let bytes = smaller.to_string().into_bytes();
+        request
+            .headers_mut()
+            .insert("content-length", bytes.len().to_string());
+        *request.body_mut() = SdkBody::from(bytes);
+        let mut response = inner.call(request).await?;
+        if !response.status().is_success() {
+            return Ok(response);
+        }
+        let answer = aws_smithy_types::byte_stream::ByteStream::new(response.take_body())
+            .collect()
+            .await
+            .map_err(|error| ConnectorError::io(error.into()))?
+            .into_bytes();
+        let answer: serde_json::Value =
+            serde_json::from_slice(&answer).map_err(|_| malformed("response is not JSON"))?;
+        put_results.extend(answer["Records"].as_array().cloned().unwrap_or_default());
+    }
+    let mut failed = 0;
+    let results: Vec<serde_json::Value> = failing
+        .iter()
+        .map(|fail| {
+            if *fail {
+                failed += 1;
+                serde_json::json!({
+                    "ErrorCode": "ProvisionedThroughputExceededException",
+                    "ErrorMessage": "injected fault: partial failure"
+                })
+            } else {
+                put_results.pop_front().unwrap_or_else(|| {
+                    serde_json::json!({"ErrorCode": "InternalFailure", "ErrorMessage": "injected fault: no result"})
+                })
+            }
+        })
+        .collect();
+    let failed_total = failed
+        + results
+            .iter()
+            .filter(|r| r.get("ErrorCode").is_some())
+            .count()
+            .saturating_sub(failed);
+    let body = serde_json::json!({"FailedRecordCount": failed_total, "Records": results});
+    let mut response = HttpResponse::new(
+        StatusCode::try_from(200).expect("valid status"),
+        SdkBody::from(body.to_string()),
+    );
+    response
+        .headers_mut()
+        .insert("content-type", "application/x-amz-json-1.1");
+    Ok(response)
 }
 
 /// The steps of the counting protocol a worker can be told to crash at.

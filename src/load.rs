@@ -1,102 +1,145 @@
-//! `tally load`: puts valid random votes for a poll on the stream, at a
-//! given rate, for demos and benchmarks. Each voter votes once (plus a
-//! share of repeats); records are keyed by voter, put with `PutRecords` in
-//! batches of up to 500, and any record the stream refuses is put again.
-//!
-//! Wraps <https://docs.aws.amazon.com/kinesis/latest/APIReference/API_PutRecords.html>.
+//! `tally load`: realistic vote traffic through the producer SDK. Voters
+//! vote in the given polls at a set rate; a share of the votes repeat an
+//! earlier voter's (duplicates to be), a share are malformed records; it
+//! runs for a count or a duration, prints a progress line every 2 s and a
+//! JSON summary at the end.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
-use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+use anyhow::bail;
 use rand::{Rng, SeedableRng};
+use tally_producer::{Producer, Record, VoteBuilder};
 
-use crate::vote::{encode, Vote};
-
-/// What to put.
+/// What to send.
 #[derive(Clone, Debug)]
 pub struct LoadPlan {
-    pub poll_id: String,
-    pub options: Vec<String>,
-    pub votes: u64,
-    /// Distinct voters (votes beyond them are repeats).
+    /// Polls and their option ids.
+    pub polls: Vec<(String, Vec<String>)>,
+    /// Stop after this many records (`None`: only the duration stops it).
+    pub votes: Option<u64>,
+    pub duration: Option<Duration>,
+    /// Distinct voters to draw from.
     pub voters: u64,
-    /// Votes per second (0: as fast as possible).
+    /// Records per second (0: as fast as the producer takes them).
     pub rate: u64,
+    /// Share of votes that repeat a voter who already voted.
+    pub repeat_share: f64,
+    /// Share of records that are not votes at all.
+    pub malformed_share: f64,
     pub seed: u64,
-    /// Prefix of voter ids.
     pub voter_prefix: String,
 }
 
-/// Puts the votes; returns how many were put and how long it took.
-pub async fn run(
-    kinesis: &aws_sdk_kinesis::Client,
-    stream: &str,
-    plan: &LoadPlan,
-) -> anyhow::Result<(u64, Duration)> {
-    if plan.options.is_empty() {
-        bail!("poll {} has no options", plan.poll_id);
+/// What happened.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Summary {
+    pub sent: u64,
+    pub put: u64,
+    pub failed: u64,
+    pub malformed_sent: u64,
+    pub seconds: f64,
+    pub records_per_second: f64,
+    pub producer: serde_json::Value,
+}
+
+/// Sends the traffic through `producer`, then flushes it.
+pub async fn run(producer: &Producer, plan: &LoadPlan) -> anyhow::Result<Summary> {
+    if plan.polls.is_empty() || plan.polls.iter().any(|(_, options)| options.is_empty()) {
+        bail!("no poll with options to vote in");
+    }
+    if plan.votes.is_none() && plan.duration.is_none() {
+        bail!("give --votes or --duration-s");
     }
     let mut random = rand::rngs::StdRng::seed_from_u64(plan.seed);
+    let put = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let first_error: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
     let started = Instant::now();
-    let mut put = 0u64;
     let mut last_report = Instant::now();
-    while put < plan.votes {
-        let size = (plan.votes - put).min(500);
-        let mut pending: Vec<PutRecordsRequestEntry> = (0..size)
-            .map(|offset| {
-                let number = put + offset;
-                let voter = format!("{}{}", plan.voter_prefix, number % plan.voters.max(1));
-                let vote = Vote {
-                    vote_id: format!("{:016x}", random.gen::<u64>()),
-                    poll_id: plan.poll_id.clone(),
-                    option: plan.options[random.gen_range(0..plan.options.len())].clone(),
-                    voter_id: voter.clone(),
-                    cast_at: Some(crate::time::format_rfc3339(crate::time::now_millis())),
-                };
-                PutRecordsRequestEntry::builder()
-                    .partition_key(voter)
-                    .data(Blob::new(encode(&vote)))
-                    .build()
-                    .expect("partition key and data are set")
-            })
-            .collect();
-        let mut attempts = 0;
-        while !pending.is_empty() {
-            attempts += 1;
-            let output = kinesis
-                .put_records()
-                .stream_name(stream)
-                .set_records(Some(pending.clone()))
-                .send()
-                .await
-                .with_context(|| format!("putting votes on stream {stream}"))?;
-            // Put again exactly the records the stream refused.
-            pending = pending
-                .into_iter()
-                .zip(output.records())
-                .filter(|(_, result)| result.error_code().is_some())
-                .map(|(entry, _)| entry)
-                .collect();
-            if !pending.is_empty() {
-                if attempts > 20 {
-                    bail!("{} records kept being refused by the stream", pending.len());
-                }
-                tokio::time::sleep(Duration::from_millis(50 * attempts)).await;
-            }
+    let mut summary = Summary::default();
+    let mut next_new_voter = 0u64;
+    loop {
+        if plan.votes.is_some_and(|votes| summary.sent >= votes)
+            || plan
+                .duration
+                .is_some_and(|limit| started.elapsed() >= limit)
+        {
+            break;
         }
-        put += size;
+        let repeat = next_new_voter > 0 && random.gen_bool(plan.repeat_share.clamp(0.0, 1.0));
+        let voter_number = if repeat || next_new_voter >= plan.voters {
+            random.gen_range(0..next_new_voter.max(1))
+        } else {
+            next_new_voter += 1;
+            next_new_voter - 1
+        };
+        let voter = format!("{}{voter_number}", plan.voter_prefix);
+        let record = if random.gen_bool(plan.malformed_share.clamp(0.0, 1.0)) {
+            summary.malformed_sent += 1;
+            Record::new(voter, format!("not a vote {}", summary.sent).into_bytes())
+        } else {
+            let (poll, options) = &plan.polls[random.gen_range(0..plan.polls.len())];
+            VoteBuilder::new(
+                format!("{:016x}", random.gen::<u64>()),
+                poll,
+                &options[random.gen_range(0..options.len())],
+                voter,
+            )
+            .cast_at(crate::time::format_rfc3339(crate::time::now_millis()))
+            .build()?
+        };
+        let receipt = producer.send(record).await?;
+        summary.sent += 1;
+        let (put_count, failed_count, first) = (put.clone(), failed.clone(), first_error.clone());
+        tokio::spawn(async move {
+            match receipt.await {
+                Ok(_) => put_count.fetch_add(1, Ordering::Relaxed),
+                Err(error) => {
+                    first
+                        .lock()
+                        .expect("lock")
+                        .get_or_insert_with(|| error.to_string());
+                    failed_count.fetch_add(1, Ordering::Relaxed)
+                }
+            };
+        });
         if plan.rate > 0 {
-            let due = Duration::from_secs_f64(put as f64 / plan.rate as f64);
+            let due = Duration::from_secs_f64(summary.sent as f64 / plan.rate as f64);
             if let Some(wait) = due.checked_sub(started.elapsed()) {
                 tokio::time::sleep(wait).await;
             }
         }
-        if last_report.elapsed() >= Duration::from_secs(5) {
+        if last_report.elapsed() >= Duration::from_secs(2) {
             last_report = Instant::now();
-            eprintln!("load: {put}/{} votes put", plan.votes);
+            eprintln!(
+                "load: sent {}, put {}, failed {}, {:.0} records/s",
+                summary.sent,
+                put.load(Ordering::Relaxed),
+                failed.load(Ordering::Relaxed),
+                summary.sent as f64 / started.elapsed().as_secs_f64().max(1e-9)
+            );
         }
     }
-    Ok((put, started.elapsed()))
+    producer.flush().await?;
+    // Receipts resolve in their own tasks; give them a moment to be counted.
+    for _ in 0..100 {
+        if put.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) >= summary.sent {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    summary.put = put.load(Ordering::Relaxed);
+    summary.failed = failed.load(Ordering::Relaxed);
+    summary.seconds = started.elapsed().as_secs_f64();
+    summary.records_per_second = summary.sent as f64 / summary.seconds.max(1e-9);
+    summary.producer = producer.metrics().snapshot();
+    if let Some(error) = first_error.lock().expect("lock").as_ref() {
+        eprintln!(
+            "load: {} records failed; the first error: {error}",
+            summary.failed
+        );
+    }
+    Ok(summary)
 }

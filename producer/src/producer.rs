@@ -72,6 +72,24 @@ impl Default for ProducerConfig {
     }
 }
 
+impl ProducerConfig {
+    /// How many user records, and how many bytes of them, one call can
+    /// carry: a call is due when that much is pending.
+    fn call_budget(&self) -> (usize, usize) {
+        match &self.aggregation {
+            None => (self.max_records_per_call, self.max_bytes_per_call),
+            Some(aggregation) => (
+                self.max_records_per_call
+                    .saturating_mul(aggregation.max_records),
+                self.max_bytes_per_call.min(
+                    self.max_records_per_call
+                        .saturating_mul(aggregation.max_bytes),
+                ),
+            ),
+        }
+    }
+}
+
 /// Where a record landed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Receipt {
@@ -102,6 +120,7 @@ pub enum ProducerError {
 /// Counters, read with [`Producer::metrics`].
 #[derive(Debug, Default)]
 pub struct Metrics {
+    pub mispredictions: AtomicU64,
     pub user_records_put: AtomicU64,
     pub kinesis_records_put: AtomicU64,
     pub bytes_put: AtomicU64,
@@ -139,6 +158,7 @@ impl Metrics {
             "tally_producer_failed_records_total": load(&self.failed_records),
             "tally_producer_buffered_records": self.buffered_records(),
             "tally_producer_aggregation_ratio": self.aggregation_ratio(),
+            "tally_producer_mispredictions_total": load(&self.mispredictions),
         })
     }
 }
@@ -359,16 +379,17 @@ async fn run(
     let mut pending: Vec<Pending> = Vec::new();
     let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
     let mut deadline: Option<Instant> = None;
+    let (record_budget, byte_budget) = task.config.call_budget();
+    let mut pending_bytes = 0usize;
     loop {
-        let full = pending.len() >= task.config.max_records_per_call
-            || pending
-                .iter()
-                .map(|p| p.record.data.len() + p.record.partition_key.len())
-                .sum::<usize>()
-                >= task.config.max_bytes_per_call;
+        let full = pending.len() >= record_budget || pending_bytes >= byte_budget;
         let due = deadline.is_some_and(|at| at <= Instant::now());
         if !pending.is_empty() && (full || due || !waiters.is_empty()) {
             task.drain(&mut pending).await;
+            pending_bytes = pending
+                .iter()
+                .map(|p| p.record.data.len() + p.record.partition_key.len())
+                .sum();
             deadline = None;
         }
         if pending.is_empty() {
@@ -388,6 +409,7 @@ async fn run(
                 if pending.is_empty() {
                     deadline = Some(Instant::now() + task.config.linger);
                 }
+                pending_bytes += record.record.data.len() + record.record.partition_key.len();
                 pending.push(record);
             }
             Some(Message::Flush(done)) => {
@@ -418,9 +440,14 @@ impl Task {
         if self.config.aggregation.is_none() {
             return;
         }
-        let stale = self
-            .map_read
-            .is_none_or(|read| read.elapsed() >= self.config.shard_map_refresh);
+        // An empty map (never read, or the read failed) is read again
+        // after a second, a good one after the refresh interval.
+        let interval = if self.map.is_empty() {
+            self.config.shard_map_refresh.min(Duration::from_secs(1))
+        } else {
+            self.config.shard_map_refresh
+        };
+        let stale = self.map_read.is_none_or(|read| read.elapsed() >= interval);
         if !force && !stale {
             return;
         }
@@ -433,9 +460,8 @@ impl Task {
                 self.map = ShardMap::new(ranges);
             }
             Err(error) => {
-                // Without a map, records go out plain until the next read.
-                tracing::warn!(error = %error, "shard map not read; sending plain records");
-                self.map = ShardMap::default();
+                // The last map stays; without one, records go out plain.
+                tracing::warn!(error = %error, "shard map not read");
             }
         }
     }
@@ -471,7 +497,21 @@ impl Task {
                 return;
             }
             self.refresh_map(false).await;
-            let users: Vec<&UserRecord> = pending.iter().map(|p| &p.record).collect();
+            // Plan only as many records as one call can carry, so that a
+            // long queue is not re-planned whole for every call.
+            let (record_budget, byte_budget) = self.config.call_budget();
+            let mut bytes = 0usize;
+            let prefix = pending
+                .iter()
+                .take_while(|p| {
+                    let fits = bytes < byte_budget;
+                    bytes += p.record.data.len() + p.record.partition_key.len();
+                    fits
+                })
+                .count()
+                .min(record_budget)
+                .max(1);
+            let users: Vec<&UserRecord> = pending[..prefix].iter().map(|p| &p.record).collect();
             let entries = build_entries(&users, &self.map, self.config.aggregation.as_ref());
             let calls = plan_calls(
                 &entries,
