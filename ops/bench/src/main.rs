@@ -10,6 +10,12 @@
 //! with a processor that only checkpoints; records per second, CPU seconds
 //! per 100,000 records, peak memory and start-up time.
 //!
+//! `producer [--records N]`: the producer SDK puts N records (100-byte
+//! votes, 10,000 keys) on a 4-shard stream, with aggregation off and on:
+//! records per second and `PutRecords` calls per 1,000 records; then the
+//! same records with a plain boto3 `put_records` loop (500 per call) as the
+//! baseline.
+//!
 //! `pipeline [--votes N]`: one `tally worker` counts a pre-loaded 4-shard
 //! stream of votes (10% repeats) end to end; votes per second, the
 //! emulator's own rate for the same conditional puts at the same
@@ -373,6 +379,110 @@ fn cpu_and_peak(pid: u32) -> (f64, f64) {
     (ticks / clock, peak_kib)
 }
 
+async fn producer_run(stack: &Stack, records: usize, aggregate: bool) -> (f64, f64) {
+    use tally_producer::{Aggregation, KinesisSink, Producer, ProducerConfig, VoteBuilder};
+    let stream = unique_name("producer");
+    create_stream(&stack.kinesis, &stream, 4).await;
+    let producer = Producer::start(
+        std::sync::Arc::new(KinesisSink::new(stack.kinesis.clone(), &stream)),
+        ProducerConfig {
+            aggregation: aggregate.then(Aggregation::default),
+            ..ProducerConfig::default()
+        },
+    );
+    let started = Instant::now();
+    let mut receipts = Vec::with_capacity(records);
+    for n in 0..records {
+        let record = VoteBuilder::new(
+            format!("v{n:012}"),
+            "bench",
+            "a",
+            format!("voter-{}", n % 10_000),
+        )
+        .build()
+        .unwrap();
+        receipts.push(producer.send(record).await.unwrap());
+    }
+    producer.close().await.unwrap();
+    for receipt in receipts {
+        receipt.await.expect("record put");
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let calls = producer
+        .metrics()
+        .calls
+        .load(std::sync::atomic::Ordering::Relaxed) as f64;
+    (records as f64 / seconds, calls * 1000.0 / records as f64)
+}
+
+async fn producer_bench(records: usize) {
+    let stack = Stack::new().await;
+    let plain = producer_run(&stack, records, false).await;
+    let aggregated = producer_run(&stack, records, true).await;
+    // The baseline: boto3, put_records of 500 at a time, one call after another.
+    let python = String::from_utf8(
+        Command::new("bash")
+            .args(["ops/emulators", "tools-python"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_owned();
+    let stream = unique_name("boto3");
+    create_stream(&stack.kinesis, &stream, 4).await;
+    let script = format!(
+        r#"
+import json, time, boto3
+k = boto3.client("kinesis", endpoint_url="{endpoint}", region_name="us-east-1",
+                 aws_access_key_id="bench", aws_secret_access_key="bench")
+records = [{{"Data": json.dumps({{"vote_id": "v%012d" % n, "poll_id": "bench", "option": "a",
+             "voter_id": "voter-%d" % (n % 10000)}}).encode(), "PartitionKey": "voter-%d" % (n % 10000)}}
+           for n in range({records})]
+start = time.time(); calls = 0
+pending = records
+while pending:
+    batch, pending = pending[:500], pending[500:]
+    out = k.put_records(StreamName="{stream}", Records=batch); calls += 1
+    pending = [r for r, res in zip(batch, out["Records"]) if "ErrorCode" in res] + pending
+print(json.dumps({{"rate": {records} / (time.time() - start), "calls": calls}}))
+"#,
+        endpoint = stack.endpoint,
+    );
+    let output = Command::new(python).arg("-c").arg(script).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let baseline: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let boto_rate = baseline["rate"].as_f64().unwrap();
+    let boto_calls = baseline["calls"].as_f64().unwrap() * 1000.0 / records as f64;
+    println!("settings: {records} vote records (~100 bytes, 10,000 keys), a 4-shard stream on ministack, producer defaults (linger 50 ms)");
+    println!(
+        "{:<40} {:>16} {:>24}",
+        "", "records/s", "PutRecords per 1,000"
+    );
+    println!(
+        "{:<40} {:>16.0} {:>24.2}",
+        "tally-producer, plain records", plain.0, plain.1
+    );
+    println!(
+        "{:<40} {:>16.0} {:>24.2}",
+        "tally-producer, KPL aggregation", aggregated.0, aggregated.1
+    );
+    println!(
+        "{:<40} {:>16.0} {:>24.2}",
+        "boto3 put_records loop (baseline)", boto_rate, boto_calls
+    );
+    println!(
+        "ratios to the baseline: plain {:.2}x, aggregated {:.2}x",
+        plain.0 / boto_rate,
+        aggregated.0 / boto_rate
+    );
+}
+
 async fn pipeline(votes: usize) {
     use tally::store::dynamo::{DynamoVoteStore, TableNames};
     use tally::store::{Origin, VoteItem, VoteStore};
@@ -677,7 +787,7 @@ async fn drain(records: usize) {
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = || -> ! {
-        eprintln!("usage: tally-bench failover [--runs N] | drain [--records N] | pipeline [--votes N]   (N a positive whole number)");
+        eprintln!("usage: tally-bench failover [--runs N] | drain [--records N] | pipeline [--votes N] | producer [--records N]   (N a positive whole number)");
         std::process::exit(2);
     };
     let number = |flag: &str, default: usize| match args.iter().position(|a| a == flag) {
@@ -691,6 +801,7 @@ async fn main() {
         Some("failover") => failover(number("--runs", 5)).await,
         Some("drain") => drain(number("--records", 200_000)).await,
         Some("pipeline") => pipeline(number("--votes", 50_000)).await,
+        Some("producer") => producer_bench(number("--records", 100_000)).await,
         _ => usage(),
     }
 }
