@@ -96,8 +96,16 @@ impl Clients {
             .operation_attempt_timeout(Duration::from_secs(10))
             .operation_timeout(Duration::from_secs(30))
             .build();
+        // The SDK's own retries back off from 50 ms up to 2 s (its default
+        // starts at 1 s): a vote waits on its put, and results should be live
+        // within a second; longer outages are the pipeline's retries' job.
+        let retries = aws_config::retry::RetryConfig::standard()
+            .with_max_attempts(4)
+            .with_initial_backoff(Duration::from_millis(50))
+            .with_max_backoff(Duration::from_secs(2));
         let config = aws_config::defaults(BehaviorVersion::latest())
             .timeout_config(timeouts)
+            .retry_config(retries)
             .load()
             .await;
         if config.region().is_none() {
