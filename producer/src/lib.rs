@@ -15,8 +15,12 @@
 //!   in-memory stream that fails on demand for tests.
 //! - [`producer`]: the buffer, the task, receipts, flush and close, metrics.
 //! - [`vote`]: records that follow Tally's vote contract.
+//! - `http` (feature `http`): a client for the gateway's vote endpoint, with
+//!   retries made safe by the vote id as idempotency key.
 
 pub mod batch;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod producer;
 pub mod shard_map;
 pub mod sink;
