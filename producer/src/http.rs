@@ -10,7 +10,6 @@
 
 use std::time::Duration;
 
-use backon::BackoffBuilder;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -69,14 +68,6 @@ pub struct HttpProducer {
     config: HttpProducerConfig,
 }
 
-fn valid_id(text: &str, max: usize) -> bool {
-    !text.is_empty()
-        && text.len() <= max
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'@' | b'-'))
-}
-
 impl HttpProducer {
     pub fn new(config: HttpProducerConfig) -> Self {
         Self {
@@ -99,7 +90,7 @@ impl HttpProducer {
             ("option", option, 128),
             ("vote_id", vote_id, 64),
         ] {
-            if !valid_id(value, max) {
+            if !crate::vote::valid_id(value, max) {
                 return Err(HttpVoteError::Invalid(format!(
                     "{field} must be 1 to {max} characters of [A-Za-z0-9._:@-]"
                 )));
@@ -111,12 +102,7 @@ impl HttpProducer {
         );
         let body = Bytes::from(serde_json::json!({ "option": option }).to_string());
         let started = tokio::time::Instant::now();
-        let mut backoff = backon::ExponentialBuilder::default()
-            .with_min_delay(self.config.min_backoff)
-            .with_max_delay(self.config.max_backoff)
-            .with_max_times(usize::MAX)
-            .with_jitter()
-            .build();
+        let mut backoff = crate::producer::delays(self.config.min_backoff, self.config.max_backoff);
         let mut attempts = 0u32;
         loop {
             attempts += 1;

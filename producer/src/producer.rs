@@ -469,12 +469,7 @@ impl Task {
     /// Puts every pending record (retrying failures with backoff) until
     /// each has its outcome.
     async fn drain(&mut self, pending: &mut Vec<Pending>) {
-        let mut backoff = backon::ExponentialBuilder::default()
-            .with_min_delay(self.config.min_backoff)
-            .with_max_delay(self.config.max_backoff)
-            .with_max_times(usize::MAX)
-            .with_jitter()
-            .build();
+        let mut backoff = delays(self.config.min_backoff, self.config.max_backoff);
         while !pending.is_empty() {
             // Records past their time to live fail now.
             let now = Instant::now();
@@ -629,6 +624,16 @@ impl Task {
             }
         }
     }
+}
+
+/// Exponential delays with jitter between `min` and `max`, without end.
+pub(crate) fn delays(min: Duration, max: Duration) -> impl Iterator<Item = Duration> {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(min)
+        .with_max_delay(max)
+        .with_max_times(usize::MAX)
+        .with_jitter()
+        .build()
 }
 
 fn result_is_throttle(code: &str) -> bool {

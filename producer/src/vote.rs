@@ -13,7 +13,8 @@ pub struct InvalidVote {
     pub reason: String,
 }
 
-fn valid(text: &str, max: usize) -> bool {
+/// True for 1 to `max` characters of `[A-Za-z0-9._:@-]`.
+pub fn valid_id(text: &str, max: usize) -> bool {
     !text.is_empty()
         && text.len() <= max
         && text
@@ -61,7 +62,7 @@ impl VoteBuilder {
             ("option", &self.option, 128),
             ("voter_id", &self.voter_id, 128),
         ] {
-            if !valid(value, max) {
+            if !valid_id(value, max) {
                 return Err(InvalidVote {
                     field,
                     reason: format!("must be 1 to {max} characters of [A-Za-z0-9._:@-]"),
