@@ -447,14 +447,14 @@ async fn a_lease_moved_in_the_middle_of_a_batch_counts_once() {
 async fn injected_faults_of_every_kind_lose_and_double_nothing() {
     let run = Run::new(shared().await).await;
     let faults = [
-        "GetRecords:throttle:0.2",
-        "PutItem:throttle:0.05",
-        "TransactWriteItems:throttle:0.1",
-        "TransactWriteItems:conflict:0.3",
-        "*:5xx:0.03",
+        "GetRecords:throttle:0.1",
+        "PutItem:throttle:0.03",
+        "TransactWriteItems:throttle:0.05",
+        "TransactWriteItems:conflict:0.15",
+        "*:5xx:0.02",
         "*:latency:0.05:40",
-        "PutItem:lost:0.05",
-        "TransactWriteItems:lost:0.2",
+        "PutItem:lost:0.02",
+        "TransactWriteItems:lost:0.1",
     ]
     .join(",");
     let mut worker = run.worker(
@@ -462,6 +462,9 @@ async fn injected_faults_of_every_kind_lose_and_double_nothing() {
         &[
             ("TALLY_FAULTS", faults.as_str()),
             ("TALLY_FAULTS_SEED", "42"),
+            // Smaller batches, each committed in two parts: more commits to fail.
+            ("TALLY_MAX_RECORDS", "500"),
+            ("TALLY_MAX_TRANSACTION_ACTIONS", "8"),
         ],
     );
     run.wait_and_verify(LIMIT).await;
