@@ -256,6 +256,17 @@ impl Producer {
                 "a partition key has 1 to {MAX_PARTITION_KEY_CHARS} characters, not {chars}"
             )));
         }
+        // A bad explicit hash key would make Kinesis refuse the whole call,
+        // and with it every record batched with this one.
+        if let Some(hash) = &record.explicit_hash_key {
+            let decimal =
+                !hash.is_empty() && hash.len() <= 39 && hash.bytes().all(|b| b.is_ascii_digit());
+            if !decimal || hash.parse::<u128>().is_err() {
+                return Err(ProducerError::InvalidKey(format!(
+                    "explicit hash key {hash:?} is not a decimal number from 0 to 2^128 - 1"
+                )));
+            }
+        }
         let size = record.data.len() + record.partition_key.len();
         if size > MAX_RECORD_BYTES {
             return Err(ProducerError::TooLarge(format!(

@@ -194,6 +194,17 @@ async fn the_buffer_is_bounded_and_close_loses_nothing() {
         Some(ProducerError::Closed)
     );
     assert!(producer.try_send(Record::new("", "x")).is_err());
+    for hash in ["-1", "abc", "", "340282366920938463463374607431768211456"] {
+        let mut hostile = Record::new("k", "x");
+        hostile.explicit_hash_key = Some(hash.into());
+        assert!(
+            matches!(
+                producer.try_send(hostile),
+                Err(ProducerError::InvalidKey(_))
+            ),
+            "explicit hash key {hash:?} accepted"
+        );
+    }
     let too_big = Record::new("k", vec![0u8; 1024 * 1024]);
     assert!(matches!(
         producer.try_send(too_big),
