@@ -132,6 +132,8 @@ async fn retries_carry_the_same_key_and_the_vote_is_accepted_once() {
             vote_id: "vote-1".into()
         }
     );
+    // 429 with Retry-After: 1 waits that second, though the backoff is 50 ms at most.
+    let started = std::time::Instant::now();
     let answer = producer
         .vote("voter-token", "busy", "b", "vote-2")
         .await
@@ -141,6 +143,10 @@ async fn retries_carry_the_same_key_and_the_vote_is_accepted_once() {
         VoteAnswer::Accepted {
             vote_id: "vote-2".into()
         }
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After honoured"
     );
     // The same vote sent again (an app retry) is still one vote.
     producer
@@ -181,7 +187,7 @@ async fn answers_and_final_refusals_are_not_retried() {
     ));
     assert_eq!(seen.lock().unwrap().attempts["vote-4"], 1);
     // A gateway that stays down: the vote fails at its deadline, saying why.
-    let short = producer_with_deadline(url, Duration::from_millis(300));
+    let short = producer(url, Duration::from_millis(300));
     match short.vote("voter-token", "down", "a", "vote-7").await {
         Err(HttpVoteError::Expired {
             attempts,
@@ -193,13 +199,9 @@ async fn answers_and_final_refusals_are_not_retried() {
         other => panic!("{other:?}"),
     }
     // Nobody listening: connection errors are retried until the deadline.
-    let nowhere = producer_with_deadline("http://127.0.0.1:9".into(), Duration::from_millis(200));
+    let nowhere = producer("http://127.0.0.1:9".into(), Duration::from_millis(200));
     assert!(matches!(
         nowhere.vote("voter-token", "p", "a", "vote-8").await,
         Err(HttpVoteError::Expired { .. })
     ));
-}
-
-fn producer_with_deadline(url: String, deadline: Duration) -> HttpProducer {
-    producer(url, deadline)
 }
