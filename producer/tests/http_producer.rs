@@ -108,7 +108,7 @@ async fn serve() -> (String, Arc<Mutex<Seen>>) {
     (format!("http://{address}"), seen)
 }
 
-fn producer(base_url: String, deadline: Duration) -> HttpProducer {
+fn client(base_url: String, deadline: Duration) -> HttpProducer {
     HttpProducer::new(HttpProducerConfig {
         base_url,
         deadline,
@@ -121,7 +121,7 @@ fn producer(base_url: String, deadline: Duration) -> HttpProducer {
 #[tokio::test]
 async fn retries_carry_the_same_key_and_the_vote_is_accepted_once() {
     let (url, seen) = serve().await;
-    let producer = producer(url, Duration::from_secs(10));
+    let producer = client(url, Duration::from_secs(10));
     let answer = producer
         .vote("voter-token", "flaky", "a", "vote-1")
         .await
@@ -162,7 +162,7 @@ async fn retries_carry_the_same_key_and_the_vote_is_accepted_once() {
 #[tokio::test]
 async fn answers_and_final_refusals_are_not_retried() {
     let (url, seen) = serve().await;
-    let producer = producer(url.clone(), Duration::from_secs(10));
+    let producer = client(url.clone(), Duration::from_secs(10));
     match producer
         .vote("voter-token", "again", "a", "vote-3")
         .await
@@ -187,7 +187,7 @@ async fn answers_and_final_refusals_are_not_retried() {
     ));
     assert_eq!(seen.lock().unwrap().attempts["vote-4"], 1);
     // A gateway that stays down: the vote fails at its deadline, saying why.
-    let short = producer(url, Duration::from_millis(300));
+    let short = client(url, Duration::from_millis(300));
     match short.vote("voter-token", "down", "a", "vote-7").await {
         Err(HttpVoteError::Expired {
             attempts,
@@ -199,7 +199,7 @@ async fn answers_and_final_refusals_are_not_retried() {
         other => panic!("{other:?}"),
     }
     // Nobody listening: connection errors are retried until the deadline.
-    let nowhere = producer("http://127.0.0.1:9".into(), Duration::from_millis(200));
+    let nowhere = client("http://127.0.0.1:9".into(), Duration::from_millis(200));
     assert!(matches!(
         nowhere.vote("voter-token", "p", "a", "vote-8").await,
         Err(HttpVoteError::Expired { .. })
