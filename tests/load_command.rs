@@ -132,6 +132,23 @@ async fn load_sends_what_it_reports() {
     assert_eq!(records, 800);
     assert_eq!(polls.into_iter().collect::<Vec<_>>(), vec!["p1", "p2"]);
 
+    // Closing: never in the past; by default 2 s from now.
+    let output = tally(&endpoint, &stream, &prefix, &app)
+        .args(["poll", "close", "p1", "--at", "2020-01-01T00:00:00Z"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("in the past"));
+    let before = tally::time::now_millis();
+    let closed: serde_json::Value =
+        serde_json::from_slice(&run(&["poll", "close", "p2", "--json"]).stdout).unwrap();
+    assert_eq!(closed["status"], "closed");
+    let closes_at = tally::time::parse_rfc3339(closed["closes_at"].as_str().unwrap()).unwrap();
+    assert!(
+        (before + 1_500..before + 5_000).contains(&closes_at),
+        "{closed}"
+    );
+
     // Bad input fails with the setting's name.
     let output = tally(&endpoint, &stream, &prefix, &app)
         .args(["load", "--votes", "5", "--repeat-share", "2"])

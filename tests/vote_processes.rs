@@ -347,6 +347,37 @@ async fn clean_run_with_the_command_line_and_a_graceful_stop() {
         "rejected"
     );
 
+    // The health and metrics endpoints, on the address the worker logged.
+    let address = std::fs::read_to_string(run.log("w1"))
+        .unwrap()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find_map(|line| line["health_addr"].as_str().map(str::to_owned))
+        .expect("the worker logs its health address");
+    let get = |path: &str| {
+        use std::io::{Read, Write};
+        let mut connection = std::net::TcpStream::connect(&address).unwrap();
+        write!(connection, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        connection.read_to_string(&mut answer).unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (
+            status,
+            serde_json::from_str::<serde_json::Value>(body).unwrap(),
+        )
+    };
+    let (status, health) = get("/health");
+    assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
+    assert_eq!(health["worker_id"], "w1");
+    let (status, metrics) = get("/metrics");
+    assert_eq!(status, 200);
+    assert_eq!(metrics["tally_votes_counted_total"], truth.counted());
+    assert_eq!(metrics["tally_votes_duplicate_total"], truth.duplicates);
+    let (status, missing) = get("/nope");
+    assert_eq!(status, 404);
+    assert!(missing["error"].is_string());
+
     // SIGTERM: exit 0 well inside 30 s, leases released.
     worker.signal("TERM");
     let exit = worker.wait_exit(Duration::from_secs(30));
