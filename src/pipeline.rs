@@ -489,20 +489,6 @@ impl RecordProcessor for VoteProcessor {
             }
         }
     }
-
-    async fn shard_ended(&mut self, _checkpointer: &Checkpointer) -> Result<(), ProcessorError> {
-        // Every batch is committed with its checkpoint; nothing is pending.
-        Ok(())
-    }
-
-    async fn lease_lost(&mut self) {}
-
-    async fn shutdown_requested(
-        &mut self,
-        _checkpointer: &Checkpointer,
-    ) -> Result<(), ProcessorError> {
-        Ok(())
-    }
 }
 
 #[cfg(test)]

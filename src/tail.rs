@@ -110,20 +110,6 @@ impl RecordProcessor for TailProcessor {
         }
         Ok(())
     }
-
-    async fn shard_ended(&mut self, _checkpointer: &Checkpointer) -> Result<(), ProcessorError> {
-        Ok(())
-    }
-
-    async fn lease_lost(&mut self) {}
-
-    async fn shutdown_requested(
-        &mut self,
-        _checkpointer: &Checkpointer,
-    ) -> Result<(), ProcessorError> {
-        // Every delivered batch is already checkpointed.
-        Ok(())
-    }
 }
 
 struct Factory {

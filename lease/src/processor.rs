@@ -51,15 +51,21 @@ pub trait RecordProcessor: Send {
         checkpointer: &Checkpointer,
     ) -> Result<(), ProcessorError>;
     /// The shard is read to its end. The library checkpoints `SHARD_END`
-    /// after this returns.
-    async fn shard_ended(&mut self, checkpointer: &Checkpointer) -> Result<(), ProcessorError>;
+    /// after this returns. By default nothing is pending: a processor that
+    /// checkpoints (or commits) each batch has nothing left to do.
+    async fn shard_ended(&mut self, _checkpointer: &Checkpointer) -> Result<(), ProcessorError> {
+        Ok(())
+    }
     /// The lease moved to another worker; do not checkpoint.
-    async fn lease_lost(&mut self);
-    /// The worker stops or hands the lease over: checkpoint what is done.
+    async fn lease_lost(&mut self) {}
+    /// The worker stops or hands the lease over: checkpoint what is done
+    /// (by default nothing is pending, as for `shard_ended`).
     async fn shutdown_requested(
         &mut self,
-        checkpointer: &Checkpointer,
-    ) -> Result<(), ProcessorError>;
+        _checkpointer: &Checkpointer,
+    ) -> Result<(), ProcessorError> {
+        Ok(())
+    }
 }
 
 /// Makes one processor per shard lease.
