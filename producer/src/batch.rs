@@ -193,24 +193,10 @@ pub fn plan_calls(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shard_map::ShardRange;
     use proptest::prelude::*;
 
     fn map(count: u128) -> ShardMap {
-        let width = u128::MAX / count;
-        ShardMap::new(
-            (0..count)
-                .map(|index| ShardRange {
-                    shard_id: format!("s{index}"),
-                    start: width * index,
-                    end: if index + 1 == count {
-                        u128::MAX
-                    } else {
-                        width * (index + 1) - 1
-                    },
-                })
-                .collect(),
-        )
+        ShardMap::even(count)
     }
 
     fn record(key: &str, size: usize) -> UserRecord {

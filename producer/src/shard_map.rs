@@ -26,6 +26,26 @@ impl ShardMap {
         Self { ranges }
     }
 
+    /// `count` shards splitting the hash space evenly, named
+    /// `shardId-000000000000` and on (as a new stream's are; for tests).
+    pub fn even(count: u128) -> Self {
+        let count = count.max(1);
+        let width = u128::MAX / count;
+        Self::new(
+            (0..count)
+                .map(|index| ShardRange {
+                    shard_id: format!("shardId-{index:012}"),
+                    start: width * index,
+                    end: if index + 1 == count {
+                        u128::MAX
+                    } else {
+                        width * (index + 1) - 1
+                    },
+                })
+                .collect(),
+        )
+    }
+
     pub fn is_empty(&self) -> bool {
         self.ranges.is_empty()
     }
@@ -55,27 +75,9 @@ pub fn route(partition_key: &str, explicit_hash_key: Option<&str>) -> u128 {
 mod tests {
     use super::*;
 
-    fn even(count: u128) -> ShardMap {
-        let width = u128::MAX / count;
-        ShardMap::new(
-            (0..count)
-                .map(|index| ShardRange {
-                    shard_id: format!("shardId-{index:012}"),
-                    start: width * index,
-                    end: if index + 1 == count {
-                        u128::MAX
-                    } else {
-                        width * (index + 1) - 1
-                    },
-                })
-                .rev()
-                .collect(),
-        )
-    }
-
     #[test]
     fn every_hash_has_exactly_its_shard() {
-        let map = even(4);
+        let map = ShardMap::even(4);
         assert_eq!(map.shard_of(0).unwrap().shard_id, "shardId-000000000000");
         assert_eq!(
             map.shard_of(u128::MAX).unwrap().shard_id,

@@ -5,23 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tally_producer::shard_map::ShardRange;
+use tally_producer::shard_map::{ShardMap, ShardRange};
 use tally_producer::sink::{Scripted, SinkError};
 use tally_producer::{Aggregation, MemorySink, Producer, ProducerConfig, ProducerError, Record};
 
 fn shards(count: u128) -> Vec<ShardRange> {
-    let width = u128::MAX / count;
-    (0..count)
-        .map(|index| ShardRange {
-            shard_id: format!("shardId-{index:012}"),
-            start: width * index,
-            end: if index + 1 == count {
-                u128::MAX
-            } else {
-                width * (index + 1) - 1
-            },
-        })
-        .collect()
+    ShardMap::even(count).ranges().to_vec()
 }
 
 fn record(n: usize) -> Record {
