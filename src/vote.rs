@@ -92,14 +92,9 @@ impl Rejection {
     }
 }
 
-/// True for 1 to `max` characters of `[A-Za-z0-9._:@-]`.
-pub fn valid_id(text: &str, max: usize) -> bool {
-    !text.is_empty()
-        && text.len() <= max
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'@' | b'-'))
-}
+/// True for 1 to `max` characters of `[A-Za-z0-9._:@-]`: the contract's
+/// one id rule, shared with the producer SDK's vote builder.
+pub use tally_producer::vote::valid_id;
 
 /// Decodes one record's bytes as a vote.
 pub fn decode(data: &[u8]) -> Result<Vote, Rejection> {
@@ -248,6 +243,23 @@ mod tests {
         #[test]
         fn decoding_never_panics(data in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = decode(&data);
+        }
+
+        /// The producer SDK's builder and this decoder agree on the contract.
+        #[test]
+        fn the_producer_builds_what_the_worker_decodes(
+            poll in "[A-Za-z0-9._:@-]{1,128}",
+            option in "[A-Za-z0-9._:@-]{1,128}",
+            voter in "[A-Za-z0-9._:@-]{1,128}",
+            vote_id in "[A-Za-z0-9._:@-]{1,64}",
+        ) {
+            let record = tally_producer::VoteBuilder::new(&vote_id, &poll, &option, &voter)
+                .cast_at("2026-11-22T10:00:00Z")
+                .build()
+                .unwrap();
+            prop_assert_eq!(&record.partition_key, &voter);
+            let vote = decode(&record.data).unwrap();
+            prop_assert_eq!((vote.vote_id, vote.poll_id, vote.option, vote.voter_id), (vote_id, poll, option, voter));
         }
 
         #[test]
