@@ -82,6 +82,11 @@ pub enum Command {
     /// exactly once and commits the counts with its checkpoints. Serves
     /// /health and /metrics; stops gracefully on SIGTERM/SIGINT.
     Worker(crate::daemon::WorkerArgs),
+    /// The HTTP gateway: the vote API (votes go on the stream), polls, live
+    /// results (JSON and Server-Sent Events), admin routes, the web pages
+    /// (/, /vote, /dashboard, /admin), /healthz, /readyz, /metrics and
+    /// /openapi.json. Stops gracefully on SIGTERM/SIGINT.
+    Gateway(crate::gateway::GatewayArgs),
     /// A poll's live results, summed over its counter items.
     Results {
         /// The poll.
@@ -247,6 +252,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let clients = Clients::with_faults(faults.clone()).await?;
             let shutdown = crate::shutdown::on_signal();
             crate::daemon::run(&cli.common, &clients, &args, faults, shutdown).await
+        }
+        Command::Gateway(args) => {
+            let shutdown = crate::shutdown::on_signal();
+            crate::gateway::run(&cli.common, args, shutdown).await
         }
         Command::Results {
             id,

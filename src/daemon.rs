@@ -120,6 +120,7 @@ impl Shared {
         let usage = crate::store::VoteStore::usage(self.store.as_ref());
         snapshot["tally_dynamodb_requests_total"] = usage.requests.into();
         snapshot["tally_dynamodb_write_units_total"] = usage.write_units.into();
+        snapshot["worker_id"] = self.worker_id.clone().into();
         snapshot["uptime_ms"] = (crate::tail::started().elapsed().as_millis() as u64).into();
         snapshot
     }

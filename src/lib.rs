@@ -12,6 +12,7 @@
 //!   batch; [`daemon`]: `tally worker` (health, metrics, shutdown).
 //! - [`faults`]: fault injection into AWS requests and crash points (tests).
 //! - [`admin`]: polls, results and vote status; [`load`]: `tally load`.
+//! - [`gateway`]: `tally gateway`, the HTTP API, live results and web pages.
 //! - [`workload`]: a generated workload and its ground truth (tests, benchmarks).
 //! - [`cli`], [`settings`], [`telemetry`], [`shutdown`], [`time`],
 //!   [`metrics`]: the command line, settings, logs, signals, clocks, metrics.
@@ -22,6 +23,7 @@ pub mod cli;
 pub mod count;
 pub mod daemon;
 pub mod faults;
+pub mod gateway;
 pub mod leases_view;
 pub mod load;
 pub mod metrics;

@@ -72,6 +72,9 @@ struct CachedPoll {
 }
 
 /// Polls by id, shared by every shard of a worker.
+/// Above this many cached polls, stale entries are dropped.
+const MAX_CACHED_POLLS: usize = 10_000;
+
 pub struct PollCache {
     store: Arc<dyn VoteStore>,
     entries: Mutex<HashMap<String, CachedPoll>>,
@@ -90,12 +93,22 @@ impl PollCache {
     }
 
     /// The poll, read again if the cached copy is older than `max_age`.
-    async fn get(&self, id: &str, max_age: Duration) -> Result<Option<Arc<Poll>>, VoteStoreError> {
+    pub async fn get(
+        &self,
+        id: &str,
+        max_age: Duration,
+    ) -> Result<Option<Arc<Poll>>, VoteStoreError> {
         let mut entries = self.entries.lock().await;
         if let Some(entry) = entries.get(id) {
             if entry.fetched.elapsed() <= max_age {
                 return Ok(entry.poll.clone());
             }
+        }
+        if entries.len() >= MAX_CACHED_POLLS {
+            // Unknown ids (from bad records or requests) must not grow the
+            // cache without bound: forget what is stale.
+            let max_age = self.config.poll_cache_max_age;
+            entries.retain(|_, entry| entry.fetched.elapsed() <= max_age);
         }
         Metrics::add(&self.metrics.poll_reads, 1);
         let poll = self.store.get_poll(id).await?.map(Arc::new);
@@ -107,6 +120,11 @@ impl PollCache {
             },
         );
         Ok(poll)
+    }
+
+    /// Forgets a poll, so that the next read sees a change made here.
+    pub async fn forget(&self, id: &str) {
+        self.entries.lock().await.remove(id);
     }
 
     /// Decides a vote that arrived at `arrival_ms`. A reject for an unknown
