@@ -72,8 +72,8 @@ pub async fn create_poll(
     poll.validate()?;
     if !store.create_poll(&poll).await? {
         let existing = store.get_poll(&poll.id).await?;
-        if existing.as_ref() == Some(&poll) {
-            return Ok(poll);
+        if let Some(existing) = existing.filter(|existing| existing.same_definition(&poll)) {
+            return Ok(existing);
         }
         bail!(
             "poll {} exists with another definition (`tally poll show {}`)",
@@ -320,9 +320,12 @@ mod tests {
         let poll = new_poll("p", "Q?", &["a=Alpha".into(), "b".into()], None, None, 4).unwrap();
         let created = create_poll(&store, poll.clone(), false).await.unwrap();
         assert_eq!(created.status, PollStatus::Draft);
-        assert!(
-            create_poll(&store, created.clone(), false).await.is_ok(),
-            "creating the same poll again is a no-op"
+        let mut again = created.clone();
+        again.created_at += 5_000;
+        assert_eq!(
+            create_poll(&store, again, false).await.unwrap(),
+            created,
+            "creating the same poll again (later) is a no-op"
         );
         let mut other = created.clone();
         other.question = "Another?".into();

@@ -110,6 +110,17 @@ pub fn parse_option(text: &str) -> Result<PollOption, InvalidPoll> {
 }
 
 impl Poll {
+    /// Same question, options, window and counters (the status and the
+    /// creation time aside): creating such a poll again is a no-op.
+    pub fn same_definition(&self, other: &Poll) -> bool {
+        self.id == other.id
+            && self.question == other.question
+            && self.options == other.options
+            && self.opens_at == other.opens_at
+            && self.closes_at == other.closes_at
+            && self.counter_shards == other.counter_shards
+    }
+
     /// Checks a definition before it is stored.
     pub fn validate(&self) -> Result<(), InvalidPoll> {
         if !valid_id(&self.id, MAX_ID_CHARS) {

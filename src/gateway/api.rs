@@ -417,12 +417,22 @@ pub async fn cast_vote(
             return Err(ApiError::RateLimited { retry_after_s });
         }
         let StrictJson(request) = body?;
-        accept_vote(&gateway, &caller.subject, &poll_id, &request.option, &headers).await
+        accept_vote(
+            &gateway,
+            &caller.subject,
+            &poll_id,
+            &request.option,
+            &headers,
+        )
+        .await
     }
     .await;
     match &answer {
         Ok(_) => {
-            gateway.metrics.votes_accepted.fetch_add(1, Ordering::Relaxed);
+            gateway
+                .metrics
+                .votes_accepted
+                .fetch_add(1, Ordering::Relaxed);
             gateway
                 .metrics
                 .vote_latency(started.elapsed().as_millis() as u64);
@@ -502,8 +512,7 @@ async fn accept_vote(
         .producer
         .try_send(record)
         .map_err(|error| ApiError::Unavailable(format!("cannot take the vote now: {error}")))?;
-    match tokio::time::timeout(Duration::from_millis(gateway.args.vote_timeout_ms), receipt).await
-    {
+    match tokio::time::timeout(Duration::from_millis(gateway.args.vote_timeout_ms), receipt).await {
         Ok(Ok(_)) => {}
         Ok(Err(error)) => {
             return Err(ApiError::Unavailable(format!(
@@ -615,8 +624,7 @@ pub async fn results_stream(
     PollId(poll_id): PollId,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    if gateway.metrics.sse_clients.fetch_add(1, Ordering::Relaxed) >= gateway.args.max_sse_clients
-    {
+    if gateway.metrics.sse_clients.fetch_add(1, Ordering::Relaxed) >= gateway.args.max_sse_clients {
         gateway.metrics.sse_clients.fetch_sub(1, Ordering::Relaxed);
         return Err(ApiError::Unavailable(
             "too many results streams on this process".into(),
@@ -739,7 +747,9 @@ pub async fn create_poll(
         text.as_deref()
             .map(|text| {
                 parse_rfc3339(text).ok_or_else(|| {
-                    ApiError::InvalidPoll(format!("invalid {field}: {text:?} is not an RFC 3339 time"))
+                    ApiError::InvalidPoll(format!(
+                        "invalid {field}: {text:?} is not an RFC 3339 time"
+                    ))
                 })
             })
             .transpose()
@@ -765,18 +775,22 @@ pub async fn create_poll(
     };
     poll.validate()
         .map_err(|error| ApiError::InvalidPoll(error.to_string()))?;
-    let created = crate::admin::create_poll(gateway.store.as_ref(), poll, request.open == Some(true))
-        .await
-        .map_err(|error| {
-            let text = format!("{error:#}");
-            if text.contains("another definition") {
-                ApiError::PollExists(request.poll_id.clone())
-            } else if error.downcast_ref::<crate::store::VoteStoreError>().is_some() {
-                ApiError::Unavailable(text)
-            } else {
-                ApiError::InvalidPoll(text)
-            }
-        })?;
+    let created =
+        crate::admin::create_poll(gateway.store.as_ref(), poll, request.open == Some(true))
+            .await
+            .map_err(|error| {
+                let text = format!("{error:#}");
+                if text.contains("another definition") {
+                    ApiError::PollExists(request.poll_id.clone())
+                } else if error
+                    .downcast_ref::<crate::store::VoteStoreError>()
+                    .is_some()
+                {
+                    ApiError::Unavailable(text)
+                } else {
+                    ApiError::InvalidPoll(text)
+                }
+            })?;
     gateway.polls.forget(&created.id).await;
     tracing::info!(poll_id = %created.id, admin = %caller.subject, "poll created");
     Ok((StatusCode::CREATED, Json(poll_view(&created))))
@@ -786,7 +800,10 @@ fn transition_error(poll_id: &str, error: anyhow::Error) -> ApiError {
     let text = format!("{error:#}");
     if text.starts_with("no poll") {
         ApiError::PollNotFound(poll_id.to_owned())
-    } else if error.downcast_ref::<crate::store::VoteStoreError>().is_some() {
+    } else if error
+        .downcast_ref::<crate::store::VoteStoreError>()
+        .is_some()
+    {
         ApiError::Unavailable(text)
     } else {
         ApiError::PollState(text)
@@ -948,11 +965,10 @@ pub async fn pipeline(
     if let Some((at, counted)) = *sample {
         let seconds = now.duration_since(at).as_secs_f64();
         if seconds > 0.0 {
-            health.votes_per_second = ((health.votes_counted_total.saturating_sub(counted)) as f64
-                / seconds
-                * 10.0)
-                .round()
-                / 10.0;
+            health.votes_per_second =
+                ((health.votes_counted_total.saturating_sub(counted)) as f64 / seconds * 10.0)
+                    .round()
+                    / 10.0;
         }
     }
     *sample = Some((now, health.votes_counted_total));
@@ -1017,10 +1033,7 @@ pub async fn metrics(State(gateway): Shared) -> impl IntoResponse {
             producer.buffered_records() as f64,
         ),
     ]);
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        text,
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
 /// This document.

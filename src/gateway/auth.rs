@@ -54,11 +54,14 @@ pub struct Caller {
     pub admin: bool,
 }
 
+/// The keys of a set by key id, and when the set was fetched.
+type KeysById = (Option<Instant>, HashMap<String, (DecodingKey, Algorithm)>);
+
 /// Keys fetched from a JWKS URL, by key id.
 struct JwksKeys {
     url: String,
     client: reqwest::Client,
-    keys: RwLock<(Option<Instant>, HashMap<String, (DecodingKey, Algorithm)>)>,
+    keys: RwLock<KeysById>,
 }
 
 /// A key set is read again at most this often when a token names an
@@ -217,9 +220,10 @@ impl Verifier {
                     .kid
                     .as_deref()
                     .ok_or_else(|| ApiError::InvalidToken("the token names no key (kid)".into()))?;
-                let (key, algorithm) = jwks.key(kid).await.ok_or_else(|| {
-                    ApiError::InvalidToken(format!("unknown key {kid:?}"))
-                })?;
+                let (key, algorithm) = jwks
+                    .key(kid)
+                    .await
+                    .ok_or_else(|| ApiError::InvalidToken(format!("unknown key {kid:?}")))?;
                 if algorithm != header.alg {
                     return Err(ApiError::InvalidToken(format!(
                         "key {kid:?} is not a {:?} key",

@@ -37,11 +37,9 @@ impl RateLimiter {
     }
 
     fn shard(&self, key: &str) -> &Mutex<HashMap<String, Bucket>> {
-        let hash = key
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
-                (hash ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3)
-            });
+        let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3)
+        });
         &self.shards[(hash as usize) % SHARDS]
     }
 
@@ -90,13 +88,21 @@ mod tests {
         }
         assert_eq!(limiter.check("v", start), Err(1));
         assert!(limiter.check("other", start).is_ok(), "keys are separate");
-        assert!(limiter.check("v", start + Duration::from_millis(500)).is_ok());
-        assert!(limiter.check("v", start + Duration::from_millis(500)).is_err());
+        assert!(limiter
+            .check("v", start + Duration::from_millis(500))
+            .is_ok());
+        assert!(limiter
+            .check("v", start + Duration::from_millis(500))
+            .is_err());
         let slow = RateLimiter::new(Rate {
             per_second: 0.1,
             burst: 1.0,
         });
         assert!(slow.check("v", start).is_ok());
-        assert_eq!(slow.check("v", start), Err(10), "wait until one token is back");
+        assert_eq!(
+            slow.check("v", start),
+            Err(10),
+            "wait until one token is back"
+        );
     }
 }

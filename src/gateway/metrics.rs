@@ -46,7 +46,8 @@ impl GatewayMetrics {
             .position(|bound| millis <= *bound)
             .unwrap_or(LATENCY_BUCKETS_MS.len());
         self.vote_latency_buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        self.vote_latency_sum_ms.fetch_add(millis, Ordering::Relaxed);
+        self.vote_latency_sum_ms
+            .fetch_add(millis, Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition; `extra` adds gauges and counters
@@ -54,8 +55,11 @@ impl GatewayMetrics {
     pub fn render(&self, extra: &[(&str, &str, &str, f64)]) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "# HELP tally_gateway_requests_total HTTP requests by route, method and status.\n# TYPE tally_gateway_requests_total counter");
-        for ((route, method, status), count) in
-            self.requests.lock().unwrap_or_else(|e| e.into_inner()).iter()
+        for ((route, method, status), count) in self
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
         {
             let _ = writeln!(
                 out,
@@ -65,12 +69,28 @@ impl GatewayMetrics {
         }
         let _ = writeln!(out, "# HELP tally_gateway_votes_accepted_total Votes put on the stream (202).\n# TYPE tally_gateway_votes_accepted_total counter\ntally_gateway_votes_accepted_total {}", self.votes_accepted.load(Ordering::Relaxed));
         let _ = writeln!(out, "# HELP tally_gateway_votes_refused_total Votes refused, by error code.\n# TYPE tally_gateway_votes_refused_total counter");
-        for (code, count) in self.refused.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            let _ = writeln!(out, "tally_gateway_votes_refused_total{{code=\"{code}\"}} {count}");
+        for (code, count) in self
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "tally_gateway_votes_refused_total{{code=\"{code}\"}} {count}"
+            );
         }
         let _ = writeln!(out, "# HELP tally_gateway_rate_limited_total Requests refused by a rate limit, by scope.\n# TYPE tally_gateway_rate_limited_total counter");
-        let _ = writeln!(out, "tally_gateway_rate_limited_total{{scope=\"voter\"}} {}", self.rate_limited_voter.load(Ordering::Relaxed));
-        let _ = writeln!(out, "tally_gateway_rate_limited_total{{scope=\"ip\"}} {}", self.rate_limited_ip.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "tally_gateway_rate_limited_total{{scope=\"voter\"}} {}",
+            self.rate_limited_voter.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "tally_gateway_rate_limited_total{{scope=\"ip\"}} {}",
+            self.rate_limited_ip.load(Ordering::Relaxed)
+        );
         let _ = writeln!(out, "# HELP tally_gateway_sse_clients Connected results streams.\n# TYPE tally_gateway_sse_clients gauge\ntally_gateway_sse_clients {}", self.sse_clients.load(Ordering::Relaxed));
         let _ = writeln!(out, "# HELP tally_gateway_vote_duration_ms Time to accept a vote, in milliseconds.\n# TYPE tally_gateway_vote_duration_ms histogram");
         let mut cumulative = 0;
@@ -80,12 +100,22 @@ impl GatewayMetrics {
                 .get(index)
                 .map(|b| b.to_string())
                 .unwrap_or_else(|| "+Inf".into());
-            let _ = writeln!(out, "tally_gateway_vote_duration_ms_bucket{{le=\"{bound}\"}} {cumulative}");
+            let _ = writeln!(
+                out,
+                "tally_gateway_vote_duration_ms_bucket{{le=\"{bound}\"}} {cumulative}"
+            );
         }
-        let _ = writeln!(out, "tally_gateway_vote_duration_ms_sum {}", self.vote_latency_sum_ms.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "tally_gateway_vote_duration_ms_sum {}",
+            self.vote_latency_sum_ms.load(Ordering::Relaxed)
+        );
         let _ = writeln!(out, "tally_gateway_vote_duration_ms_count {cumulative}");
         for (name, help, kind, value) in extra {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
         }
         out
     }

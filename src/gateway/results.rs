@@ -122,7 +122,9 @@ impl ResultsHub {
         let entry = self.entry(poll_id);
         let mut latest = entry.latest.lock().await;
         if let Some(snapshot) = latest.as_ref() {
-            if snapshot.read_at.elapsed() <= self.interval && snapshot.results.status == poll.status.as_str() {
+            if snapshot.read_at.elapsed() <= self.interval
+                && snapshot.results.status == poll.status.as_str()
+            {
                 return Ok(snapshot.clone());
             }
         }
