@@ -20,6 +20,11 @@ pub fn now_millis() -> i64 {
 /// Parses an RFC 3339 time (`2026-11-22T10:00:00Z`, fractions and offsets
 /// allowed) into milliseconds since the epoch.
 pub fn parse_rfc3339(text: &str) -> Option<i64> {
+    // An RFC 3339 time is ASCII; anything else would also split a
+    // character below.
+    if !text.is_ascii() || text.len() > 64 {
+        return None;
+    }
     // The parser takes `Z` only; a numeric offset is applied here.
     let (utc, offset_minutes) = match text.len().checked_sub(6).map(|at| text.split_at(at)) {
         Some((head, tail))
@@ -65,5 +70,15 @@ mod tests {
             parse_rfc3339("2026-11-22T10:00:00Z")
         );
         assert_eq!(parse_rfc3339("tomorrow"), None);
+        // Found by fuzzing the gateway: a multi-byte character where the
+        // offset would start used to panic.
+        assert_eq!(parse_rfc3339("\u{80}\u{10000}0"), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics(text in ".{0,40}") {
+            let _ = parse_rfc3339(&text);
+        }
     }
 }

@@ -441,6 +441,11 @@ pub fn router(gateway: Arc<Gateway>) -> axum::Router {
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(gateway.clone(), front))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            |_: Box<dyn std::any::Any + Send>| {
+                ApiError::Internal("a request handler panicked".into()).into_response()
+            },
+        ))
         .layer(cors(&gateway.args))
         .layer(axum::extract::DefaultBodyLimit::max(
             gateway.args.max_body_bytes as usize,
