@@ -21,6 +21,10 @@
 //! emulator's own rate for the same conditional puts at the same
 //! concurrency (and the ratio), DynamoDB requests and write units per 1,000
 //! votes, CPU seconds and peak memory of the worker.
+//!
+//! `gateway [--votes N] [--concurrency C] [--clients K]`: see [`gateway`].
+
+mod gateway;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -787,7 +791,7 @@ async fn drain(records: usize) {
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = || -> ! {
-        eprintln!("usage: tally-bench failover [--runs N] | drain [--records N] | pipeline [--votes N] | producer [--records N]   (N a positive whole number)");
+        eprintln!("usage: tally-bench failover [--runs N] | drain [--records N] | pipeline [--votes N] | producer [--records N] | gateway [--votes N] [--concurrency C] [--clients K]   (N a positive whole number)");
         std::process::exit(2);
     };
     let number = |flag: &str, default: usize| match args.iter().position(|a| a == flag) {
@@ -802,6 +806,14 @@ async fn main() {
         Some("drain") => drain(number("--records", 200_000)).await,
         Some("pipeline") => pipeline(number("--votes", 50_000)).await,
         Some("producer") => producer_bench(number("--records", 100_000)).await,
+        Some("gateway") => {
+            gateway::gateway(
+                number("--votes", 20_000),
+                number("--concurrency", 64),
+                number("--clients", 1_000),
+            )
+            .await
+        }
         _ => usage(),
     }
 }

@@ -1,0 +1,254 @@
+//! `gateway [--votes N] [--concurrency C] [--clients K]`: a `tally gateway`
+//! process on the local stack. A load client posts N votes (distinct
+//! voters, C in flight): accepted votes per second and the vote endpoint's
+//! p50/p99 latency. Then K results streams are opened on one poll and its
+//! counters are bumped 5 times: the time from the counter write to each
+//! client's event, median and p99.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use tally::gateway::auth::{AuthConfig, KeySource, Verifier};
+use tally_lease::testing::{sdk_config, unique_name};
+
+use crate::Stack;
+
+fn percentile(sorted: &[f64], quantile: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((sorted.len() as f64) * quantile).ceil().max(1.0) as usize;
+    sorted[rank.min(sorted.len()) - 1]
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub async fn gateway(votes: usize, concurrency: usize, clients: usize) {
+    let stack = Stack::new().await;
+    let stream = unique_name("votes");
+    let app = unique_name("app");
+    let prefix = format!("{}-", unique_name("b"));
+    let secret = format!("{:032x}", now_nanos());
+    let env = |command: &mut std::process::Command| {
+        command
+            .args(["--stream", &stream, "--app", &app, "--table-prefix", &prefix])
+            .env("AWS_ENDPOINT_URL", &stack.endpoint)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "bench")
+            .env("AWS_SECRET_ACCESS_KEY", "bench")
+            .env("TALLY_LOG_FORMAT", "json");
+    };
+    let mut init = std::process::Command::new(&stack.tally);
+    env(&mut init);
+    let status = init.args(["init", "--shards", "4"]).status().unwrap();
+    assert!(status.success(), "tally init");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let log = std::fs::File::create(stack.dir.join("gateway.log")).unwrap();
+    let mut command = std::process::Command::new(&stack.tally);
+    env(&mut command);
+    let mut gateway = command
+        .arg("gateway")
+        .env("TALLY_GATEWAY_ADDR", format!("127.0.0.1:{port}"))
+        .env("TALLY_AUTH_SECRET", &secret)
+        .env("TALLY_RATE_IP_PER_S", "1000000")
+        .env("TALLY_RATE_IP_BURST", "1000000")
+        .env("TALLY_MAX_SSE_CLIENTS", (clients * 2).to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start tally gateway");
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        if let Ok(response) = http.get(format!("{base}/readyz")).send().await {
+            if response.status() == 200 {
+                break;
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the gateway did not get ready; see {}", stack.dir.display());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let verifier = Verifier::new(AuthConfig {
+        keys: KeySource::Secret(secret.as_bytes().to_vec()),
+        audience: "tally".into(),
+        issuer: "tally-local".into(),
+        role_claim: "roles".into(),
+        admin_role: "admin".into(),
+        leeway: Duration::from_secs(5),
+    })
+    .unwrap();
+    let admin = verifier.mint("bench-admin", true, Duration::from_secs(3600)).unwrap();
+    for poll in ["load", "fanout"] {
+        let response = http
+            .post(format!("{base}/v1/polls"))
+            .bearer_auth(&admin)
+            .json(&serde_json::json!({"poll_id": poll, "question": "Which?", "options": [{"id": "a"}, {"id": "b"}], "open": true}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+    }
+
+    // Votes.
+    eprintln!("bench: posting {votes} votes, {concurrency} in flight");
+    let tokens: Arc<Vec<String>> = Arc::new(
+        (0..votes)
+            .map(|index| verifier.mint(&format!("voter-{index}"), false, Duration::from_secs(3600)).unwrap())
+            .collect(),
+    );
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (http, base, tokens, next) = (http.clone(), base.clone(), tokens.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut refused = 0usize;
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                let Some(token) = tokens.get(index) else { break };
+                let sent = Instant::now();
+                let response = http
+                    .post(format!("{base}/v1/polls/load/votes"))
+                    .bearer_auth(token)
+                    .json(&serde_json::json!({"option": if index % 2 == 0 { "a" } else { "b" }}))
+                    .send()
+                    .await;
+                match response {
+                    Ok(response) if response.status() == 202 => {
+                        latencies.push(sent.elapsed().as_secs_f64() * 1000.0)
+                    }
+                    _ => refused += 1,
+                }
+            }
+            (latencies, refused)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut refused = 0;
+    for task in tasks {
+        let (mut some, other) = task.await.unwrap();
+        latencies.append(&mut some);
+        refused += other;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let accepted = latencies.len();
+
+    // Results streams.
+    eprintln!("bench: opening {clients} results streams");
+    let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel::<(u64, Instant)>();
+    let connected = Arc::new(AtomicUsize::new(0));
+    let mut streams = Vec::new();
+    for _ in 0..clients {
+        let (base, sender, connected) = (base.clone(), sender.clone(), connected.clone());
+        streams.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut response = client
+                .get(format!("{base}/v1/polls/fanout/results/stream"))
+                .send()
+                .await
+                .expect("open a results stream");
+            connected.fetch_add(1, Ordering::Relaxed);
+            let mut buffer = String::new();
+            while let Ok(Some(chunk)) = response.chunk().await {
+                let at = Instant::now();
+                buffer.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(end) = buffer.find("\n\n") {
+                    let event: String = buffer.drain(..end + 2).collect();
+                    if let Some(id) = event.lines().find_map(|line| line.strip_prefix("id: ")) {
+                        let total = id.split('-').next().and_then(|t| t.parse().ok()).unwrap_or(0);
+                        let _ = sender.send((total, at));
+                    }
+                }
+            }
+        }));
+    }
+    drop(sender);
+    let started = Instant::now();
+    while connected.load(Ordering::Relaxed) < clients {
+        assert!(started.elapsed() < Duration::from_secs(60), "streams did not connect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut first_events = 0;
+    while first_events < clients {
+        let (total, _) = tokio::time::timeout(Duration::from_secs(30), receiver.recv()).await.unwrap().unwrap();
+        assert_eq!(total, 0);
+        first_events += 1;
+    }
+    let dynamodb = aws_sdk_dynamodb::Client::new(&sdk_config(&stack.endpoint).await);
+    let mut delays = Vec::new();
+    for update in 1..=5u64 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        dynamodb
+            .update_item()
+            .table_name(format!("{prefix}tallies"))
+            .key("counter_id", AttributeValue::S("fanout#000".into()))
+            .update_expression("SET poll_id = :poll ADD opt_a :one")
+            .expression_attribute_values(":poll", AttributeValue::S("fanout".into()))
+            .expression_attribute_values(":one", AttributeValue::N("1".into()))
+            .send()
+            .await
+            .unwrap();
+        let written = Instant::now();
+        let mut reached = 0;
+        while reached < clients {
+            let (total, at) = tokio::time::timeout(Duration::from_secs(30), receiver.recv())
+                .await
+                .expect("every client gets the update")
+                .unwrap();
+            if total == update {
+                delays.push(at.saturating_duration_since(written).as_secs_f64() * 1000.0);
+                reached += 1;
+            }
+        }
+    }
+    for stream in &streams {
+        stream.abort();
+    }
+    delays.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let metrics = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    let reads = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("tally_gateway_results_reads_total "))
+        .unwrap_or("?")
+        .to_owned();
+    let _ = gateway.kill();
+    let _ = gateway.wait();
+
+    println!("gateway benchmark (one gateway process and the load client on this machine, ministack behind)");
+    println!("  {:<52} {:>12}", "votes posted", votes);
+    println!("  {:<52} {:>12}", "votes accepted (202)", accepted);
+    println!("  {:<52} {:>12}", "votes refused or failed", refused);
+    println!("  {:<52} {:>12.0}", "accepted votes per second", accepted as f64 / elapsed);
+    println!("  {:<52} {:>12.1}", "vote latency p50 (ms)", percentile(&latencies, 0.50));
+    println!("  {:<52} {:>12.1}", "vote latency p99 (ms)", percentile(&latencies, 0.99));
+    println!("  {:<52} {:>12}", "results streams (SSE clients)", clients);
+    println!("  {:<52} {:>12.1}", "update to every client, median (ms)", percentile(&delays, 0.50));
+    println!("  {:<52} {:>12.1}", "update to every client, p99 (ms)", percentile(&delays, 0.99));
+    println!("  {:<52} {:>12}", "counter reads by the gateway for all of it", reads);
+    println!(
+        "  {:<52} {:>12.1}",
+        "p99 update time / results interval (250 ms)",
+        percentile(&delays, 0.99) / 250.0
+    );
+}
+
+fn now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
