@@ -42,7 +42,7 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
             "10000",
         ])
         .await;
-    gateway.open_poll("p", &["a", "b"]).await;
+    gateway.open_poll("demo", &["a", "b"]).await;
     let admin = gateway.admin_token();
     let url = gateway.url("/openapi.json");
     let output = tokio::task::spawn_blocking(move || {

@@ -384,7 +384,7 @@ fn new_vote_id() -> String {
 
 /// Casts a vote.
 #[utoipa::path(post, path = "/v1/polls/{poll}/votes", tag = "votes",
-    params(("poll" = String, Path, description = "The poll's id"),
+    params(("poll" = String, Path, description = "The poll's id", example = "demo"),
            ("Idempotency-Key" = Option<String>, Header, description = "1 to 64 characters of [A-Za-z0-9._:@-]; retries with the same key answer the same vote, and the key becomes the vote id")),
     request_body = VoteRequest,
     security(("bearer" = [])),
@@ -533,7 +533,7 @@ async fn accept_vote(
 
 /// The caller's vote in a poll.
 #[utoipa::path(get, path = "/v1/polls/{poll}/votes/me", tag = "votes",
-    params(("poll" = String, Path, description = "The poll's id")),
+    params(("poll" = String, Path, description = "The poll's id", example = "demo")),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "What became of the caller's vote", body = VoteStatus),
@@ -578,7 +578,7 @@ pub async fn my_vote(
 
 /// A poll's live results (no older than 250 ms).
 #[utoipa::path(get, path = "/v1/polls/{poll}/results", tag = "results",
-    params(("poll" = String, Path, description = "The poll's id")),
+    params(("poll" = String, Path, description = "The poll's id", example = "demo")),
     responses(
         (status = 200, description = "The sum of the poll's counters", body = Results),
         (status = 400, description = "invalid_parameter", body = ErrorBody),
@@ -611,7 +611,7 @@ fn results_event(snapshot: &Snapshot) -> Event {
 
 /// A poll's results as Server-Sent Events.
 #[utoipa::path(get, path = "/v1/polls/{poll}/results/stream", tag = "results",
-    params(("poll" = String, Path, description = "The poll's id"),
+    params(("poll" = String, Path, description = "The poll's id", example = "demo"),
            ("Last-Event-ID" = Option<String>, Header, description = "The last event's id: the current results are sent at once only if they changed since")),
     responses(
         (status = 200, description = "`text/event-stream`: a `results` event (data: Results, id: `<total>-<status>`) on every change, a heartbeat comment in between", content_type = "text/event-stream", body = String),
@@ -706,7 +706,7 @@ pub async fn list_polls(State(gateway): Shared) -> Result<Json<PollList>, ApiErr
 
 /// One poll.
 #[utoipa::path(get, path = "/v1/polls/{poll}", tag = "polls",
-    params(("poll" = String, Path, description = "The poll's id")),
+    params(("poll" = String, Path, description = "The poll's id", example = "demo")),
     responses(
         (status = 200, description = "The poll", body = PollView),
         (status = 400, description = "invalid_parameter", body = ErrorBody),
@@ -812,7 +812,7 @@ fn transition_error(poll_id: &str, error: anyhow::Error) -> ApiError {
 
 /// Opens a poll now (admin).
 #[utoipa::path(post, path = "/v1/polls/{poll}/open", tag = "admin",
-    params(("poll" = String, Path, description = "The poll's id")),
+    params(("poll" = String, Path, description = "The poll's id", example = "demo")),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Opened", body = PollView),
@@ -838,7 +838,7 @@ pub async fn open_poll(
 
 /// Closes a poll (admin): votes that arrived before the closing time count.
 #[utoipa::path(post, path = "/v1/polls/{poll}/close", tag = "admin",
-    params(("poll" = String, Path, description = "The poll's id")),
+    params(("poll" = String, Path, description = "The poll's id", example = "demo")),
     request_body(content = Option<CloseRequest>, description = "Optional; default: 2 s from now"),
     security(("bearer" = [])),
     responses(

@@ -39,7 +39,14 @@ pub async fn gateway(votes: usize, concurrency: usize, clients: usize) {
     let secret = format!("{:032x}", now_nanos());
     let env = |command: &mut std::process::Command| {
         command
-            .args(["--stream", &stream, "--app", &app, "--table-prefix", &prefix])
+            .args([
+                "--stream",
+                &stream,
+                "--app",
+                &app,
+                "--table-prefix",
+                &prefix,
+            ])
             .env("AWS_ENDPOINT_URL", &stack.endpoint)
             .env("AWS_REGION", "us-east-1")
             .env("AWS_ACCESS_KEY_ID", "bench")
@@ -77,7 +84,11 @@ pub async fn gateway(votes: usize, concurrency: usize, clients: usize) {
                 break;
             }
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "the gateway did not get ready; see {}", stack.dir.display());
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the gateway did not get ready; see {}",
+            stack.dir.display()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let verifier = Verifier::new(AuthConfig {
@@ -89,7 +100,9 @@ pub async fn gateway(votes: usize, concurrency: usize, clients: usize) {
         leeway: Duration::from_secs(5),
     })
     .unwrap();
-    let admin = verifier.mint("bench-admin", true, Duration::from_secs(3600)).unwrap();
+    let admin = verifier
+        .mint("bench-admin", true, Duration::from_secs(3600))
+        .unwrap();
     for poll in ["load", "fanout"] {
         let response = http
             .post(format!("{base}/v1/polls"))
@@ -105,7 +118,11 @@ pub async fn gateway(votes: usize, concurrency: usize, clients: usize) {
     eprintln!("bench: posting {votes} votes, {concurrency} in flight");
     let tokens: Arc<Vec<String>> = Arc::new(
         (0..votes)
-            .map(|index| verifier.mint(&format!("voter-{index}"), false, Duration::from_secs(3600)).unwrap())
+            .map(|index| {
+                verifier
+                    .mint(&format!("voter-{index}"), false, Duration::from_secs(3600))
+                    .unwrap()
+            })
             .collect(),
     );
     let next = Arc::new(AtomicUsize::new(0));
@@ -118,7 +135,9 @@ pub async fn gateway(votes: usize, concurrency: usize, clients: usize) {
             let mut refused = 0usize;
             loop {
                 let index = next.fetch_add(1, Ordering::Relaxed);
-                let Some(token) = tokens.get(index) else { break };
+                let Some(token) = tokens.get(index) else {
+                    break;
+                };
                 let sent = Instant::now();
                 let response = http
                     .post(format!("{base}/v1/polls/load/votes"))
@@ -169,7 +188,11 @@ pub async fn gateway(votes: usize, concurrency: usize, clients: usize) {
                 while let Some(end) = buffer.find("\n\n") {
                     let event: String = buffer.drain(..end + 2).collect();
                     if let Some(id) = event.lines().find_map(|line| line.strip_prefix("id: ")) {
-                        let total = id.split('-').next().and_then(|t| t.parse().ok()).unwrap_or(0);
+                        let total = id
+                            .split('-')
+                            .next()
+                            .and_then(|t| t.parse().ok())
+                            .unwrap_or(0);
                         let _ = sender.send((total, at));
                     }
                 }
@@ -179,12 +202,18 @@ pub async fn gateway(votes: usize, concurrency: usize, clients: usize) {
     drop(sender);
     let started = Instant::now();
     while connected.load(Ordering::Relaxed) < clients {
-        assert!(started.elapsed() < Duration::from_secs(60), "streams did not connect");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "streams did not connect"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut first_events = 0;
     while first_events < clients {
-        let (total, _) = tokio::time::timeout(Duration::from_secs(30), receiver.recv()).await.unwrap().unwrap();
+        let (total, _) = tokio::time::timeout(Duration::from_secs(30), receiver.recv())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(total, 0);
         first_events += 1;
     }
@@ -219,7 +248,14 @@ pub async fn gateway(votes: usize, concurrency: usize, clients: usize) {
         stream.abort();
     }
     delays.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let metrics = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let reads = metrics
         .lines()
         .find_map(|line| line.strip_prefix("tally_gateway_results_reads_total "))
@@ -232,13 +268,36 @@ pub async fn gateway(votes: usize, concurrency: usize, clients: usize) {
     println!("  {:<52} {:>12}", "votes posted", votes);
     println!("  {:<52} {:>12}", "votes accepted (202)", accepted);
     println!("  {:<52} {:>12}", "votes refused or failed", refused);
-    println!("  {:<52} {:>12.0}", "accepted votes per second", accepted as f64 / elapsed);
-    println!("  {:<52} {:>12.1}", "vote latency p50 (ms)", percentile(&latencies, 0.50));
-    println!("  {:<52} {:>12.1}", "vote latency p99 (ms)", percentile(&latencies, 0.99));
+    println!(
+        "  {:<52} {:>12.0}",
+        "accepted votes per second",
+        accepted as f64 / elapsed
+    );
+    println!(
+        "  {:<52} {:>12.1}",
+        "vote latency p50 (ms)",
+        percentile(&latencies, 0.50)
+    );
+    println!(
+        "  {:<52} {:>12.1}",
+        "vote latency p99 (ms)",
+        percentile(&latencies, 0.99)
+    );
     println!("  {:<52} {:>12}", "results streams (SSE clients)", clients);
-    println!("  {:<52} {:>12.1}", "update to every client, median (ms)", percentile(&delays, 0.50));
-    println!("  {:<52} {:>12.1}", "update to every client, p99 (ms)", percentile(&delays, 0.99));
-    println!("  {:<52} {:>12}", "counter reads by the gateway for all of it", reads);
+    println!(
+        "  {:<52} {:>12.1}",
+        "update to every client, median (ms)",
+        percentile(&delays, 0.50)
+    );
+    println!(
+        "  {:<52} {:>12.1}",
+        "update to every client, p99 (ms)",
+        percentile(&delays, 0.99)
+    );
+    println!(
+        "  {:<52} {:>12}",
+        "counter reads by the gateway for all of it", reads
+    );
     println!(
         "  {:<52} {:>12.1}",
         "p99 update time / results interval (250 ms)",
