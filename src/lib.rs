@@ -20,6 +20,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod close;
 pub mod count;
 pub mod daemon;
 pub mod faults;

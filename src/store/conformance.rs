@@ -261,6 +261,102 @@ pub async fn counts_of_an_untouched_poll_are_zero(store: &dyn VoteStore) {
     );
 }
 
+/// A parallel scan in any number of segments sees each of the poll's votes
+/// once, and nothing of other polls.
+pub async fn scans_see_each_vote_once(store: &dyn VoteStore) {
+    store.ensure_tables().await.unwrap();
+    let mut expected = std::collections::BTreeSet::new();
+    for index in 0..230 {
+        let poll_id = if index % 5 == 0 { "other" } else { "scanned" };
+        let voter = format!("u{index:03}");
+        let item = vote(
+            poll_id,
+            &voter,
+            "a",
+            origin("s", &format!("{}", 10 + index), 0),
+        );
+        store.put_vote(&item).await.unwrap();
+        if poll_id == "scanned" {
+            expected.insert(voter);
+        }
+    }
+    for segments in [1, 3, 8] {
+        let mut seen = Vec::new();
+        let mut scanned = 0;
+        for segment in 0..segments {
+            let mut start = None;
+            loop {
+                let page = store
+                    .scan_votes_page("scanned", segment, segments, start.take())
+                    .await
+                    .unwrap();
+                scanned += page.scanned;
+                seen.extend(page.votes.iter().map(|vote| {
+                    assert_eq!(vote.poll_id, "scanned");
+                    vote.voter_id.clone()
+                }));
+                match page.next {
+                    Some(next) => start = Some(next),
+                    None => break,
+                }
+            }
+        }
+        seen.sort();
+        assert_eq!(
+            seen,
+            expected.iter().cloned().collect::<Vec<_>>(),
+            "{segments} segments"
+        );
+        assert!(scanned >= 230, "every item is scanned: {scanned}");
+    }
+}
+
+/// Only a closed poll becomes final; the audit record and a mismatch
+/// report are kept; replaced counters read back.
+pub async fn finalizing_and_audit_records(store: &dyn VoteStore) {
+    store.ensure_tables().await.unwrap();
+    let mut open = poll("fin", 4);
+    assert!(store.create_poll(&open).await.unwrap());
+    assert!(
+        !store.finalize_poll("fin", "{}").await.unwrap(),
+        "an open poll does not become final"
+    );
+    store
+        .set_mismatch("fin", Some("{\"equal\":false}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.audit_records("fin").await.unwrap(),
+        (None, Some("{\"equal\":false}".to_owned()))
+    );
+    open.status = PollStatus::Closed;
+    open.closes_at = Some(2_000);
+    assert!(store.update_poll(&open, PollStatus::Open).await.unwrap());
+    let counts = super::Counts {
+        by_option: BTreeMap::from([("a".into(), 7), ("b".into(), 3)]),
+    };
+    store.set_counts(&open, &counts).await.unwrap();
+    assert_eq!(store.counts(&open).await.unwrap(), counts);
+    assert!(store
+        .finalize_poll("fin", "{\"equal\":true}")
+        .await
+        .unwrap());
+    assert_eq!(
+        store.get_poll("fin").await.unwrap().unwrap().status,
+        PollStatus::Final
+    );
+    assert_eq!(
+        store.audit_records("fin").await.unwrap(),
+        (Some("{\"equal\":true}".to_owned()), None),
+        "finalizing clears the mismatch"
+    );
+    assert!(
+        !store.finalize_poll("fin", "{}").await.unwrap(),
+        "a final poll stays as it is"
+    );
+    assert!(store.set_mismatch("nope", Some("{}")).await.is_err());
+}
+
 /// Runs the suite against a store. `$make` is an async expression giving
 /// `(Arc<dyn VoteStore>, Arc<dyn LeaseStore>)`, both fresh.
 #[macro_export]
@@ -289,6 +385,16 @@ macro_rules! vote_store_conformance {
                 leases.as_ref(),
             )
             .await;
+        }
+        #[tokio::test]
+        async fn conformance_scans_see_each_vote_once() {
+            let (store, _leases) = $make;
+            $crate::store::conformance::scans_see_each_vote_once(store.as_ref()).await;
+        }
+        #[tokio::test]
+        async fn conformance_finalizing_and_audit_records() {
+            let (store, _leases) = $make;
+            $crate::store::conformance::finalizing_and_audit_records(store.as_ref()).await;
         }
         #[tokio::test]
         async fn conformance_counts_of_an_untouched_poll_are_zero() {

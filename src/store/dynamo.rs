@@ -40,7 +40,7 @@ use tally_lease::{DynamoStore, LeaseStore};
 
 use super::{
     counter_keys, Commit, CommitOutcome, Counts, Origin, PutVote, RejectItem, Usage, VoteItem,
-    VoteStore, VoteStoreError,
+    VotePage, VoteStore, VoteStoreError,
 };
 use crate::poll::{Poll, PollOption, PollStatus};
 use crate::vote::Reason;
@@ -788,6 +788,144 @@ impl VoteStore for DynamoVoteStore {
             }
         }
         Ok(counts)
+    }
+
+    async fn scan_votes_page(
+        &self,
+        poll_id: &str,
+        segment: u32,
+        segments: u32,
+        start: Option<String>,
+    ) -> Result<VotePage, VoteStoreError> {
+        let start_key = match start {
+            None => None,
+            Some(text) => {
+                let (voter, poll) = text
+                    .split_once('\u{0}')
+                    .ok_or_else(|| VoteStoreError::Other(format!("bad scan position {text:?}")))?;
+                Some(HashMap::from([
+                    ("voter_id".to_owned(), s(voter)),
+                    ("poll_id".to_owned(), s(poll)),
+                ]))
+            }
+        };
+        self.count();
+        let page = self
+            .client
+            .scan()
+            .table_name(&self.names.votes)
+            .segment(segment as i32)
+            .total_segments(segments as i32)
+            .filter_expression("poll_id = :poll")
+            .expression_attribute_values(":poll", s(poll_id))
+            .set_exclusive_start_key(start_key)
+            .send()
+            .await
+            .map_err(classify)?;
+        let votes = page
+            .items()
+            .iter()
+            .map(vote_from_item)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = page.last_evaluated_key().map(|key| {
+            let text = |name: &str| match key.get(name) {
+                Some(AttributeValue::S(text)) => text.clone(),
+                _ => String::new(),
+            };
+            format!("{}\u{0}{}", text("voter_id"), text("poll_id"))
+        });
+        Ok(VotePage {
+            votes,
+            scanned: page.scanned_count().max(0) as u64,
+            next,
+        })
+    }
+
+    async fn finalize_poll(&self, poll_id: &str, audit: &str) -> Result<bool, VoteStoreError> {
+        self.count();
+        let updated = self
+            .client
+            .update_item()
+            .table_name(&self.names.polls)
+            .key("poll_id", s(poll_id))
+            .update_expression("SET #status = :final, final_audit = :audit REMOVE audit_mismatch")
+            .condition_expression("#status = :closed")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":final", s(PollStatus::Final.as_str()))
+            .expression_attribute_values(":closed", s(PollStatus::Closed.as_str()))
+            .expression_attribute_values(":audit", s(audit))
+            .send()
+            .await;
+        match updated {
+            Ok(_) => Ok(true),
+            Err(error) if error.code() == Some("ConditionalCheckFailedException") => Ok(false),
+            Err(error) => Err(classify(error)),
+        }
+    }
+
+    async fn set_mismatch(
+        &self,
+        poll_id: &str,
+        report: Option<&str>,
+    ) -> Result<(), VoteStoreError> {
+        self.count();
+        let request = self
+            .client
+            .update_item()
+            .table_name(&self.names.polls)
+            .key("poll_id", s(poll_id))
+            .condition_expression("attribute_exists(poll_id)");
+        let request = match report {
+            Some(report) => request
+                .update_expression("SET audit_mismatch = :report")
+                .expression_attribute_values(":report", s(report)),
+            None => request.update_expression("REMOVE audit_mismatch"),
+        };
+        request.send().await.map_err(classify)?;
+        Ok(())
+    }
+
+    async fn audit_records(
+        &self,
+        poll_id: &str,
+    ) -> Result<(Option<String>, Option<String>), VoteStoreError> {
+        self.count();
+        let got = self
+            .client
+            .get_item()
+            .table_name(&self.names.polls)
+            .key("poll_id", s(poll_id))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(classify)?;
+        let text = |name: &str| match got.item().and_then(|item| item.get(name)) {
+            Some(AttributeValue::S(text)) => Some(text.clone()),
+            _ => None,
+        };
+        Ok((text("final_audit"), text("audit_mismatch")))
+    }
+
+    async fn set_counts(&self, poll: &Poll, counts: &Counts) -> Result<(), VoteStoreError> {
+        for key in counter_keys(poll) {
+            let mut item: Item = HashMap::from([
+                ("counter_id".to_owned(), s(key.item_key())),
+                ("poll_id".to_owned(), s(&poll.id)),
+            ]);
+            for (option, count) in &counts.by_option {
+                let value = if key.shard == 0 { *count } else { 0 };
+                item.insert(format!("{OPTION_PREFIX}{option}"), n(value));
+            }
+            self.count();
+            self.client
+                .put_item()
+                .table_name(&self.names.tallies)
+                .set_item(Some(item))
+                .send()
+                .await
+                .map_err(classify)?;
+        }
+        Ok(())
     }
 
     fn usage(&self) -> Usage {

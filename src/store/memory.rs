@@ -11,7 +11,8 @@ use tally_lease::LeaseStore;
 use tokio::sync::Mutex;
 
 use super::{
-    Commit, CommitOutcome, Counts, PutVote, RejectItem, VoteItem, VoteStore, VoteStoreError,
+    counter_keys, Commit, CommitOutcome, Counts, PutVote, RejectItem, VoteItem, VotePage,
+    VoteStore, VoteStoreError,
 };
 use crate::count::CounterKey;
 use crate::poll::{Poll, PollStatus};
@@ -19,6 +20,8 @@ use crate::poll::{Poll, PollStatus};
 #[derive(Default)]
 struct Tables {
     polls: BTreeMap<String, Poll>,
+    /// Audit record and mismatch report per poll.
+    audits: BTreeMap<String, (Option<String>, Option<String>)>,
     votes: BTreeMap<(String, String), VoteItem>,
     rejects: BTreeMap<String, RejectItem>,
     tallies: BTreeMap<CounterKey, BTreeMap<String, u64>>,
@@ -198,5 +201,96 @@ impl VoteStore for MemoryVoteStore {
             }
         }
         Ok(counts)
+    }
+
+    async fn scan_votes_page(
+        &self,
+        poll_id: &str,
+        segment: u32,
+        segments: u32,
+        start: Option<String>,
+    ) -> Result<VotePage, VoteStoreError> {
+        // Segments split the items by position, pages are 100 items.
+        let tables = self.tables.lock().await;
+        let mine: Vec<&VoteItem> = tables
+            .votes
+            .values()
+            .enumerate()
+            .filter(|(index, _)| (*index as u32) % segments.max(1) == segment)
+            .map(|(_, vote)| vote)
+            .collect();
+        let from: usize = start
+            .as_deref()
+            .map(|text| {
+                text.parse()
+                    .map_err(|_| VoteStoreError::Other(format!("bad scan position {text:?}")))
+            })
+            .transpose()?
+            .unwrap_or(0);
+        let to = (from + 100).min(mine.len());
+        let page = mine.get(from..to).unwrap_or_default();
+        Ok(VotePage {
+            votes: page
+                .iter()
+                .filter(|vote| vote.poll_id == poll_id)
+                .map(|vote| (*vote).clone())
+                .collect(),
+            scanned: page.len() as u64,
+            next: (to < mine.len()).then(|| to.to_string()),
+        })
+    }
+
+    async fn finalize_poll(&self, poll_id: &str, audit: &str) -> Result<bool, VoteStoreError> {
+        let mut tables = self.tables.lock().await;
+        match tables.polls.get_mut(poll_id) {
+            Some(poll) if poll.status == PollStatus::Closed => {
+                poll.status = PollStatus::Final;
+                tables
+                    .audits
+                    .insert(poll_id.to_owned(), (Some(audit.to_owned()), None));
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn set_mismatch(
+        &self,
+        poll_id: &str,
+        report: Option<&str>,
+    ) -> Result<(), VoteStoreError> {
+        let mut tables = self.tables.lock().await;
+        if !tables.polls.contains_key(poll_id) {
+            return Err(VoteStoreError::Other(format!("no poll {poll_id}")));
+        }
+        tables.audits.entry(poll_id.to_owned()).or_default().1 = report.map(str::to_owned);
+        Ok(())
+    }
+
+    async fn audit_records(
+        &self,
+        poll_id: &str,
+    ) -> Result<(Option<String>, Option<String>), VoteStoreError> {
+        Ok(self
+            .tables
+            .lock()
+            .await
+            .audits
+            .get(poll_id)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    async fn set_counts(&self, poll: &Poll, counts: &Counts) -> Result<(), VoteStoreError> {
+        let mut tables = self.tables.lock().await;
+        for key in counter_keys(poll) {
+            let values = counts
+                .by_option
+                .iter()
+                .map(|(option, count)| (option.clone(), if key.shard == 0 { *count } else { 0 }))
+                .collect();
+            tables.tallies.insert(key, values);
+        }
+        Ok(())
     }
 }

@@ -178,6 +178,17 @@ impl Counts {
     }
 }
 
+/// One page of a parallel scan of the `votes` table.
+#[derive(Clone, Debug, Default)]
+pub struct VotePage {
+    /// The page's votes of the poll asked for.
+    pub votes: Vec<VoteItem>,
+    /// Items read, the poll's or not (for progress).
+    pub scanned: u64,
+    /// Where the segment goes on; `None`: the segment is done.
+    pub next: Option<String>,
+}
+
 /// The vote tables.
 #[async_trait]
 pub trait VoteStore: Send + Sync + 'static {
@@ -212,6 +223,32 @@ pub trait VoteStore: Send + Sync + 'static {
     async fn commit(&self, commit: &Commit) -> Result<CommitOutcome, VoteStoreError>;
     /// A poll's counts, read from all its counter items.
     async fn counts(&self, poll: &Poll) -> Result<Counts, VoteStoreError>;
+    /// One page of segment `segment` of `segments` of a parallel scan of
+    /// the `votes` table, keeping the votes of `poll_id`; `start` is the
+    /// previous page's `next`.
+    async fn scan_votes_page(
+        &self,
+        poll_id: &str,
+        segment: u32,
+        segments: u32,
+        start: Option<String>,
+    ) -> Result<VotePage, VoteStoreError>;
+    /// Makes a `closed` poll `final` with its audit record (JSON); `false`
+    /// when the poll is not `closed`.
+    async fn finalize_poll(&self, poll_id: &str, audit: &str) -> Result<bool, VoteStoreError>;
+    /// Keeps the report of a recount that did not match (JSON), without
+    /// changing the poll's status; `None` clears it.
+    async fn set_mismatch(&self, poll_id: &str, report: Option<&str>)
+        -> Result<(), VoteStoreError>;
+    /// The poll's audit record and mismatch report, as stored.
+    async fn audit_records(
+        &self,
+        poll_id: &str,
+    ) -> Result<(Option<String>, Option<String>), VoteStoreError>;
+    /// Replaces a poll's counters with `counts` (all on its first counter
+    /// item, the others zeroed): only for an operator resolving a mismatch
+    /// on a closed poll, and for shadow tallies.
+    async fn set_counts(&self, poll: &Poll, counts: &Counts) -> Result<(), VoteStoreError>;
     /// Requests sent so far and write units consumed (as reported), for
     /// benchmarks.
     fn usage(&self) -> Usage {
