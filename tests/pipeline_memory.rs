@@ -76,6 +76,36 @@ impl VoteStore for FlakyCommits {
     async fn counts(&self, poll: &Poll) -> Result<Counts, VoteStoreError> {
         self.inner.counts(poll).await
     }
+    async fn scan_votes_page(
+        &self,
+        poll_id: &str,
+        segment: u32,
+        segments: u32,
+        start: Option<String>,
+    ) -> Result<tally::store::VotePage, VoteStoreError> {
+        self.inner
+            .scan_votes_page(poll_id, segment, segments, start)
+            .await
+    }
+    async fn finalize_poll(&self, poll_id: &str, audit: &str) -> Result<bool, VoteStoreError> {
+        self.inner.finalize_poll(poll_id, audit).await
+    }
+    async fn set_mismatch(
+        &self,
+        poll_id: &str,
+        report: Option<&str>,
+    ) -> Result<(), VoteStoreError> {
+        self.inner.set_mismatch(poll_id, report).await
+    }
+    async fn audit_records(
+        &self,
+        poll_id: &str,
+    ) -> Result<(Option<String>, Option<String>), VoteStoreError> {
+        self.inner.audit_records(poll_id).await
+    }
+    async fn set_counts(&self, poll: &Poll, counts: &Counts) -> Result<(), VoteStoreError> {
+        self.inner.set_counts(poll, counts).await
+    }
 }
 
 async fn state(store: &MemoryVoteStore, workload: &Workload) -> Result<(), String> {
