@@ -38,6 +38,32 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// How the votes table is scanned by a recount.
+#[derive(clap::Args, Clone, Copy, Debug)]
+pub struct ScanArgs {
+    /// Parallel scan segments.
+    #[arg(long, env = "TALLY_RECOUNT_SEGMENTS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub segments: u32,
+    /// Segments scanned at once.
+    #[arg(long, env = "TALLY_RECOUNT_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub concurrency: u16,
+}
+
+impl ScanArgs {
+    pub fn plan(&self) -> crate::close::ScanPlan {
+        crate::close::ScanPlan {
+            segments: self.segments,
+            concurrency: usize::from(self.concurrency),
+        }
+    }
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResolveSource {
+    Recount,
+    Tallies,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Creates the stream, the lease table and the vote tables (polls,
@@ -87,6 +113,53 @@ pub enum Command {
     /// (/, /vote, /dashboard, /admin), /healthz, /readyz, /metrics and
     /// /openapi.json. Stops gracefully on SIGTERM/SIGINT.
     Gateway(crate::gateway::GatewayArgs),
+    /// Compares a poll's live tallies with a recount of the votes table
+    /// (read-only). Exits 3 when they differ.
+    Audit {
+        /// The poll.
+        id: String,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        scan: ScanArgs,
+    },
+    /// Finalizes a closed poll: waits until every shard is processed past
+    /// its closing time, recounts the votes table and compares it with the
+    /// tallies. Equal: the poll becomes final with its audit record.
+    /// Different: it stays closed, the report is kept, and the command
+    /// exits 3 (see `tally resolve`).
+    Finalize {
+        /// The poll.
+        id: String,
+        /// Print the audit as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Wait this long after the closing time before checking the shards
+        /// (clock skew with Kinesis arrival times).
+        #[arg(long, env = "TALLY_CLOSE_MARGIN_MS", default_value_t = 2_000)]
+        margin_ms: u64,
+        /// Give up when the shards have not passed the close by then.
+        #[arg(long, env = "TALLY_FINALIZE_TIMEOUT_S", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+        wait_timeout_s: u64,
+        #[command(flatten)]
+        scan: ScanArgs,
+    },
+    /// Settles a recount mismatch explicitly and makes the poll final:
+    /// `--use recount` replaces the counters with the recount, `--use
+    /// tallies` keeps them; the audit record names the choice and reason.
+    Resolve {
+        /// The poll.
+        id: String,
+        /// Which counts become the final result.
+        #[arg(long = "use", value_enum)]
+        source: ResolveSource,
+        /// Why, for the audit record.
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        scan: ScanArgs,
+    },
     /// A poll's live results, summed over its counter items.
     Results {
         /// The poll.
@@ -257,6 +330,84 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let shutdown = crate::shutdown::on_signal();
             crate::gateway::run(&cli.common, args, shutdown).await
         }
+        Command::Audit { id, json, scan } => {
+            let store = vote_store(&cli.common).await?;
+            let progress = std::sync::Arc::new(crate::close::ScanProgress::default());
+            let reporter = crate::close::report_progress(progress.clone(), scan.segments);
+            let audit = crate::close::audit(&store, &id, scan.plan(), &progress).await;
+            reporter.abort();
+            let audit = audit?;
+            print_audit(&audit, json)?;
+            if !audit.equal {
+                std::process::exit(3);
+            }
+            Ok(())
+        }
+        Command::Finalize {
+            id,
+            json,
+            margin_ms,
+            wait_timeout_s,
+            scan,
+        } => {
+            let clients = Clients::from_env().await?;
+            let store = DynamoVoteStore::new(clients.dynamodb.clone(), cli.common.table_names());
+            let stream =
+                tally_lease::KinesisStream::new(clients.kinesis.clone(), &cli.common.stream);
+            let leases =
+                tally_lease::DynamoStore::new(clients.dynamodb.clone(), cli.common.lease_table());
+            let settings = crate::close::FinalizeSettings {
+                margin: std::time::Duration::from_millis(margin_ms),
+                wait_timeout: std::time::Duration::from_secs(wait_timeout_s),
+                check_every: std::time::Duration::from_secs(1),
+                plan: scan.plan(),
+            };
+            let progress = std::sync::Arc::new(crate::close::ScanProgress::default());
+            let reporter = crate::close::report_progress(progress.clone(), scan.segments);
+            let outcome = crate::close::finalize(
+                &store,
+                &stream,
+                &leases,
+                &id,
+                &settings,
+                &progress,
+                &|line| eprintln!("finalize: {line}"),
+            )
+            .await;
+            reporter.abort();
+            match outcome? {
+                crate::close::Finalized::Final(audit) => print_audit(&audit, json),
+                crate::close::Finalized::AlreadyFinal(record) => {
+                    eprintln!("finalize: poll {id} is final already");
+                    println!("{}", record.unwrap_or_else(|| "{}".into()));
+                    Ok(())
+                }
+                crate::close::Finalized::Mismatch(audit) => {
+                    print_audit(&audit, json)?;
+                    eprintln!("finalize: poll {id} stays closed; the report is kept. Settle it with `tally resolve {id} --use recount|tallies --reason TEXT`");
+                    std::process::exit(3);
+                }
+            }
+        }
+        Command::Resolve {
+            id,
+            source,
+            reason,
+            scan,
+        } => {
+            let store = vote_store(&cli.common).await?;
+            let progress = crate::close::ScanProgress::default();
+            let audit = crate::close::resolve(
+                &store,
+                &id,
+                source == ResolveSource::Recount,
+                &reason,
+                scan.plan(),
+                &progress,
+            )
+            .await?;
+            print_audit(&audit, false)
+        }
         Command::Results {
             id,
             json,
@@ -383,6 +534,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn print_audit(audit: &crate::close::Audit, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(audit)?);
+    } else {
+        print!("{}", crate::close::audit_text(audit));
+    }
+    Ok(())
 }
 
 async fn vote_store(common: &Common) -> anyhow::Result<DynamoVoteStore> {

@@ -145,6 +145,18 @@ pub async fn recount(
     Ok(total)
 }
 
+/// How an operator settled a mismatch.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Resolution {
+    /// `recount` (the counters were replaced by the recount) or `tallies`
+    /// (the live counts were accepted as they are).
+    pub used: String,
+    pub reason: String,
+    /// The counters before a replacement.
+    pub previous_tallies: BTreeMap<String, u64>,
+    pub resolved_at: String,
+}
+
 /// One option where the tallies and the recount differ.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Difference {
@@ -167,6 +179,8 @@ pub struct Audit {
     pub digest: String,
     pub differences: Vec<Difference>,
     pub audited_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolution: Option<Resolution>,
 }
 
 /// Compares counts option by option (an option on one side only counts
@@ -209,7 +223,56 @@ pub fn compare(
         digest: recount.digest.clone(),
         differences,
         audited_at: format_rfc3339(at_ms),
+        resolution: None,
     }
+}
+
+/// An audit as people read it.
+pub fn audit_text(audit: &Audit) -> String {
+    let mut text = format!(
+        "poll {} ({}): the tallies and the recount of the votes table {}\n  {:<24} {:>12} {:>12}\n",
+        audit.poll_id,
+        audit.status,
+        if audit.equal { "AGREE" } else { "DIFFER" },
+        "option",
+        "tallies",
+        "recount"
+    );
+    for (option, recounted) in &audit.recount {
+        let live = audit.tallies.get(option).copied().unwrap_or(0);
+        let mark = if live == *recounted {
+            ""
+        } else {
+            "   <- differs"
+        };
+        text.push_str(&format!(
+            "  {option:<24} {live:>12} {recounted:>12}{mark}\n"
+        ));
+    }
+    text.push_str(&format!(
+        "  counted votes in the votes table: {}; digest {}; audited at {}\n",
+        audit.votes, audit.digest, audit.audited_at
+    ));
+    for difference in &audit.differences {
+        text.push_str(&format!(
+            "  {}: tallies {} vs recount {}; some voters counted for it: {}\n",
+            difference.option,
+            difference.tallies,
+            difference.recount,
+            if difference.sample_voters.is_empty() {
+                "none".to_owned()
+            } else {
+                difference.sample_voters.join(", ")
+            }
+        ));
+    }
+    if let Some(resolution) = &audit.resolution {
+        text.push_str(&format!(
+            "  resolved by using the {} ({}) at {}\n",
+            resolution.used, resolution.reason, resolution.resolved_at
+        ));
+    }
+    text
 }
 
 /// A shard whose processing has not passed the close yet.
@@ -303,6 +366,216 @@ pub async fn pending_shards(
         }
     }
     Ok(pending)
+}
+
+/// How `tally finalize` waits and scans.
+#[derive(Clone, Debug)]
+pub struct FinalizeSettings {
+    /// Extra wait after `closes_at` before the shards are checked (clock
+    /// skew between this machine and Kinesis arrival times).
+    pub margin: Duration,
+    /// Give up when the shards have not passed the close by then.
+    pub wait_timeout: Duration,
+    /// Interval of the shard checks.
+    pub check_every: Duration,
+    pub plan: ScanPlan,
+}
+
+/// What `tally finalize` did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Finalized {
+    /// The recount equals the tallies: the poll is final.
+    Final(Audit),
+    /// They differ: the poll stays closed, the report is kept.
+    Mismatch(Audit),
+    /// It was final already: its audit record.
+    AlreadyFinal(Option<String>),
+}
+
+async fn poll_or_fail(store: &dyn VoteStore, poll_id: &str) -> anyhow::Result<Poll> {
+    store
+        .get_poll(poll_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no poll {poll_id} (`tally poll list` shows the polls)"))
+}
+
+/// `tally audit`: the comparison, read-only.
+pub async fn audit(
+    store: &dyn VoteStore,
+    poll_id: &str,
+    plan: ScanPlan,
+    progress: &ScanProgress,
+) -> anyhow::Result<Audit> {
+    let poll = poll_or_fail(store, poll_id).await?;
+    let recounted = recount(store, poll_id, plan, progress).await?;
+    let tallies = store.counts(&poll).await?;
+    Ok(compare(
+        &poll,
+        &tallies.by_option,
+        &recounted,
+        crate::time::now_millis(),
+    ))
+}
+
+/// `tally finalize`: closes a poll whose closing time has passed, waits
+/// until every shard is processed past it, recounts and compares, then
+/// makes the poll final or keeps the mismatch report. `say` gets progress
+/// lines.
+pub async fn finalize(
+    store: &dyn VoteStore,
+    stream: &dyn StreamSource,
+    leases: &dyn LeaseStore,
+    poll_id: &str,
+    settings: &FinalizeSettings,
+    progress: &ScanProgress,
+    say: &(dyn Fn(String) + Sync),
+) -> anyhow::Result<Finalized> {
+    let mut poll = poll_or_fail(store, poll_id).await?;
+    if poll.status == crate::poll::PollStatus::Final {
+        return Ok(Finalized::AlreadyFinal(
+            store.audit_records(poll_id).await?.0,
+        ));
+    }
+    let now = crate::time::now_millis();
+    let closes_at = match (poll.status, poll.closes_at) {
+        (crate::poll::PollStatus::Closed, Some(closes_at)) => closes_at,
+        (status, Some(closes_at)) if closes_at <= now => {
+            let before = status;
+            poll.close(closes_at)?;
+            if !store.update_poll(&poll, before).await? {
+                anyhow::bail!("poll {poll_id} changed while it was being closed; try again");
+            }
+            say(format!("poll {poll_id} closed at {}", format_rfc3339(closes_at)));
+            closes_at
+        }
+        _ => anyhow::bail!(
+            "poll {poll_id} is {} and has not closed; close it first (`tally poll close {poll_id}`)",
+            poll.status
+        ),
+    };
+    let ready_at = closes_at + settings.margin.as_millis() as i64;
+    let now = crate::time::now_millis();
+    if ready_at > now {
+        say(format!(
+            "waiting {} ms for the closing time {} to pass",
+            ready_at - now,
+            format_rfc3339(closes_at)
+        ));
+        tokio::time::sleep(Duration::from_millis((ready_at - now) as u64)).await;
+    }
+    let started = std::time::Instant::now();
+    loop {
+        let pending = pending_shards(stream, leases, closes_at)
+            .await
+            .map_err(|error| anyhow::anyhow!("cannot check the shards: {error}"))?;
+        if pending.is_empty() {
+            say("every shard is processed past the close".into());
+            break;
+        }
+        let names: Vec<String> = pending
+            .iter()
+            .map(|pending| match pending.next_arrival_ms {
+                Some(at) => format!(
+                    "{} (next record arrived {})",
+                    pending.shard,
+                    format_rfc3339(at)
+                ),
+                None => pending.shard.clone(),
+            })
+            .collect();
+        if started.elapsed() >= settings.wait_timeout {
+            anyhow::bail!(
+                "{} shards have not been processed past the close after {:?} (are the workers running?): {}",
+                pending.len(),
+                settings.wait_timeout,
+                names.join(", ")
+            );
+        }
+        say(format!(
+            "waiting for {} shards to be processed past the close: {}",
+            pending.len(),
+            names.join(", ")
+        ));
+        tokio::time::sleep(settings.check_every).await;
+    }
+    let poll = poll_or_fail(store, poll_id).await?;
+    let recounted = recount(store, poll_id, settings.plan, progress).await?;
+    let tallies = store.counts(&poll).await?;
+    let audit = compare(
+        &poll,
+        &tallies.by_option,
+        &recounted,
+        crate::time::now_millis(),
+    );
+    let record = serde_json::to_string(&audit)?;
+    if audit.equal {
+        if !store.finalize_poll(poll_id, &record).await? {
+            anyhow::bail!("poll {poll_id} changed while it was being finalized; try again");
+        }
+        let mut final_audit = audit;
+        final_audit.status = crate::poll::PollStatus::Final.as_str().to_owned();
+        Ok(Finalized::Final(final_audit))
+    } else {
+        store.set_mismatch(poll_id, Some(&record)).await?;
+        tracing::error!(poll_id = %poll_id, differences = audit.differences.len(), "recount does not match the tallies; the poll stays closed");
+        Ok(Finalized::Mismatch(audit))
+    }
+}
+
+/// `tally resolve`: an operator settles a mismatch explicitly, using the
+/// recount (the counters are replaced by it) or the tallies as they are,
+/// and the poll becomes final with the resolution in its audit record.
+pub async fn resolve(
+    store: &dyn VoteStore,
+    poll_id: &str,
+    use_recount: bool,
+    reason: &str,
+    plan: ScanPlan,
+    progress: &ScanProgress,
+) -> anyhow::Result<Audit> {
+    let poll = poll_or_fail(store, poll_id).await?;
+    if poll.status != crate::poll::PollStatus::Closed {
+        anyhow::bail!(
+            "poll {poll_id} is {}; only a closed poll is resolved",
+            poll.status
+        );
+    }
+    if reason.trim().is_empty() {
+        anyhow::bail!("give the --reason for the record");
+    }
+    let recounted = recount(store, poll_id, plan, progress).await?;
+    let previous = store.counts(&poll).await?;
+    if use_recount {
+        store
+            .set_counts(
+                &poll,
+                &crate::store::Counts {
+                    by_option: recounted.by_option.clone(),
+                },
+            )
+            .await?;
+    }
+    let tallies = store.counts(&poll).await?;
+    let mut audit = compare(
+        &poll,
+        &tallies.by_option,
+        &recounted,
+        crate::time::now_millis(),
+    );
+    audit.resolution = Some(Resolution {
+        used: if use_recount { "recount" } else { "tallies" }.to_owned(),
+        reason: reason.to_owned(),
+        previous_tallies: previous.by_option,
+        resolved_at: format_rfc3339(crate::time::now_millis()),
+    });
+    if !store
+        .finalize_poll(poll_id, &serde_json::to_string(&audit)?)
+        .await?
+    {
+        anyhow::bail!("poll {poll_id} changed while it was being resolved; try again");
+    }
+    audit.status = crate::poll::PollStatus::Final.as_str().to_owned();
+    Ok(audit)
 }
 
 /// Reports progress of a long recount on stderr once a second.

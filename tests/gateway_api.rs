@@ -4,12 +4,12 @@
 //! endpoint, and a vote that a real `tally worker` counts and that then
 //! shows in the results and on the results stream.
 
-mod gateway_support;
+mod local_stack;
 
 use std::time::Duration;
 
-use gateway_support::{eventually, Stack};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use local_stack::{eventually, Stack};
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{json, Value};
 

@@ -3,12 +3,12 @@
 //! headless Chromium drives the pages (vote, see the dashboard count go
 //! up, screenshots). The tools are installed, pinned, by `ops/web-tools`.
 
-mod gateway_support;
+mod local_stack;
 
 use std::process::Command;
 use std::time::Duration;
 
-use gateway_support::Stack;
+use local_stack::Stack;
 
 fn web_tools(what: &str) -> String {
     let output = Command::new("bash")

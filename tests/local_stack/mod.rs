@@ -1,4 +1,4 @@
-//! A local stack for the gateway's tests: ministack, a stream and the
+//! A local stack for the process tests (gateway, closing): ministack, a stream and the
 //! tables (made by `tally init`), a gateway served in-process on port 0,
 //! and `tally worker` processes when votes must be counted.
 
