@@ -59,6 +59,12 @@ impl ScanArgs {
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplaySource {
+    Votes,
+    Stream,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ResolveSource {
     Recount,
     Tallies,
@@ -157,6 +163,36 @@ pub enum Command {
         /// Why, for the audit record.
         #[arg(long)]
         reason: String,
+        #[command(flatten)]
+        scan: ScanArgs,
+    },
+    /// Rebuilds a poll's tallies apart from the live ones, into shadow
+    /// tables, and prints the difference (exits 3 when they differ): from
+    /// the votes table, or by reprocessing the stream with a worker of its
+    /// own (its own application name and lease table). Never writes to the
+    /// live tables.
+    Replay {
+        /// The poll.
+        id: String,
+        /// What to rebuild from.
+        #[arg(long, value_enum)]
+        from: ReplaySource,
+        /// Prefix of the shadow tables (must differ from --table-prefix).
+        #[arg(long)]
+        shadow_prefix: String,
+        /// Application name of a stream replay (lease table `<name>-leases`;
+        /// must differ from --app).
+        #[arg(long, default_value = "tally-replay")]
+        replay_app: String,
+        /// Where a stream replay starts: trim_horizon or an RFC 3339 time.
+        #[arg(long, default_value = "trim_horizon")]
+        position: String,
+        /// Give up when a stream replay has not caught up by then.
+        #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+        timeout_s: u64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         scan: ScanArgs,
     },
@@ -407,6 +443,92 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await?;
             print_audit(&audit, false)
+        }
+        Command::Replay {
+            id,
+            from,
+            shadow_prefix,
+            replay_app,
+            position,
+            timeout_s,
+            json,
+            scan,
+        } => {
+            let shadow = Common {
+                table_prefix: shadow_prefix.clone(),
+                app: replay_app.clone(),
+                ..cli.common.clone()
+            };
+            shadow.validate().map_err(|error| {
+                anyhow::anyhow!(
+                    "{}",
+                    error
+                        .to_string()
+                        .replace("TALLY_TABLE_PREFIX (--table-prefix)", "--shadow-prefix")
+                        .replace("TALLY_APP (--app)", "--replay-app")
+                )
+            })?;
+            if shadow_prefix == cli.common.table_prefix {
+                anyhow::bail!(
+                    "invalid --shadow-prefix {shadow_prefix:?}: it is the live tables' prefix"
+                );
+            }
+            if replay_app == cli.common.app {
+                anyhow::bail!("invalid --replay-app {replay_app:?}: it is the live application");
+            }
+            let position = crate::settings::parse_initial_position(&position).map_err(|error| {
+                anyhow::anyhow!(
+                    "{}",
+                    error
+                        .to_string()
+                        .replace("TALLY_INITIAL_POSITION", "--position")
+                )
+            })?;
+            let clients = Clients::from_env().await?;
+            let live = DynamoVoteStore::new(clients.dynamodb.clone(), cli.common.table_names());
+            let report = match from {
+                ReplaySource::Votes => {
+                    let progress = std::sync::Arc::new(crate::close::ScanProgress::default());
+                    let reporter = crate::close::report_progress(progress.clone(), scan.segments);
+                    let report = crate::replay::from_votes(
+                        &live,
+                        &clients.dynamodb,
+                        &id,
+                        &shadow_prefix,
+                        scan.plan(),
+                        &progress,
+                    )
+                    .await;
+                    reporter.abort();
+                    report?
+                }
+                ReplaySource::Stream => {
+                    crate::replay::from_stream(
+                        &live,
+                        &clients.kinesis,
+                        &clients.dynamodb,
+                        &id,
+                        &crate::replay::StreamReplay {
+                            stream: cli.common.stream.clone(),
+                            app: replay_app,
+                            shadow_prefix,
+                            position,
+                            timeout: std::time::Duration::from_secs(timeout_s),
+                        },
+                        &|line| eprintln!("{line}"),
+                    )
+                    .await?
+                }
+            };
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", crate::replay::report_text(&report));
+            }
+            if !report.equal {
+                std::process::exit(3);
+            }
+            Ok(())
         }
         Command::Results {
             id,

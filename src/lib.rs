@@ -30,6 +30,7 @@ pub mod load;
 pub mod metrics;
 pub mod pipeline;
 pub mod poll;
+pub mod replay;
 pub mod settings;
 pub mod shutdown;
 pub mod store;
