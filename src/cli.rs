@@ -34,6 +34,8 @@ pub struct Cli {
         global = true
     )]
     pub log_format: LogFormat,
+    #[command(flatten)]
+    pub snapshots: crate::snapshot::SnapshotSettings,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -196,6 +198,18 @@ pub enum Command {
         #[command(flatten)]
         scan: ScanArgs,
     },
+    /// Writes polls' results to S3 as versioned JSON objects
+    /// (`<prefix><poll>/snapshots/<as_of>-<total>.json`; needs
+    /// TALLY_SNAPSHOT_BUCKET): once, or every --interval-s while they
+    /// change, until Ctrl-C.
+    Snapshot {
+        /// Polls to snapshot (default: every poll that is open or closed).
+        #[arg(long = "poll")]
+        polls: Vec<String>,
+        /// Run until Ctrl-C, writing changed results at this interval.
+        #[arg(long, env = "TALLY_SNAPSHOT_INTERVAL_S", value_parser = clap::value_parser!(u64).range(1..))]
+        interval_s: Option<u64>,
+    },
     /// A poll's live results, summed over its counter items.
     Results {
         /// The poll.
@@ -325,7 +339,32 @@ pub enum PollCommand {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     cli.common.validate()?;
     match cli.command {
-        Command::Init { shards } => init(&cli.common, shards).await,
+        Command::Init { shards } => {
+            init(&cli.common, shards).await?;
+            if let Some(snapshots) = snapshots(&cli.snapshots).await? {
+                snapshots.ensure_bucket().await?;
+            }
+            Ok(())
+        }
+        Command::Snapshot { polls, interval_s } => {
+            let snapshots = snapshots(&cli.snapshots).await?.ok_or_else(|| {
+                anyhow::anyhow!("missing setting TALLY_SNAPSHOT_BUCKET (--snapshot-bucket): where the snapshots go")
+            })?;
+            let store = vote_store(&cli.common).await?;
+            let stop = if interval_s.is_some() {
+                crate::shutdown::on_signal()
+            } else {
+                tokio_util::sync::CancellationToken::new()
+            };
+            crate::snapshot::run(
+                &store,
+                &snapshots,
+                &polls,
+                interval_s.map(std::time::Duration::from_secs),
+                stop,
+            )
+            .await
+        }
         Command::Leases { json, owner } => {
             if let Some(owner) = &owner {
                 if !tally_lease::config::valid_id(owner) {
@@ -412,7 +451,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .await;
             reporter.abort();
             match outcome? {
-                crate::close::Finalized::Final(audit) => print_audit(&audit, json),
+                crate::close::Finalized::Final(audit) => {
+                    publish_final(&cli.snapshots, &store, &audit).await?;
+                    print_audit(&audit, json)
+                }
                 crate::close::Finalized::AlreadyFinal(record) => {
                     eprintln!("finalize: poll {id} is final already");
                     println!("{}", record.unwrap_or_else(|| "{}".into()));
@@ -442,6 +484,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 &progress,
             )
             .await?;
+            publish_final(&cli.snapshots, &store, &audit).await?;
             print_audit(&audit, false)
         }
         Command::Replay {
@@ -656,6 +699,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn snapshots(
+    settings: &crate::snapshot::SnapshotSettings,
+) -> anyhow::Result<Option<crate::snapshot::Snapshots>> {
+    if settings.snapshot_bucket.is_none() {
+        return Ok(None);
+    }
+    let clients = Clients::from_env().await?;
+    crate::snapshot::Snapshots::new(&clients.config, settings)
+}
+
+/// Writes a final result to S3 when a bucket is configured.
+async fn publish_final(
+    settings: &crate::snapshot::SnapshotSettings,
+    store: &DynamoVoteStore,
+    audit: &crate::close::Audit,
+) -> anyhow::Result<()> {
+    if let Some(snapshots) = snapshots(settings).await? {
+        let results = crate::admin::results(store, &audit.poll_id).await?;
+        let address = snapshots
+            .final_result(&results, &serde_json::to_value(audit)?)
+            .await?;
+        eprintln!("final result written to {address}");
+    }
+    Ok(())
 }
 
 fn print_audit(audit: &crate::close::Audit, json: bool) -> anyhow::Result<()> {

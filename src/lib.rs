@@ -33,6 +33,7 @@ pub mod poll;
 pub mod replay;
 pub mod settings;
 pub mod shutdown;
+pub mod snapshot;
 pub mod store;
 pub mod tail;
 pub mod telemetry;

@@ -77,6 +77,8 @@ impl Common {
 pub struct Clients {
     pub kinesis: aws_sdk_kinesis::Client,
     pub dynamodb: aws_sdk_dynamodb::Client,
+    /// The settings they were built from, for other clients (S3).
+    pub config: aws_config::SdkConfig,
 }
 
 impl Clients {
@@ -133,6 +135,7 @@ impl Clients {
         Ok(Self {
             kinesis: aws_sdk_kinesis::Client::new(&config),
             dynamodb: aws_sdk_dynamodb::Client::new(&config),
+            config,
         })
     }
 }

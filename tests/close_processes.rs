@@ -122,9 +122,17 @@ async fn a_closed_poll_is_recounted_and_finalized_and_a_corrupted_one_is_not() {
     );
 
     let _worker = stack.worker("w1");
+    let bucket = tally_lease::testing::unique_name("snapshots");
+    let output = stack
+        .tally()
+        .args(["init", "--shards", "2", "--snapshot-bucket", &bucket])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", output_text(&output));
     let output = stack
         .tally()
         .args(["finalize", "close-me", "--json", "--wait-timeout-s", "120"])
+        .env("TALLY_SNAPSHOT_BUCKET", &bucket)
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", output_text(&output));
