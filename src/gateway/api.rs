@@ -1001,7 +1001,19 @@ pub async fn readyz(State(gateway): Shared) -> Result<Json<Health>, ApiError> {
     responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String)))]
 pub async fn metrics(State(gateway): Shared) -> impl IntoResponse {
     let producer = gateway.producer.metrics();
+    // -1: the tables could not be read.
+    let mismatches = gateway
+        .recount_mismatches()
+        .await
+        .map(|count| count as f64)
+        .unwrap_or(-1.0);
     let text = gateway.metrics.render(&[
+        (
+            "tally_recount_mismatch_polls",
+            "Closed polls whose recount differs from their tallies (see tally audit).",
+            "gauge",
+            mismatches,
+        ),
         (
             "tally_gateway_results_reads_total",
             "Reads of counter items for live results.",

@@ -244,7 +244,11 @@ pub struct Gateway {
     ready: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
     http: reqwest::Client,
     pipeline_sample: Mutex<Option<(Instant, u64)>>,
+    mismatches: tokio::sync::Mutex<Option<(Instant, u64)>>,
 }
+
+/// The count of polls with a recount mismatch is read again after this.
+const MISMATCH_CACHE: Duration = Duration::from_secs(10);
 
 impl Gateway {
     pub fn new(
@@ -290,7 +294,28 @@ impl Gateway {
                 .build()
                 .context("HTTP client")?,
             pipeline_sample: Mutex::default(),
+            mismatches: tokio::sync::Mutex::new(None),
         }))
+    }
+
+    /// How many closed polls carry a recount mismatch report (cached).
+    pub async fn recount_mismatches(&self) -> Result<u64, crate::store::VoteStoreError> {
+        let mut cached = self.mismatches.lock().await;
+        if let Some((at, count)) = *cached {
+            if at.elapsed() < MISMATCH_CACHE {
+                return Ok(count);
+            }
+        }
+        let mut count = 0;
+        for poll in self.store.list_polls().await? {
+            if poll.status == crate::poll::PollStatus::Closed
+                && self.store.audit_records(&poll.id).await?.1.is_some()
+            {
+                count += 1;
+            }
+        }
+        *cached = Some((Instant::now(), count));
+        Ok(count)
     }
 
     fn remembered(&self, key: &(String, String, String)) -> Option<Remembered> {
