@@ -23,8 +23,11 @@
 //! votes, CPU seconds and peak memory of the worker.
 //!
 //! `gateway [--votes N] [--concurrency C] [--clients K]`: see [`gateway`].
+//!
+//! `recount [--votes N] [--segments S] [--concurrency C]`: see [`recount`].
 
 mod gateway;
+mod recount;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -791,7 +794,7 @@ async fn drain(records: usize) {
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = || -> ! {
-        eprintln!("usage: tally-bench failover [--runs N] | drain [--records N] | pipeline [--votes N] | producer [--records N] | gateway [--votes N] [--concurrency C] [--clients K]   (N a positive whole number)");
+        eprintln!("usage: tally-bench failover [--runs N] | drain [--records N] | pipeline [--votes N] | producer [--records N] | gateway [--votes N] [--concurrency C] [--clients K] | recount [--votes N] [--segments S] [--concurrency C]   (N a positive whole number)");
         std::process::exit(2);
     };
     let number = |flag: &str, default: usize| match args.iter().position(|a| a == flag) {
@@ -806,6 +809,14 @@ async fn main() {
         Some("drain") => drain(number("--records", 200_000)).await,
         Some("pipeline") => pipeline(number("--votes", 50_000)).await,
         Some("producer") => producer_bench(number("--records", 100_000)).await,
+        Some("recount") => {
+            recount::recount(
+                number("--votes", 1_000_000),
+                number("--segments", 16) as u32,
+                number("--concurrency", 8),
+            )
+            .await
+        }
         Some("gateway") => {
             gateway::gateway(
                 number("--votes", 20_000),
