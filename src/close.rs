@@ -29,7 +29,7 @@ use crate::time::{format_rfc3339, millis};
 pub const SAMPLE_VOTERS: usize = 10;
 
 /// What a recount of the `votes` table found for one poll.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Recount {
     pub by_option: BTreeMap<String, u64>,
     pub votes: u64,
@@ -51,6 +51,18 @@ pub fn vote_hash(vote: &VoteItem) -> u128 {
         hasher.update([0]);
     }
     u128::from_be_bytes(hasher.finalize().into())
+}
+
+impl Default for Recount {
+    fn default() -> Self {
+        Self {
+            by_option: BTreeMap::new(),
+            votes: 0,
+            digest: format!("{:032x}", 0u128),
+            samples: BTreeMap::new(),
+            sum: 0,
+        }
+    }
 }
 
 impl Recount {
@@ -676,5 +688,104 @@ mod tests {
         );
         assert_eq!(audit.differences[0].sample_voters, ["u1"]);
         assert_eq!(audit.recount["b"], 0, "every option is listed");
+    }
+
+    async fn leases(entries: &[(ShardId, Checkpoint, Vec<ShardId>)]) -> tally_lease::MemoryStore {
+        let store = tally_lease::MemoryStore::new();
+        store.ensure_table().await.unwrap();
+        for (epoch, (key, checkpoint, parents)) in entries.iter().enumerate() {
+            let mut lease = tally_lease::Lease::new(key.clone(), checkpoint.clone());
+            lease.parents = parents.clone();
+            let created = store.create_lease(&lease, epoch as u64).await.unwrap();
+            assert_eq!(created, tally_lease::store::Created::Yes);
+        }
+        store
+    }
+
+    #[tokio::test]
+    async fn shards_are_done_past_the_close_across_a_split() {
+        use tally_lease::{ExtendedSequence, MemoryStream};
+        let stream = MemoryStream::with_shards(1);
+        let parent = stream.open_shards()[0].clone();
+        stream.put("early", bytes::Bytes::from_static(b"x"));
+        stream.split(&parent).unwrap();
+        let children = stream.open_shards();
+        let mut last_before: BTreeMap<ShardId, tally_lease::SequenceNumber> = BTreeMap::new();
+        for index in 0..200 {
+            let (shard, sequence) =
+                stream.put(&format!("k{index}"), bytes::Bytes::from_static(b"x"));
+            last_before.insert(shard, sequence);
+            if last_before.len() == children.len() && index > 20 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let close_ms = crate::time::now_millis();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        for index in 0..20 {
+            stream.put(&format!("late{index}"), bytes::Bytes::from_static(b"x"));
+        }
+        let at = |shard: &ShardId| {
+            Checkpoint::At(ExtendedSequence {
+                sequence: last_before[shard].clone(),
+                sub_sequence: 0,
+            })
+        };
+        let pending = |entries: Vec<(ShardId, Checkpoint, Vec<ShardId>)>| {
+            let stream = &stream;
+            async move {
+                let store = leases(&entries).await;
+                let mut shards: Vec<String> = pending_shards(stream, &store, close_ms)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|pending| pending.shard)
+                    .collect();
+                shards.sort();
+                shards
+            }
+        };
+        let all: Vec<String> = std::iter::once(&parent)
+            .chain(&children)
+            .map(|shard| shard.as_str().to_owned())
+            .collect();
+        let nothing_done: Vec<_> =
+            std::iter::once((parent.clone(), Checkpoint::TrimHorizon, vec![]))
+                .chain(
+                    children.iter().map(|child| {
+                        (child.clone(), Checkpoint::TrimHorizon, vec![parent.clone()])
+                    }),
+                )
+                .collect();
+        let mut expected = all.clone();
+        expected.sort();
+        assert_eq!(
+            pending(nothing_done).await,
+            expected,
+            "nothing processed: every shard waits"
+        );
+        let children_done: Vec<_> = children
+            .iter()
+            .map(|child| (child.clone(), at(child), vec![parent.clone()]))
+            .collect();
+        let mut with_parent_ended = children_done.clone();
+        with_parent_ended.push((parent.clone(), Checkpoint::ShardEnd, vec![]));
+        let left = pending(with_parent_ended).await;
+        assert!(
+            left.is_empty(),
+            "the next records arrived after the close: {left:?}"
+        );
+        assert!(
+            pending(children_done.clone()).await.is_empty(),
+            "a cleaned-up parent named by its children is done"
+        );
+        let mut one_behind = children_done;
+        one_behind[0].1 = Checkpoint::TrimHorizon;
+        assert_eq!(pending(one_behind).await, [children[0].as_str().to_owned()]);
+        assert_eq!(
+            pending(vec![]).await.len(),
+            all.len(),
+            "shards without leases are read from the start"
+        );
     }
 }
