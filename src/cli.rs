@@ -75,7 +75,8 @@ pub enum ResolveSource {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Creates the stream, the lease table and the vote tables (polls,
-    /// votes, tallies, rejects) unless they exist.
+    /// votes, tallies, rejects) unless they exist; with --snapshot-bucket,
+    /// also the S3 bucket of snapshots.
     Init {
         /// Shards of a new stream.
         #[arg(long, env = "TALLY_SHARDS", default_value_t = 4, value_parser = clap::value_parser!(i32).range(1..=10_000))]
