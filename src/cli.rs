@@ -211,6 +211,13 @@ pub enum Command {
         #[arg(long, env = "TALLY_SNAPSHOT_INTERVAL_S", value_parser = clap::value_parser!(u64).range(1..))]
         interval_s: Option<u64>,
     },
+    /// Exits 0 when URL answers 2xx within 2 s, 1 otherwise: the container
+    /// HEALTHCHECK (the image has no curl).
+    Probe {
+        /// e.g. http://127.0.0.1:9464/health (worker) or http://127.0.0.1:8080/healthz (gateway).
+        #[arg(default_value = "http://127.0.0.1:9464/health")]
+        url: String,
+    },
     /// A poll's live results, summed over its counter items.
     Results {
         /// The poll.
@@ -571,6 +578,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if !report.equal {
                 std::process::exit(3);
+            }
+            Ok(())
+        }
+        Command::Probe { url } => {
+            let client = reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(2))
+                .build()?;
+            let response = client
+                .get(&url)
+                .send()
+                .await
+                .with_context(|| format!("probing {url}"))?;
+            if !response.status().is_success() {
+                anyhow::bail!("{url} answered {}", response.status());
             }
             Ok(())
         }

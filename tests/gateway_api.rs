@@ -867,6 +867,26 @@ async fn operations_endpoints_openapi_cors_and_readiness() {
     )
     .await;
 
+    // The container health check's probe.
+    let probe = |url: String| {
+        stack
+            .tally()
+            .args(["probe", &url])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(probe(gateway.url("/healthz")));
+    assert!(
+        !probe(gateway.url("/nothing-here")),
+        "a 404 fails the probe"
+    );
+    assert!(
+        !probe("http://127.0.0.1:1/health".into()),
+        "no answer fails the probe"
+    );
+
     // The pages are served.
     for page in [
         "/",

@@ -1,0 +1,42 @@
+# syntax=docker/dockerfile:1
+# One image, one binary (`tally`) with its subcommands: `worker` by default,
+# `gateway`, `finalize`, ... as the command.
+
+FROM rust:1.95-slim-bookworm AS build
+WORKDIR /src
+# Dependencies first, in a layer of their own: it is rebuilt only when the
+# manifests or the lock file change.
+COPY Cargo.toml Cargo.lock ./
+COPY lease/Cargo.toml lease/Cargo.toml
+COPY producer/Cargo.toml producer/Cargo.toml
+COPY ops/bench/Cargo.toml ops/bench/Cargo.toml
+RUN mkdir -p src lease/src producer/src ops/bench/src ops/bench/benches \
+ && echo 'fn main() {}' > src/main.rs && touch src/lib.rs lease/src/lib.rs producer/src/lib.rs \
+ && echo 'fn main() {}' > ops/bench/src/main.rs && echo 'fn main() {}' > ops/bench/benches/in_process.rs \
+ && cargo build --release --locked -p tally --bin tally \
+ && rm -rf src lease/src producer/src
+COPY src src
+COPY lease/src lease/src
+COPY producer/src producer/src
+RUN touch src/main.rs src/lib.rs lease/src/lib.rs producer/src/lib.rs \
+ && cargo build --release --locked -p tally --bin tally \
+ && cp target/release/tally /usr/local/bin/tally
+
+FROM debian:bookworm-slim AS runtime
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates=20230311* \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --gid 10001 tally \
+ && useradd --uid 10001 --gid tally --no-create-home --shell /usr/sbin/nologin tally
+COPY --from=build /usr/local/bin/tally /usr/local/bin/tally
+USER 10001:10001
+# Workers and gateways listen beyond loopback inside the task.
+ENV TALLY_HEALTH_ADDR=0.0.0.0:9464 \
+    TALLY_GATEWAY_ADDR=0.0.0.0:8080
+EXPOSE 8080 9464
+# The worker's health; a gateway task overrides it with /healthz on 8080.
+HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
+  CMD ["/usr/local/bin/tally", "probe", "http://127.0.0.1:9464/health"]
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/local/bin/tally"]
+CMD ["worker"]
