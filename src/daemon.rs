@@ -59,6 +59,8 @@ pub struct WorkerArgs {
     /// mid_puts, after_puts, between_commits, after_commit.
     #[arg(long, env = "TALLY_CRASH_POINT")]
     pub crash_point: Option<String>,
+    #[command(flatten)]
+    pub cloudwatch: crate::cloudwatch::CloudWatchArgs,
     /// Most actions per commit transaction (2 to 100; lower only to test splitting).
     #[arg(long, env = "TALLY_MAX_TRANSACTION_ACTIONS", default_value_t = 100, value_parser = clap::value_parser!(u16).range(2..=100))]
     pub max_transaction_actions: u16,
@@ -176,7 +178,7 @@ pub async fn run(
         pipeline: pipeline.clone(),
     });
     let worker_id = config.worker_id.clone();
-    let worker = Worker::new(config, lease_store, stream, factory)?;
+    let worker = Worker::new(config, lease_store.clone(), stream, factory)?;
     let shared = Shared {
         worker_id: worker_id.clone(),
         metrics,
@@ -245,8 +247,46 @@ pub async fn run(
         }
     });
 
+    let publisher_stop = CancellationToken::new();
+    let publisher = if args.cloudwatch.cloudwatch {
+        crate::cloudwatch::validate(&args.cloudwatch)?;
+        let shared = shared.clone();
+        let leases = lease_store.clone();
+        Some(tokio::spawn(crate::cloudwatch::publish(
+            aws_sdk_cloudwatch::Client::new(&clients.config),
+            args.cloudwatch.clone(),
+            crate::cloudwatch::WORKER_METRICS,
+            common.app.clone(),
+            worker_id.clone(),
+            move || {
+                let shared = shared.clone();
+                let leases = leases.clone();
+                async move {
+                    let mut snapshot = shared.snapshot();
+                    // Shards not yet read to their end: what the fleet's
+                    // size follows (see infra/terraform).
+                    if let Ok(all) = tally_lease::LeaseStore::list_leases(leases.as_ref()).await {
+                        let open = all
+                            .iter()
+                            .filter(|lease| lease.checkpoint != tally_lease::Checkpoint::ShardEnd)
+                            .count();
+                        snapshot["open_shards"] = open.into();
+                    }
+                    snapshot
+                }
+            },
+            publisher_stop.clone(),
+        )))
+    } else {
+        None
+    };
+
     let result = worker.run(shutdown).await;
     watchdog.abort();
+    publisher_stop.cancel();
+    if let Some(publisher) = publisher {
+        let _ = publisher.await;
+    }
     reporter_stop.cancel();
     let _ = reporter.await;
     server_stop.cancel();

@@ -21,6 +21,7 @@
 pub mod admin;
 pub mod cli;
 pub mod close;
+pub mod cloudwatch;
 pub mod count;
 pub mod daemon;
 pub mod faults;

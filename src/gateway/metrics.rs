@@ -50,6 +50,35 @@ impl GatewayMetrics {
             .fetch_add(millis, Ordering::Relaxed);
     }
 
+    /// The counters as JSON, for CloudWatch.
+    pub fn snapshot(&self) -> serde_json::Value {
+        let refused: serde_json::Map<String, serde_json::Value> = self
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(code, count)| ((*code).to_owned(), (*count).into()))
+            .collect();
+        let count: u64 = self
+            .vote_latency_buckets
+            .iter()
+            .map(|bucket| bucket.load(Ordering::Relaxed))
+            .sum();
+        serde_json::json!({
+            "votes_accepted": self.votes_accepted.load(Ordering::Relaxed),
+            "votes_refused": refused,
+            "rate_limited": {
+                "voter": self.rate_limited_voter.load(Ordering::Relaxed),
+                "ip": self.rate_limited_ip.load(Ordering::Relaxed),
+            },
+            "sse_clients": self.sse_clients.load(Ordering::Relaxed),
+            "vote_latency_ms": {
+                "sum": self.vote_latency_sum_ms.load(Ordering::Relaxed),
+                "count": count,
+            },
+        })
+    }
+
     /// The Prometheus text exposition; `extra` adds gauges and counters
     /// owned elsewhere (name, help, type, value).
     pub fn render(&self, extra: &[(&str, &str, &str, f64)]) -> String {

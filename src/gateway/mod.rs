@@ -122,6 +122,8 @@ pub struct GatewayArgs {
     /// same Idempotency-Key).
     #[arg(long, env = "TALLY_VOTE_TIMEOUT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
     pub vote_timeout_ms: u64,
+    #[command(flatten)]
+    pub cloudwatch: crate::cloudwatch::CloudWatchArgs,
 }
 
 impl GatewayArgs {
@@ -551,6 +553,10 @@ pub async fn run(
                 args.addr
             )
         })?;
+    let cloudwatch = args.cloudwatch.clone();
+    if cloudwatch.cloudwatch {
+        crate::cloudwatch::validate(&cloudwatch)?;
+    }
     let gateway = Gateway::new(
         args,
         store,
@@ -560,5 +566,33 @@ pub async fn run(
             stream: common.stream.clone(),
         }),
     )?;
-    serve(gateway, listener, shutdown).await
+    let publisher_stop = CancellationToken::new();
+    let publisher = cloudwatch.cloudwatch.then(|| {
+        let gateway = gateway.clone();
+        let process = format!("gateway-{}", std::process::id());
+        tokio::spawn(crate::cloudwatch::publish(
+            aws_sdk_cloudwatch::Client::new(&clients.config),
+            cloudwatch,
+            crate::cloudwatch::GATEWAY_METRICS,
+            common.app.clone(),
+            process,
+            move || {
+                let gateway = gateway.clone();
+                async move {
+                    let mut snapshot = gateway.metrics.snapshot();
+                    if let Ok(count) = gateway.recount_mismatches().await {
+                        snapshot["recount_mismatch_polls"] = count.into();
+                    }
+                    snapshot
+                }
+            },
+            publisher_stop.clone(),
+        ))
+    });
+    let served = serve(gateway, listener, shutdown).await;
+    publisher_stop.cancel();
+    if let Some(publisher) = publisher {
+        let _ = publisher.await;
+    }
+    served
 }
