@@ -1,0 +1,81 @@
+# The dev environment: sizes only; everything else is ../../modules/tally.
+
+terraform {
+  required_version = ">= 1.6"
+  required_providers {
+    aws = {
+      source  = "hashicorp/aws"
+      version = "~> 5.80"
+    }
+  }
+  # Keep the state in S3 with locking, e.g.:
+  # backend "s3" { bucket = "<state bucket>" key = "tally/dev.tfstate" region = "<region>" use_lockfile = true }
+}
+
+provider "aws" {
+  region = var.region
+}
+
+variable "region" {
+  type    = string
+  default = "eu-west-1"
+}
+
+variable "image" {
+  type = string
+}
+
+variable "vpc_id" {
+  type = string
+}
+
+variable "private_subnet_ids" {
+  type = list(string)
+}
+
+variable "public_subnet_ids" {
+  type = list(string)
+}
+
+variable "certificate_arn" {
+  type = string
+}
+
+variable "alarm_email" {
+  type    = string
+  default = ""
+}
+
+# Small: 4 shards, 1 to 4 workers, one gateway, deletable tables.
+module "tally" {
+  source              = "../../modules/tally"
+  app                 = "tally-dev"
+  region              = var.region
+  image               = var.image
+  vpc_id              = var.vpc_id
+  private_subnet_ids  = var.private_subnet_ids
+  public_subnet_ids   = var.public_subnet_ids
+  certificate_arn     = var.certificate_arn
+  alarm_email         = var.alarm_email
+  shard_count         = 4
+  workers_min         = 1
+  workers_max         = 4
+  shards_per_worker   = 4
+  gateway_count       = 1
+  worker_cpu          = 512
+  worker_memory       = 1024
+  gateway_cpu         = 512
+  gateway_memory      = 1024
+  api_rate_limit      = 500
+  api_burst_limit     = 1000
+  deletion_protection = false
+  tags                = { application = "tally", environment = "dev" }
+}
+
+output "gateway_url" {
+  value = module.tally.gateway_url
+}
+
+output "vote_api_url" {
+  value = module.tally.vote_api_url
+}

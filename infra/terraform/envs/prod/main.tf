@@ -1,0 +1,84 @@
+# The prod environment: sizes only; everything else is ../../modules/tally.
+
+terraform {
+  required_version = ">= 1.6"
+  required_providers {
+    aws = {
+      source  = "hashicorp/aws"
+      version = "~> 5.80"
+    }
+  }
+  # Keep the state in S3 with locking, e.g.:
+  # backend "s3" { bucket = "<state bucket>" key = "tally/prod.tfstate" region = "<region>" use_lockfile = true }
+}
+
+provider "aws" {
+  region = var.region
+}
+
+variable "region" {
+  type    = string
+  default = "eu-west-1"
+}
+
+variable "image" {
+  type = string
+}
+
+variable "vpc_id" {
+  type = string
+}
+
+variable "private_subnet_ids" {
+  type = list(string)
+}
+
+variable "public_subnet_ids" {
+  type = list(string)
+}
+
+variable "certificate_arn" {
+  type = string
+}
+
+variable "alarm_email" {
+  type    = string
+  default = ""
+}
+
+# The design point (docs/DESIGN.md section 3): 250,000 votes/s peak. 334
+# shards carry plain records (64 with KPL aggregation through the gateway);
+# about 102 vCPUs of workers: 4 shards per 1-vCPU worker, 84 at most.
+module "tally" {
+  source                   = "../../modules/tally"
+  app                      = "tally"
+  region                   = var.region
+  image                    = var.image
+  vpc_id                   = var.vpc_id
+  private_subnet_ids       = var.private_subnet_ids
+  public_subnet_ids        = var.public_subnet_ids
+  certificate_arn          = var.certificate_arn
+  alarm_email              = var.alarm_email
+  shard_count              = 334
+  workers_min              = 8
+  workers_max              = 128
+  shards_per_worker        = 4
+  gateway_count            = 12
+  worker_cpu               = 1024
+  worker_memory            = 2048
+  gateway_cpu              = 2048
+  gateway_memory           = 4096
+  api_rate_limit           = 250000
+  api_burst_limit          = 500000
+  waf_rate_limit_per_5_min = 3000
+  deletion_protection      = true
+  tags                     = { application = "tally", environment = "prod" }
+}
+
+output "gateway_url" {
+  value = module.tally.gateway_url
+}
+
+output "vote_api_url" {
+  value = module.tally.vote_api_url
+}

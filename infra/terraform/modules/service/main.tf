@@ -1,0 +1,281 @@
+# The ECS/Fargate cluster, the worker and gateway services, the gateway's
+# load balancer, and the worker fleet's autoscaling on the stream's shards.
+
+resource "aws_cloudwatch_log_group" "worker" {
+  name              = "/tally/${var.app}/worker"
+  retention_in_days = var.log_retention_days
+  kms_key_id        = var.kms_key_arn
+  tags              = var.tags
+}
+
+resource "aws_cloudwatch_log_group" "gateway" {
+  name              = "/tally/${var.app}/gateway"
+  retention_in_days = var.log_retention_days
+  kms_key_id        = var.kms_key_arn
+  tags              = var.tags
+}
+
+resource "aws_ecs_cluster" "this" {
+  name = var.app
+  setting {
+    name  = "containerInsights"
+    value = "enabled" # RunningTaskCount feeds the worker autoscaling.
+  }
+  tags = var.tags
+}
+
+locals {
+  common_environment = [
+    { name = "TALLY_STREAM", value = var.stream_name },
+    { name = "TALLY_APP", value = var.app },
+    { name = "TALLY_TABLE_PREFIX", value = var.table_prefix },
+    { name = "TALLY_CLOUDWATCH", value = "true" },
+    { name = "TALLY_CLOUDWATCH_NAMESPACE", value = var.metrics_namespace },
+    { name = "AWS_REGION", value = var.region },
+  ]
+  container_defaults = {
+    essential              = true
+    readonlyRootFilesystem = true
+    privileged             = false
+    user                   = "10001:10001"
+    # ECS sends SIGTERM, then SIGKILL after this: the worker finishes its
+    # batches and releases its leases within 20 s (TALLY_SHUTDOWN_TIMEOUT_MS).
+    stopTimeout = 30
+  }
+}
+
+resource "aws_ecs_task_definition" "worker" {
+  family                   = "${var.app}-worker"
+  requires_compatibilities = ["FARGATE"]
+  network_mode             = "awsvpc"
+  cpu                      = var.worker_cpu
+  memory                   = var.worker_memory
+  execution_role_arn       = aws_iam_role.execution.arn
+  task_role_arn            = aws_iam_role.worker.arn
+  container_definitions = jsonencode([merge(local.container_defaults, {
+    name        = "worker"
+    image       = var.image
+    command     = ["worker"]
+    environment = concat(local.common_environment, [{ name = "TALLY_HEALTH_ADDR", value = "0.0.0.0:9464" }])
+    healthCheck = {
+      command     = ["CMD", "/usr/local/bin/tally", "probe", "http://127.0.0.1:9464/health"]
+      interval    = 15
+      timeout     = 3
+      retries     = 3
+      startPeriod = 20
+    }
+    logConfiguration = {
+      logDriver = "awslogs"
+      options = {
+        awslogs-group         = aws_cloudwatch_log_group.worker.name
+        awslogs-region        = var.region
+        awslogs-stream-prefix = "worker"
+      }
+    }
+  })])
+  tags = var.tags
+}
+
+resource "aws_ecs_task_definition" "gateway" {
+  family                   = "${var.app}-gateway"
+  requires_compatibilities = ["FARGATE"]
+  network_mode             = "awsvpc"
+  cpu                      = var.gateway_cpu
+  memory                   = var.gateway_memory
+  execution_role_arn       = aws_iam_role.execution.arn
+  task_role_arn            = aws_iam_role.gateway.arn
+  container_definitions = jsonencode([merge(local.container_defaults, {
+    name    = "gateway"
+    image   = var.image
+    command = ["gateway"]
+    environment = concat(local.common_environment, [
+      { name = "TALLY_GATEWAY_ADDR", value = "0.0.0.0:8080" },
+      { name = "TALLY_AUTH_JWKS_URL", value = var.auth_jwks_url },
+      { name = "TALLY_AUTH_ISSUER", value = var.auth_issuer },
+      { name = "TALLY_AUTH_AUDIENCE", value = var.auth_audience },
+      { name = "TALLY_AUTH_ROLE_CLAIM", value = "cognito:groups" },
+      { name = "TALLY_TRUST_FORWARDED_FOR", value = "true" },
+      { name = "TALLY_CORS_ORIGINS", value = join(",", var.cors_origins) },
+    ])
+    portMappings = [{ containerPort = 8080, protocol = "tcp" }]
+    healthCheck = {
+      command     = ["CMD", "/usr/local/bin/tally", "probe", "http://127.0.0.1:8080/healthz"]
+      interval    = 15
+      timeout     = 3
+      retries     = 3
+      startPeriod = 10
+    }
+    logConfiguration = {
+      logDriver = "awslogs"
+      options = {
+        awslogs-group         = aws_cloudwatch_log_group.gateway.name
+        awslogs-region        = var.region
+        awslogs-stream-prefix = "gateway"
+      }
+    }
+  })])
+  tags = var.tags
+}
+
+resource "aws_security_group" "alb" {
+  name        = "${var.app}-alb"
+  description = "The gateway's load balancer: HTTPS from the internet"
+  vpc_id      = var.vpc_id
+  tags        = var.tags
+}
+
+resource "aws_vpc_security_group_ingress_rule" "alb_https" {
+  security_group_id = aws_security_group.alb.id
+  description       = "HTTPS from voters"
+  cidr_ipv4         = "0.0.0.0/0"
+  from_port         = 443
+  to_port           = 443
+  ip_protocol       = "tcp"
+}
+
+resource "aws_vpc_security_group_egress_rule" "alb_to_gateway" {
+  security_group_id            = aws_security_group.alb.id
+  description                  = "To the gateway tasks"
+  referenced_security_group_id = aws_security_group.gateway.id
+  from_port                    = 8080
+  to_port                      = 8080
+  ip_protocol                  = "tcp"
+}
+
+resource "aws_security_group" "gateway" {
+  name        = "${var.app}-gateway"
+  description = "Gateway tasks: from the load balancer, to AWS APIs"
+  vpc_id      = var.vpc_id
+  tags        = var.tags
+}
+
+resource "aws_vpc_security_group_ingress_rule" "gateway_from_alb" {
+  security_group_id            = aws_security_group.gateway.id
+  description                  = "From the load balancer"
+  referenced_security_group_id = aws_security_group.alb.id
+  from_port                    = 8080
+  to_port                      = 8080
+  ip_protocol                  = "tcp"
+}
+
+resource "aws_vpc_security_group_egress_rule" "gateway_https" {
+  security_group_id = aws_security_group.gateway.id
+  description       = "AWS APIs (Kinesis, DynamoDB, CloudWatch) and the key set over HTTPS"
+  cidr_ipv4         = "0.0.0.0/0"
+  from_port         = 443
+  to_port           = 443
+  ip_protocol       = "tcp"
+}
+
+resource "aws_security_group" "worker" {
+  name        = "${var.app}-worker"
+  description = "Worker tasks: no ingress, AWS APIs only"
+  vpc_id      = var.vpc_id
+  tags        = var.tags
+}
+
+resource "aws_vpc_security_group_egress_rule" "worker_https" {
+  security_group_id = aws_security_group.worker.id
+  description       = "AWS APIs (Kinesis, DynamoDB, CloudWatch) over HTTPS"
+  cidr_ipv4         = "0.0.0.0/0"
+  from_port         = 443
+  to_port           = 443
+  ip_protocol       = "tcp"
+}
+
+resource "aws_lb" "gateway" {
+  #checkov:skip=CKV2_AWS_28:the web ACL is associated in modules/waf, called by modules/tally with this load balancer's ARN
+  name                       = "${var.app}-gateway"
+  load_balancer_type         = "application"
+  internal                   = false # voters reach it from the internet
+  subnets                    = var.public_subnet_ids
+  security_groups            = [aws_security_group.alb.id]
+  drop_invalid_header_fields = true
+  enable_deletion_protection = var.deletion_protection
+  access_logs {
+    bucket  = var.alb_logs_bucket
+    prefix  = "${var.app}-gateway"
+    enabled = true
+  }
+  tags = var.tags
+}
+
+resource "aws_lb_target_group" "gateway" {
+  name        = "${var.app}-gateway"
+  port        = 8080
+  protocol    = "HTTP"
+  target_type = "ip"
+  vpc_id      = var.vpc_id
+  # Long-lived results streams: give them time to end on deploys.
+  deregistration_delay = 30
+  health_check {
+    path                = "/readyz"
+    matcher             = "200"
+    interval            = 10
+    healthy_threshold   = 2
+    unhealthy_threshold = 3
+  }
+  tags = var.tags
+}
+
+resource "aws_lb_listener" "https" {
+  load_balancer_arn = aws_lb.gateway.arn
+  port              = 443
+  protocol          = "HTTPS"
+  ssl_policy        = "ELBSecurityPolicy-TLS13-1-2-2021-06"
+  certificate_arn   = var.certificate_arn
+  default_action {
+    type             = "forward"
+    target_group_arn = aws_lb_target_group.gateway.arn
+  }
+  tags = var.tags
+}
+
+resource "aws_ecs_service" "gateway" {
+  name            = "gateway"
+  cluster         = aws_ecs_cluster.this.id
+  task_definition = aws_ecs_task_definition.gateway.arn
+  desired_count   = var.gateway_count
+  launch_type     = "FARGATE"
+  network_configuration {
+    subnets          = var.private_subnet_ids
+    security_groups  = [aws_security_group.gateway.id]
+    assign_public_ip = false
+  }
+  load_balancer {
+    target_group_arn = aws_lb_target_group.gateway.arn
+    container_name   = "gateway"
+    container_port   = 8080
+  }
+  deployment_circuit_breaker {
+    enable   = true
+    rollback = true
+  }
+  propagate_tags = "SERVICE"
+  tags           = var.tags
+}
+
+resource "aws_ecs_service" "worker" {
+  name            = "worker"
+  cluster         = aws_ecs_cluster.this.id
+  task_definition = aws_ecs_task_definition.worker.arn
+  desired_count   = var.workers_min
+  launch_type     = "FARGATE"
+  network_configuration {
+    subnets          = var.private_subnet_ids
+    security_groups  = [aws_security_group.worker.id]
+    assign_public_ip = false
+  }
+  # Replace workers gradually: leases move to the survivors in seconds.
+  deployment_minimum_healthy_percent = 100
+  deployment_maximum_percent         = 150
+  deployment_circuit_breaker {
+    enable   = true
+    rollback = true
+  }
+  propagate_tags = "SERVICE"
+  tags           = var.tags
+  lifecycle {
+    ignore_changes = [desired_count] # owned by the autoscaling below
+  }
+}

@@ -1,0 +1,28 @@
+output "cluster_name" {
+  value = aws_ecs_cluster.this.name
+}
+
+output "worker_service" {
+  value = aws_ecs_service.worker.name
+}
+
+output "gateway_service" {
+  value = aws_ecs_service.gateway.name
+}
+
+output "alb_arn" {
+  value = aws_lb.gateway.arn
+}
+
+output "alb_arn_suffix" {
+  value = aws_lb.gateway.arn_suffix
+}
+
+output "gateway_url" {
+  value = "https://${aws_lb.gateway.dns_name}"
+}
+
+output "finalizer_role_arn" {
+  description = "Task role for `tally finalize` runs."
+  value       = aws_iam_role.finalizer.arn
+}

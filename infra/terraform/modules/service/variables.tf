@@ -1,0 +1,145 @@
+variable "app" {
+  description = "Application name (TALLY_APP); names the cluster, services and roles."
+  type        = string
+}
+
+variable "image" {
+  description = "The tally image (Dockerfile), e.g. <account>.dkr.ecr.<region>.amazonaws.com/tally:<tag>."
+  type        = string
+}
+
+variable "region" {
+  type = string
+}
+
+variable "vpc_id" {
+  type = string
+}
+
+variable "private_subnet_ids" {
+  description = "Subnets of the tasks (no public IPs)."
+  type        = list(string)
+}
+
+variable "public_subnet_ids" {
+  description = "Subnets of the load balancer."
+  type        = list(string)
+}
+
+variable "certificate_arn" {
+  description = "ACM certificate of the gateway's HTTPS listener."
+  type        = string
+}
+
+variable "alb_logs_bucket" {
+  description = "S3 bucket for the load balancer's access logs."
+  type        = string
+}
+
+variable "stream_name" {
+  type = string
+}
+
+variable "stream_arn" {
+  type = string
+}
+
+variable "table_prefix" {
+  type = string
+}
+
+variable "table_arns" {
+  description = "Table ARNs by role: leases, polls, votes, tallies, rejects."
+  type        = map(string)
+}
+
+variable "kms_key_arn" {
+  description = "The key of the stream, the tables and the logs."
+  type        = string
+}
+
+variable "snapshot_bucket" {
+  description = "S3 bucket of results snapshots and final results (empty: none)."
+  type        = string
+  default     = ""
+}
+
+variable "metrics_namespace" {
+  type    = string
+  default = "Tally"
+}
+
+variable "worker_cpu" {
+  type    = number
+  default = 1024
+}
+
+variable "worker_memory" {
+  type    = number
+  default = 2048
+}
+
+variable "workers_min" {
+  type    = number
+  default = 2
+}
+
+variable "workers_max" {
+  type    = number
+  default = 64
+}
+
+variable "shards_per_worker" {
+  description = "Open shards one worker is sized for: the fleet follows ceil(open shards / this)."
+  type        = number
+  default     = 4
+}
+
+variable "gateway_cpu" {
+  type    = number
+  default = 1024
+}
+
+variable "gateway_memory" {
+  type    = number
+  default = 2048
+}
+
+variable "gateway_count" {
+  type    = number
+  default = 2
+}
+
+variable "auth_jwks_url" {
+  description = "JWKS of the voters' and admins' tokens (Cognito user pool)."
+  type        = string
+}
+
+variable "auth_issuer" {
+  type = string
+}
+
+variable "auth_audience" {
+  type = string
+}
+
+variable "cors_origins" {
+  description = "Origins allowed to call the API from browsers."
+  type        = list(string)
+  default     = []
+}
+
+variable "log_retention_days" {
+  type    = number
+  default = 365
+}
+
+variable "deletion_protection" {
+  type    = bool
+  default = true
+}
+
+variable "tags" {
+  type    = map(string)
+  default = {}
+}

@@ -1,0 +1,37 @@
+output "gateway_url" {
+  description = "The gateway (pages, API, results streams) behind the load balancer."
+  value       = module.service.gateway_url
+}
+
+output "vote_api_url" {
+  description = "API Gateway's vote path (POST <url>/v1/polls/{poll}/votes)."
+  value       = module.api.invoke_url
+}
+
+output "stream_name" {
+  value = module.stream.name
+}
+
+output "tables" {
+  value = module.tables.names
+}
+
+output "snapshot_bucket" {
+  value = module.buckets.snapshot_bucket
+}
+
+output "user_pool_id" {
+  value = aws_cognito_user_pool.voters.id
+}
+
+output "user_pool_client_id" {
+  value = aws_cognito_user_pool_client.web.id
+}
+
+output "dashboard" {
+  value = module.monitoring.dashboard_name
+}
+
+output "finalizer_role_arn" {
+  value = module.service.finalizer_role_arn
+}
