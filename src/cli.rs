@@ -34,6 +34,10 @@ pub struct Cli {
         global = true
     )]
     pub log_format: LogFormat,
+    /// Export traces over OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT
+    /// (default http://localhost:4318).
+    #[arg(long, env = "TALLY_OTLP", default_value_t = false, value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", global = true)]
+    pub otlp: bool,
     #[command(flatten)]
     pub snapshots: crate::snapshot::SnapshotSettings,
     #[command(subcommand)]

@@ -6,8 +6,13 @@ use clap::Parser;
 async fn main() -> std::process::ExitCode {
     tally::tail::started();
     let cli = tally::cli::Cli::parse();
-    tally::telemetry::init(cli.log_format);
-    match tally::cli::run(cli).await {
+    let telemetry = tally::telemetry::init(cli.log_format, cli.otlp);
+    let outcome = tally::cli::run(cli).await;
+    // The exporter's own thread blocks while it flushes.
+    tokio::task::spawn_blocking(move || telemetry.shutdown())
+        .await
+        .ok();
+    match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");

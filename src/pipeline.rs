@@ -499,7 +499,8 @@ impl RecordProcessor for VoteProcessor {
         if batch.records.is_empty() || checkpointer.is_lost() {
             return Ok(());
         }
-        match self.run_batch(batch, checkpointer).await {
+        let span = tracing::info_span!("count_batch", shard_id = %self.shard, records = batch.records.len());
+        match tracing::Instrument::instrument(self.run_batch(batch, checkpointer), span).await {
             Ok(_) => Ok(()),
             Err(error) => {
                 tracing::warn!(shard_id = %self.shard, error = %error, "batch failed; it is offered again");

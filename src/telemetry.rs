@@ -1,9 +1,17 @@
-//! Logging: JSON lines on stderr by default (`--log-format text` for people),
-//! filtered by `TALLY_LOG` (default `info`, without the SDK's complaint
-//! about responses that came from no connection, which the fault layer's
-//! made-up responses trigger).
+//! Logging and tracing. Logs: JSON lines on stderr by default
+//! (`--log-format text` for people), filtered by `TALLY_LOG` (default
+//! `info`, without the SDK's complaint about responses that came from no
+//! connection, which the fault layer's made-up responses trigger).
+//!
+//! Traces: with `TALLY_OTLP=true`, spans (per shard, per batch, per vote
+//! request) are exported over OTLP/HTTP (protobuf) to
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` (default `http://localhost:4318`), named
+//! by `OTEL_SERVICE_NAME` (default `tally`). Off by default.
 
-use tracing_subscriber::EnvFilter;
+use opentelemetry::trace::TracerProvider as _;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -13,18 +21,73 @@ pub enum LogFormat {
 
 const DEFAULT_FILTER: &str = "info,aws_smithy_runtime::client::http::connection_poisoning=off";
 
-pub fn init(format: LogFormat) {
+/// Keeps the trace exporter alive; [`Telemetry::shutdown`] flushes it.
+#[derive(Default)]
+pub struct Telemetry {
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Sends the spans still buffered.
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider {
+            if let Err(error) = provider.shutdown() {
+                eprintln!("warning: flushing traces failed: {error}");
+            }
+        }
+    }
+}
+
+fn otlp_provider() -> Result<opentelemetry_sdk::trace::SdkTracerProvider, String> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .build()
+        .map_err(|error| format!("invalid OTLP exporter settings: {error}"))?;
+    let service = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| "tally".into());
+    Ok(opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name(service)
+                .build(),
+        )
+        .build())
+}
+
+/// Installs the logger, and the trace exporter when `otlp` is set.
+pub fn init(format: LogFormat, otlp: bool) -> Telemetry {
     let filter =
         EnvFilter::try_from_env("TALLY_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder
+    let logs = match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .try_init(),
-        LogFormat::Text => builder.try_init(),
+            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed(),
     };
+    let (provider, traces, failure) = if otlp {
+        match otlp_provider() {
+            Ok(provider) => {
+                let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("tally"));
+                (Some(provider), Some(layer), None)
+            }
+            Err(error) => (None, None, Some(error)),
+        }
+    } else {
+        (None, None, None)
+    };
+    let _ = tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(traces)
+        .try_init();
+    if let Some(error) = failure {
+        tracing::warn!(error = %error, "traces are off");
+    } else if provider.is_some() {
+        tracing::info!("exporting traces over OTLP");
+    }
+    Telemetry { provider }
 }
