@@ -51,6 +51,18 @@ fn tally_metric_names() -> BTreeMap<String, Vec<String>> {
                     .or_default()
                     .push(file.display().to_string());
             }
+            // Per-worker metrics through SEARCH over {namespace,...} sets.
+            if line.contains("SEARCH('{${var.namespace}") {
+                let name = line
+                    .split("MetricName=\\\"")
+                    .nth(1)
+                    .and_then(|rest| rest.split('\\').next())
+                    .expect("a MetricName in the search");
+                names
+                    .entry(name.to_owned())
+                    .or_default()
+                    .push(file.display().to_string());
+            }
             let mut rest = *line;
             while let Some(at) = rest.find("[var.namespace, \"") {
                 let after = &rest[at + "[var.namespace, \"".len()..];

@@ -47,12 +47,12 @@ locals {
       for reason in ["malformed", "unknown_poll", "poll_not_open", "invalid_option", "bad_aggregate"] :
       [var.namespace, "VotesRejected", "Application", var.app, "Reason", reason, { stat = "Sum" }]
     ] },
-    { title = "Iterator age (ms)", metrics = [
+    { title = "Iterator age (ms), stream and per worker", metrics = [
       ["AWS/Kinesis", "GetRecords.IteratorAgeMilliseconds", "StreamName", var.stream_name, { stat = "Maximum" }],
-      [var.namespace, "MillisBehindLatest", "Application", var.app, { stat = "Maximum" }],
+      [{ id = "behind", label = "", expression = "SEARCH('{${var.namespace},Application,WorkerId} MetricName=\"MillisBehindLatest\" Application=\"${var.app}\"', 'Maximum', 60)" }],
     ] },
-    { title = "Leases and shards", metrics = [
-      [var.namespace, "LeasesHeld", "Application", var.app, { stat = "Sum" }],
+    { title = "Leases per worker, open shards, lost leases", metrics = [
+      [{ id = "leases", label = "", expression = "SEARCH('{${var.namespace},Application,WorkerId} MetricName=\"LeasesHeld\" Application=\"${var.app}\"', 'Maximum', 60)" }],
       [var.namespace, "OpenShards", "Application", var.app, { stat = "Maximum" }],
       [var.namespace, "LeasesLost", "Application", var.app, { stat = "Sum" }],
     ] },
