@@ -117,6 +117,36 @@ resource "aws_ecs_task_definition" "gateway" {
   tags = var.tags
 }
 
+# One-off runs of `tally finalize`, `tally audit`, `tally replay` and
+# `tally snapshot` (ops/runbooks/recount.md): run this task with the command
+# overridden, e.g. ["finalize", "<poll>"].
+resource "aws_ecs_task_definition" "finalizer" {
+  family                   = "${var.app}-finalizer"
+  requires_compatibilities = ["FARGATE"]
+  network_mode             = "awsvpc"
+  cpu                      = var.worker_cpu
+  memory                   = var.worker_memory
+  execution_role_arn       = aws_iam_role.execution.arn
+  task_role_arn            = aws_iam_role.finalizer.arn
+  container_definitions = jsonencode([merge(local.container_defaults, {
+    name    = "finalizer"
+    image   = var.image
+    command = ["finalize", "--help"]
+    environment = concat(local.common_environment, [
+      { name = "TALLY_SNAPSHOT_BUCKET", value = var.snapshot_bucket },
+    ])
+    logConfiguration = {
+      logDriver = "awslogs"
+      options = {
+        awslogs-group         = aws_cloudwatch_log_group.worker.name
+        awslogs-region        = var.region
+        awslogs-stream-prefix = "finalizer"
+      }
+    }
+  })])
+  tags = var.tags
+}
+
 resource "aws_security_group" "alb" {
   name        = "${var.app}-alb"
   description = "The gateway's load balancer: HTTPS from the internet"

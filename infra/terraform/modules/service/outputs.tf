@@ -26,3 +26,13 @@ output "finalizer_role_arn" {
   description = "Task role for `tally finalize` runs."
   value       = aws_iam_role.finalizer.arn
 }
+
+output "finalizer_task_definition" {
+  description = "Run with the command overridden: [\"finalize\", \"<poll>\"]."
+  value       = aws_ecs_task_definition.finalizer.arn
+}
+
+output "worker_security_group_id" {
+  description = "For one-off finalizer runs (no ingress, HTTPS out)."
+  value       = aws_security_group.worker.id
+}

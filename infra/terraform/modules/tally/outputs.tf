@@ -35,3 +35,7 @@ output "dashboard" {
 output "finalizer_role_arn" {
   value = module.service.finalizer_role_arn
 }
+
+output "finalizer_task_definition" {
+  value = module.service.finalizer_task_definition
+}
