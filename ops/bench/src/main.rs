@@ -25,7 +25,10 @@
 //! `gateway [--votes N] [--concurrency C] [--clients K]`: see [`gateway`].
 //!
 //! `recount [--votes N] [--segments S] [--concurrency C]`: see [`recount`].
+//!
+//! `fuzz --target vote|kpl|gateway [--seconds N] [--seed S]`: see [`fuzz`].
 
+mod fuzz;
 mod gateway;
 mod recount;
 
@@ -794,7 +797,7 @@ async fn drain(records: usize) {
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = || -> ! {
-        eprintln!("usage: tally-bench failover [--runs N] | drain [--records N] | pipeline [--votes N] | producer [--records N] | gateway [--votes N] [--concurrency C] [--clients K] | recount [--votes N] [--segments S] [--concurrency C]   (N a positive whole number)");
+        eprintln!("usage: tally-bench failover [--runs N] | drain [--records N] | pipeline [--votes N] | producer [--records N] | gateway [--votes N] [--concurrency C] [--clients K] | recount [--votes N] [--segments S] [--concurrency C] | fuzz --target vote|kpl|gateway [--seconds N] [--seed S]   (N a positive whole number)");
         std::process::exit(2);
     };
     let number = |flag: &str, default: usize| match args.iter().position(|a| a == flag) {
@@ -809,6 +812,17 @@ async fn main() {
         Some("drain") => drain(number("--records", 200_000)).await,
         Some("pipeline") => pipeline(number("--votes", 50_000)).await,
         Some("producer") => producer_bench(number("--records", 100_000)).await,
+        Some("fuzz") => {
+            let target = match args.iter().position(|a| a == "--target") {
+                Some(at) => args.get(at + 1).cloned().unwrap_or_else(|| usage()),
+                None => usage(),
+            };
+            fuzz::fuzz(
+                &target,
+                number("--seconds", 600) as u64,
+                number("--seed", 1) as u64,
+            )
+        }
         Some("recount") => {
             recount::recount(
                 number("--votes", 1_000_000),
