@@ -136,7 +136,7 @@ fn mutate(rng: &mut rand::rngs::StdRng, corpus: &[Vec<u8>], input: &[u8]) -> Vec
 }
 
 /// Recomputes a KPL record's MD5 trailer (and puts the magic back).
-fn fix_kpl(data: &mut Vec<u8>) {
+fn fix_kpl(data: &mut [u8]) {
     if data.len() < MAGIC.len() + 16 {
         return;
     }
