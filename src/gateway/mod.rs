@@ -461,6 +461,16 @@ fn cors(args: &GatewayArgs) -> tower_http::cors::CorsLayer {
         .max_age(Duration::from_secs(600))
 }
 
+/// A handler that panics answers a JSON 500 instead of dropping the
+/// connection.
+fn catch_panics() -> tower_http::catch_panic::CatchPanicLayer<
+    impl Fn(Box<dyn std::any::Any + Send>) -> Response + Clone,
+> {
+    tower_http::catch_panic::CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
+        ApiError::Internal("a request handler panicked".into()).into_response()
+    })
+}
+
 /// The whole HTTP surface.
 pub fn router(gateway: Arc<Gateway>) -> axum::Router {
     api::routes(gateway.args.dev_tokens)
@@ -468,11 +478,7 @@ pub fn router(gateway: Arc<Gateway>) -> axum::Router {
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(gateway.clone(), front))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-            |_: Box<dyn std::any::Any + Send>| {
-                ApiError::Internal("a request handler panicked".into()).into_response()
-            },
-        ))
+        .layer(catch_panics())
         .layer(cors(&gateway.args))
         .layer(axum::extract::DefaultBodyLimit::max(
             gateway.args.max_body_bytes as usize,
@@ -595,4 +601,31 @@ pub async fn run(
         let _ = publisher.await;
     }
     served
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_a_json_500() {
+        let app = axum::Router::new()
+            .route(
+                "/boom",
+                axum::routing::get(|| async {
+                    if true {
+                        panic!("on purpose");
+                    }
+                    "unreachable"
+                }),
+            )
+            .layer(catch_panics());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let response = reqwest::get(format!("http://{address}/boom")).await.unwrap();
+        assert_eq!(response.status(), 500);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "internal");
+    }
 }
