@@ -940,3 +940,51 @@ async fn bad_gateway_settings_fail_naming_the_setting() {
     ])
     .contains("TALLY_DEV_TOKENS"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_loops_stop_without_clients_and_streams_end_on_shutdown() {
+    let stack = Stack::new().await;
+    let mut gateway = stack.gateway(&["--sse-heartbeat-ms", "200"]).await;
+    gateway.open_poll("quiet", &["a", "b"]).await;
+    let client = Client::new();
+    let loops = |gateway: &local_stack::TestGateway| {
+        gateway
+            .gateway
+            .hub
+            .loops
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let mut first = client
+        .get(gateway.url("/v1/polls/quiet/results/stream"))
+        .send()
+        .await
+        .unwrap();
+    first.chunk().await.unwrap().unwrap();
+    assert_eq!(loops(&gateway), 1);
+    drop(first);
+    eventually(
+        Duration::from_secs(8),
+        "the read loop stops after its last client",
+        || async { loops(&gateway) == 0 },
+    )
+    .await;
+
+    // A stream open at shutdown ends, and the server stops.
+    let mut open = client
+        .get(gateway.url("/v1/polls/quiet/results/stream"))
+        .send()
+        .await
+        .unwrap();
+    open.chunk().await.unwrap().unwrap();
+    let task = gateway.task.take().unwrap();
+    gateway.stop.cancel();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(Some(_)) = open.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the results stream ends on shutdown");
+    let served = tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the server stops within 5 s with a stream open");
+    served.unwrap().unwrap();
+}

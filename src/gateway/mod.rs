@@ -623,7 +623,9 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        let response = reqwest::get(format!("http://{address}/boom")).await.unwrap();
+        let response = reqwest::get(format!("http://{address}/boom"))
+            .await
+            .unwrap();
         assert_eq!(response.status(), 500);
         let body: serde_json::Value = response.json().await.unwrap();
         assert_eq!(body["error"]["code"], "internal");
