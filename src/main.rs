@@ -6,6 +6,12 @@ use clap::Parser;
 async fn main() -> std::process::ExitCode {
     tally::tail::started();
     let cli = tally::cli::Cli::parse();
+    if cli.otlp {
+        if let Err(error) = tally::telemetry::check_otlp_settings() {
+            eprintln!("error: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    }
     let telemetry = tally::telemetry::init(cli.log_format, cli.otlp);
     let outcome = tally::cli::run(cli).await;
     // The exporter's own thread blocks while it flushes.

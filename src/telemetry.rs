@@ -54,6 +54,25 @@ fn otlp_provider() -> Result<opentelemetry_sdk::trace::SdkTracerProvider, String
         .build())
 }
 
+/// Checks the OTLP endpoint settings, naming the one at fault.
+pub fn check_otlp_settings() -> Result<(), String> {
+    for name in [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ] {
+        if let Ok(value) = std::env::var(name) {
+            let ok = reqwest::Url::parse(&value)
+                .is_ok_and(|url| matches!(url.scheme(), "http" | "https") && url.host().is_some());
+            if !ok {
+                return Err(format!(
+                    "invalid setting {name}: {value:?} is not an http(s) URL"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Installs the logger, and the trace exporter when `otlp` is set.
 pub fn init(format: LogFormat, otlp: bool) -> Telemetry {
     let filter =

@@ -105,3 +105,16 @@ async fn a_worker_exports_spans_over_otlp_when_asked() {
     )
     .await;
 }
+
+#[test]
+fn a_bad_otlp_endpoint_fails_at_start_naming_the_setting() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["probe", "http://127.0.0.1:1/"])
+        .env("TALLY_OTLP", "true")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "not a url")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("OTEL_EXPORTER_OTLP_ENDPOINT"), "{stderr}");
+}
