@@ -46,14 +46,8 @@ pub struct WorkerArgs {
     /// giving up on their retries (ECS stops a task 30 s after SIGTERM).
     #[arg(long, env = "TALLY_SHUTDOWN_TIMEOUT_MS", default_value_t = 20_000)]
     pub shutdown_timeout_ms: u64,
-    /// TESTING ONLY: faults to inject into AWS requests,
-    /// `OPERATION:KIND:PROBABILITY[:MILLIS],...` (kinds: throttle, conflict,
-    /// 5xx, latency, lost).
-    #[arg(long, env = "TALLY_FAULTS")]
-    pub faults: Option<String>,
-    /// Seed of the fault injection's random choices.
-    #[arg(long, env = "TALLY_FAULTS_SEED", default_value_t = 1)]
-    pub faults_seed: u64,
+    #[command(flatten)]
+    pub faults: crate::faults::FaultArgs,
     /// TESTING ONLY: abort the process at this step of the counting
     /// protocol, `NAME[:N]` (the N-th time): after_validate, after_rejects,
     /// mid_puts, after_puts, between_commits, after_commit.
@@ -74,15 +68,7 @@ impl WorkerArgs {
                 .map_err(|error| anyhow::anyhow!("invalid setting TALLY_CRASH_POINT: {error}"))?;
             tracing::warn!(crash_point = %spec, "crash point armed: this worker will abort on purpose");
         }
-        match &self.faults {
-            None => Ok(None),
-            Some(spec) => {
-                let faults = Faults::parse(spec, self.faults_seed)
-                    .map_err(|error| anyhow::anyhow!("invalid setting TALLY_FAULTS: {error}"))?;
-                tracing::warn!(faults = %spec, "fault injection is on: AWS requests will fail on purpose");
-                Ok(Some(Arc::new(faults)))
-            }
-        }
+        self.faults.parse()
     }
 
     fn pipeline_config(&self) -> PipelineConfig {
@@ -112,12 +98,8 @@ impl Shared {
             snapshot[name] = serde_json::json!(value);
         }
         if let Some(faults) = &self.faults {
-            let injected: serde_json::Map<String, serde_json::Value> = faults
-                .injected()
-                .into_iter()
-                .map(|(kind, count)| (kind.to_owned(), count.into()))
-                .collect();
-            snapshot["tally_faults_injected_total"] = injected.into();
+            snapshot["tally_faults_injected_total"] =
+                crate::faults::FaultArgs::injected_json(faults);
         }
         let usage = crate::store::VoteStore::usage(self.store.as_ref());
         snapshot["tally_dynamodb_requests_total"] = usage.requests.into();

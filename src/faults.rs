@@ -197,6 +197,42 @@ impl Faults {
     }
 }
 
+/// A process's request-fault switches (the worker's and the gateway's).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct FaultArgs {
+    /// TESTING ONLY: faults to inject into AWS requests,
+    /// `OPERATION:KIND:PROBABILITY[:MILLIS],...` (kinds: throttle, conflict,
+    /// 5xx, latency, lost, partial).
+    #[arg(long, env = "TALLY_FAULTS")]
+    pub faults: Option<String>,
+    /// Seed of the fault injection's random choices.
+    #[arg(long, env = "TALLY_FAULTS_SEED", default_value_t = 1)]
+    pub faults_seed: u64,
+}
+
+impl FaultArgs {
+    /// The parsed faults (`None` when off), naming the setting at fault.
+    pub fn parse(&self) -> anyhow::Result<Option<Arc<Faults>>> {
+        let Some(spec) = &self.faults else {
+            return Ok(None);
+        };
+        let faults = Faults::parse(spec, self.faults_seed)
+            .map_err(|error| anyhow::anyhow!("invalid setting TALLY_FAULTS: {error}"))?;
+        tracing::warn!(faults = %spec, "fault injection is on: AWS requests will fail on purpose");
+        Ok(Some(Arc::new(faults)))
+    }
+
+    /// The injected counts by kind, as JSON (for metrics and logs).
+    pub fn injected_json(faults: &Faults) -> serde_json::Value {
+        faults
+            .injected()
+            .into_iter()
+            .map(|(kind, count)| (kind.to_owned(), serde_json::Value::from(count)))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    }
+}
+
 #[derive(Debug)]
 struct FaultClient {
     inner: SharedHttpClient,

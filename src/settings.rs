@@ -117,20 +117,7 @@ impl Clients {
         }
         let config = match faults {
             None => config,
-            Some(faults) => {
-                // The SDK's default client, which the configuration only
-                // names lazily.
-                #[allow(deprecated)]
-                let default = aws_smithy_http_client::hyper_014::default_client();
-                let inner = config
-                    .http_client()
-                    .or(default)
-                    .context("no HTTP client to wrap with faults")?;
-                config
-                    .into_builder()
-                    .http_client(faults.wrap(inner))
-                    .build()
-            }
+            Some(faults) => with_fault_layer(config, &faults)?,
         };
         Ok(Self {
             kinesis: aws_sdk_kinesis::Client::new(&config),
@@ -138,6 +125,24 @@ impl Clients {
             config,
         })
     }
+}
+
+/// `config` with every request going through `faults` (tests only).
+pub fn with_fault_layer(
+    config: aws_config::SdkConfig,
+    faults: &std::sync::Arc<crate::faults::Faults>,
+) -> anyhow::Result<aws_config::SdkConfig> {
+    // The SDK's default client, which the configuration only names lazily.
+    #[allow(deprecated)]
+    let default = aws_smithy_http_client::hyper_014::default_client();
+    let inner = config
+        .http_client()
+        .or(default)
+        .context("no HTTP client to wrap with faults")?;
+    Ok(config
+        .into_builder()
+        .http_client(faults.wrap(inner))
+        .build())
 }
 
 /// The lease worker's settings.

@@ -341,11 +341,49 @@ impl Workload {
         self.puts.iter().map(Put::user_records).sum()
     }
 
-    /// The ground truth, from the contract's rules alone. Poll windows are
+    /// What happens to each user record, in put order: one list per put
+    /// (one entry for a plain or broken record, one per sub-record of an
+    /// aggregate), judged from the contract's rules alone. Poll windows are
     /// judged with `now_ms` as every record's arrival (the generated
     /// windows are years away from it).
-    pub fn truth(&self, now_ms: i64) -> Truth {
+    pub fn verdicts(&self, now_ms: i64) -> Vec<Vec<Verdict>> {
         let polls: HashMap<&str, &Poll> = self.polls.iter().map(|p| (p.id.as_str(), p)).collect();
+        let mut counted: std::collections::HashSet<(String, String)> = Default::default();
+        let mut judge = |item: &Item| -> Verdict {
+            let vote = match item {
+                Item::Malformed(_) => return Verdict::Rejected(Reason::Malformed),
+                Item::Vote(vote) => vote,
+            };
+            let Some(poll) = polls.get(vote.poll_id.as_str()) else {
+                return Verdict::Rejected(Reason::UnknownPoll);
+            };
+            let open = poll.status != PollStatus::Draft
+                && poll.opens_at.is_none_or(|t| t <= now_ms)
+                && poll.closes_at.is_none_or(|t| now_ms < t);
+            if !open {
+                return Verdict::Rejected(Reason::PollNotOpen);
+            }
+            if !poll.options.iter().any(|o| o.id == vote.option) {
+                return Verdict::Rejected(Reason::InvalidOption);
+            }
+            if counted.insert((vote.poll_id.clone(), vote.voter_id.clone())) {
+                Verdict::Counted
+            } else {
+                Verdict::Duplicate
+            }
+        };
+        self.puts
+            .iter()
+            .map(|put| match put {
+                Put::Plain { item, .. } => vec![judge(item)],
+                Put::Aggregate { items, .. } => items.iter().map(&mut judge).collect(),
+                Put::BadAggregate { .. } => vec![Verdict::Rejected(Reason::BadAggregate)],
+            })
+            .collect()
+    }
+
+    /// The ground truth: [`Workload::verdicts`] summed up.
+    pub fn truth(&self, now_ms: i64) -> Truth {
         let mut truth = Truth::default();
         for poll in &self.polls {
             truth.counts.insert(
@@ -353,64 +391,53 @@ impl Workload {
                 poll.options.iter().map(|o| (o.id.clone(), 0)).collect(),
             );
         }
-        let reject = |truth: &mut Truth, reason: Reason, vote: Option<&Vote>| {
-            *truth.rejects.entry(reason).or_default() += 1;
-            if let Some(vote) = vote {
-                truth.rejected_vote_ids.push(vote.vote_id.clone());
-            }
-        };
-        for put in &self.puts {
-            let items: Vec<&Item> = match put {
-                Put::Plain { item, .. } => vec![item],
-                Put::Aggregate { items, .. } => items.iter().collect(),
-                Put::BadAggregate { .. } => {
-                    truth.user_records += 1;
-                    reject(&mut truth, Reason::BadAggregate, None);
-                    continue;
-                }
+        for (put, verdicts) in self.puts.iter().zip(self.verdicts(now_ms)) {
+            let items: Vec<Option<&Item>> = match put {
+                Put::Plain { item, .. } => vec![Some(item)],
+                Put::Aggregate { items, .. } => items.iter().map(Some).collect(),
+                Put::BadAggregate { .. } => vec![None],
             };
-            for item in items {
+            for (item, verdict) in items.into_iter().zip(verdicts) {
                 truth.user_records += 1;
                 let vote = match item {
-                    Item::Malformed(_) => {
-                        reject(&mut truth, Reason::Malformed, None);
-                        continue;
+                    Some(Item::Vote(vote)) => Some(vote),
+                    _ => None,
+                };
+                match (verdict, vote) {
+                    (Verdict::Rejected(reason), vote) => {
+                        *truth.rejects.entry(reason).or_default() += 1;
+                        if let Some(vote) = vote {
+                            truth.rejected_vote_ids.push(vote.vote_id.clone());
+                        }
                     }
-                    Item::Vote(vote) => vote,
-                };
-                let Some(poll) = polls.get(vote.poll_id.as_str()) else {
-                    reject(&mut truth, Reason::UnknownPoll, Some(vote));
-                    continue;
-                };
-                let open = poll.status != PollStatus::Draft
-                    && poll.opens_at.is_none_or(|t| t <= now_ms)
-                    && poll.closes_at.is_none_or(|t| now_ms < t);
-                if !open {
-                    reject(&mut truth, Reason::PollNotOpen, Some(vote));
-                    continue;
+                    (Verdict::Duplicate, _) => truth.duplicates += 1,
+                    (Verdict::Counted, Some(vote)) => {
+                        truth.votes.insert(
+                            (vote.poll_id.clone(), vote.voter_id.clone()),
+                            (vote.option.clone(), vote.vote_id.clone()),
+                        );
+                        *truth
+                            .counts
+                            .get_mut(&vote.poll_id)
+                            .and_then(|options| options.get_mut(&vote.option))
+                            .expect("the option exists") += 1;
+                    }
+                    (Verdict::Counted, None) => unreachable!("only votes are counted"),
                 }
-                if !poll.options.iter().any(|o| o.id == vote.option) {
-                    reject(&mut truth, Reason::InvalidOption, Some(vote));
-                    continue;
-                }
-                let key = (vote.poll_id.clone(), vote.voter_id.clone());
-                if truth.votes.contains_key(&key) {
-                    truth.duplicates += 1;
-                    continue;
-                }
-                truth
-                    .votes
-                    .insert(key, (vote.option.clone(), vote.vote_id.clone()));
-                *truth
-                    .counts
-                    .get_mut(&vote.poll_id)
-                    .and_then(|options| options.get_mut(&vote.option))
-                    .expect("the option exists") += 1;
             }
         }
         truth.rejected_vote_ids.sort();
         truth
     }
+}
+
+/// What happens to one user record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Counted,
+    /// A later vote of a voter who already has one in the poll.
+    Duplicate,
+    Rejected(Reason),
 }
 
 /// Compares what the tables hold with the truth; the first differences,

@@ -165,20 +165,31 @@ pub fn plan(input: &PlanInput<'_>, rng: &mut impl Rng) -> Vec<Action> {
     if input.pending_handoffs > 0 || room == 0 {
         return Vec::new();
     }
-    let victim = counts
+    // The most loaded worker; among equals, one at random, so that workers
+    // joining together ask different owners instead of all asking one.
+    let most = counts
         .iter()
         .filter(|(worker, _)| worker.as_str() != me)
-        .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)));
-    let Some((victim, victim_count)) = victim else {
+        .map(|(_, count)| *count)
+        .max();
+    let tied: Vec<(&String, &u32)> = counts
+        .iter()
+        .filter(|(worker, count)| worker.as_str() != me && Some(**count) == most)
+        .collect();
+    let Some(&(victim, victim_count)) = tied.choose(rng) else {
         return Vec::new();
     };
     let victim_count = *victim_count as usize;
     if victim_count < have + 2 {
         return Vec::new();
     }
+    // Never past the fair share's ceiling: a worker that stole up to it
+    // and kept stealing (its view of the others' counts lags) would
+    // overshoot, and the others would have to steal back.
     let wanted = ((victim_count - have) / 2)
         .min(input.limits.max_steals)
         .min(fair_min.saturating_sub(have).max(1))
+        .min(fair_max.saturating_sub(have))
         .min(room);
     let mut candidates: Vec<&Lease> = ready
         .into_iter()
@@ -263,6 +274,79 @@ mod tests {
         let actions = plan(&input, &mut rand::rngs::StdRng::seed_from_u64(1));
         assert_eq!(actions.len(), 3, "fair share of 6 over 2 is 3");
         assert!(actions.iter().all(|a| matches!(a, Action::Take(f) if f.owner.is_none() || f.owner.as_deref() == Some("dead"))));
+    }
+
+    /// Found by the scale model: with lagging counts of the others, a
+    /// worker at its fair share kept asking for one more lease a cycle.
+    #[test]
+    fn never_asks_past_the_fair_share_ceiling() {
+        // 9 leases: me 3 (the ceiling of 9 over 3 workers), b reports 5
+        // (stale), c 1.
+        let mut owners: Vec<Option<&str>> = vec![Some("me"); 3];
+        owners.extend(std::iter::repeat_n(Some("b"), 5));
+        owners.push(Some("c"));
+        let leases = leases_owned(&owners);
+        let live = BTreeMap::from([
+            ("me".to_owned(), 3),
+            ("b".to_owned(), 5),
+            ("c".to_owned(), 1),
+        ]);
+        let input = PlanInput {
+            me: "me",
+            leases: &leases,
+            live: &live,
+            mine: 3,
+            pending_handoffs: 0,
+            limits: PlanLimits {
+                max_leases: 100,
+                max_steals: 8,
+            },
+        };
+        for seed in 0..20 {
+            let actions = plan(&input, &mut rand::rngs::StdRng::seed_from_u64(seed));
+            assert_eq!(actions, Vec::new(), "seed {seed}");
+        }
+    }
+
+    /// Workers joining together spread their requests over the owners that
+    /// hold the most, instead of all asking the same one.
+    #[test]
+    fn ties_for_most_loaded_are_broken_at_random() {
+        let mut owners: Vec<Option<&str>> = Vec::new();
+        for owner in ["a", "b", "c", "d"] {
+            owners.extend(std::iter::repeat_n(Some(owner), 6));
+        }
+        let leases = leases_owned(&owners);
+        let live = BTreeMap::from([
+            ("me".to_owned(), 0),
+            ("a".to_owned(), 6),
+            ("b".to_owned(), 6),
+            ("c".to_owned(), 6),
+            ("d".to_owned(), 6),
+        ]);
+        let input = PlanInput {
+            me: "me",
+            leases: &leases,
+            live: &live,
+            mine: 0,
+            pending_handoffs: 0,
+            limits: PlanLimits {
+                max_leases: 100,
+                max_steals: 8,
+            },
+        };
+        let victims: std::collections::BTreeSet<String> = (0..40)
+            .flat_map(|seed| plan(&input, &mut rand::rngs::StdRng::seed_from_u64(seed)))
+            .filter_map(|action| match action {
+                Action::RequestHandoff(fence) => fence.owner,
+                Action::Take(_) => None,
+            })
+            .collect();
+        assert_eq!(
+            victims.len(),
+            4,
+            "every tied owner is asked by some seed: {victims:?}"
+        );
     }
 
     #[test]

@@ -124,6 +124,8 @@ pub struct GatewayArgs {
     pub vote_timeout_ms: u64,
     #[command(flatten)]
     pub cloudwatch: crate::cloudwatch::CloudWatchArgs,
+    #[command(flatten)]
+    pub faults: crate::faults::FaultArgs,
 }
 
 impl GatewayArgs {
@@ -541,7 +543,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     args.auth_config()?;
-    let clients = crate::settings::Clients::from_env().await?;
+    let faults = args.faults.parse()?;
+    let clients = crate::settings::Clients::with_faults(faults.clone()).await?;
     let store = Arc::new(crate::store::dynamo::DynamoVoteStore::new(
         clients.dynamodb.clone(),
         common.table_names(),
@@ -596,6 +599,12 @@ pub async fn run(
         ))
     });
     let served = serve(gateway, listener, shutdown).await;
+    if let Some(faults) = &faults {
+        tracing::warn!(
+            injected = %crate::faults::FaultArgs::injected_json(faults),
+            "faults injected"
+        );
+    }
     publisher_stop.cancel();
     if let Some(publisher) = publisher {
         let _ = publisher.await;

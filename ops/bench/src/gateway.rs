@@ -23,7 +23,7 @@ fn percentile(sorted: &[f64], quantile: f64) -> f64 {
     sorted[rank.min(sorted.len()) - 1]
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

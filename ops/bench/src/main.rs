@@ -27,10 +27,17 @@
 //! `recount [--votes N] [--segments S] [--concurrency C]`: see [`recount`].
 //!
 //! `fuzz --target vote|kpl|gateway [--seconds N] [--seed S]`: see [`fuzz`].
+//!
+//! `scale [--shards S] [--workers W] [--seed N]`: see [`scale`].
+//!
+//! `chaos [--seconds N] [--seed S] [--workers W] [--rate R] [--gateway-rate G] [--quiet-timeout-s Q] [--sabotage]`:
+//! see [`chaos`].
 
+mod chaos;
 mod fuzz;
 mod gateway;
 mod recount;
+mod scale;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -797,7 +804,7 @@ async fn drain(records: usize) {
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = || -> ! {
-        eprintln!("usage: tally-bench failover [--runs N] | drain [--records N] | pipeline [--votes N] | producer [--records N] | gateway [--votes N] [--concurrency C] [--clients K] | recount [--votes N] [--segments S] [--concurrency C] | fuzz --target vote|kpl|gateway [--seconds N] [--seed S]   (N a positive whole number)");
+        eprintln!("usage: tally-bench failover [--runs N] | drain [--records N] | pipeline [--votes N] | producer [--records N] | gateway [--votes N] [--concurrency C] [--clients K] | recount [--votes N] [--segments S] [--concurrency C] | fuzz --target vote|kpl|gateway [--seconds N] [--seed S] | scale [--shards S] [--workers W] [--seed N] | chaos [--seconds N] [--seed S] [--workers W] [--rate R] [--gateway-rate G] [--quiet-timeout-s Q] [--sabotage]   (numbers are positive whole numbers)");
         std::process::exit(2);
     };
     let number = |flag: &str, default: usize| match args.iter().position(|a| a == flag) {
@@ -822,6 +829,30 @@ async fn main() {
                 number("--seconds", 600) as u64,
                 number("--seed", 1) as u64,
             )
+        }
+        Some("chaos") => {
+            let passed = chaos::chaos(chaos::Options {
+                seconds: number("--seconds", 150) as u64,
+                seed: number("--seed", 1) as u64,
+                workers: number("--workers", 3),
+                rate: number("--rate", 60) as u64,
+                gateway_rate: number("--gateway-rate", 4) as u64,
+                quiet_timeout: Duration::from_secs(number("--quiet-timeout-s", 300) as u64),
+                sabotage: args.iter().any(|a| a == "--sabotage"),
+            })
+            .await;
+            std::process::exit(if passed { 0 } else { 1 });
+        }
+        Some("scale") => {
+            let (shards, workers, seed) = (
+                number("--shards", 334),
+                number("--workers", 40),
+                number("--seed", 1) as u64,
+            );
+            // The model runs on a paused clock of its own runtime.
+            std::thread::spawn(move || scale::scale(shards, workers, seed))
+                .join()
+                .expect("the scale model");
         }
         Some("recount") => {
             recount::recount(

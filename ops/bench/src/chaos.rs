@@ -1,0 +1,1357 @@
+//! `chaos [--seconds N] [--seed S] [--workers W] [--rate R] [--gateway-rate G]`:
+//! the whole local system under fire, checked against ground truth.
+//!
+//! It starts ministack (DynamoDB) and kinesis-mock (Kinesis, which
+//! reshards correctly), a stream of 4 shards, W `tally worker` processes and
+//! a `tally gateway` process. For N seconds two loads run: a generated
+//! workload (repeats, malformed records, unknown, closed and draft polls,
+//! invalid options, KPL aggregates and a broken one) through the producer
+//! SDK at R records per second, and voters voting through the gateway's
+//! HTTP API at G voters per second (a quarter try a second vote). Both
+//! record what they sent and where it landed.
+//!
+//! Meanwhile, at seeded random times, it kills workers with SIGKILL and
+//! restarts them, pauses them with SIGSTOP past the lease duration and
+//! resumes them, stops them with SIGTERM (they must exit 0), and splits and
+//! merges shards. Every worker start, the gateway and the producer run with
+//! the fault layer on: throttling, transaction conflicts, 5xx, latency,
+//! lost responses and partial `PutRecords` failures.
+//!
+//! At the end it waits for quiet (every shard processed to its end or its
+//! tip) and checks: the counts equal the ground truth, the votes table
+//! equals it, `tally audit` recounts every poll equal to its counts, every
+//! rejected record is in `rejects` at its position with its reason (and any
+//! other reject is a copy of such a record put again by a retry), no shard
+//! is stuck, every graceful stop exited 0, every fault kind was injected
+//! and every kind of action happened. It prints what it did and what it
+//! found, writes `report.json` beside the logs, and exits 1 on any
+//! difference. `--sabotage` adds a vote to a counter behind the pipeline's
+//! back after quiet, to see the checks fail.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use tally::faults::Faults;
+use tally::gateway::auth::{AuthConfig, KeySource, Verifier};
+use tally::store::dynamo::{DynamoVoteStore, TableNames};
+use tally::store::VoteStore;
+use tally::vote::Reason;
+use tally::workload::{self, Put, Verdict};
+use tally_lease::testing::{sdk_config, unique_name, wait_stream_active, Emulator, EmulatorKind};
+use tally_lease::{DynamoStore, KinesisStream, LeaseStore};
+use tally_producer::{Aggregation, KinesisSink, Producer, ProducerConfig, Receipt, Record};
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub seconds: u64,
+    pub seed: u64,
+    pub workers: usize,
+    /// Producer records per second.
+    pub rate: u64,
+    /// Gateway voters per second.
+    pub gateway_rate: u64,
+    /// Longest wait for quiet after the load.
+    pub quiet_timeout: Duration,
+    /// Adds one vote to a counter after quiet: the checks must then fail
+    /// (a test of the harness itself).
+    pub sabotage: bool,
+}
+
+/// The lease duration the workers run with; a pause lasts longer.
+const LEASE_DURATION_MS: u64 = 3_000;
+
+/// The fault kinds, and the rules that turn each on in a worker.
+const WORKER_FAULTS: [(&str, &str); 5] = [
+    (
+        "throttle",
+        "GetRecords:throttle:0.05,PutItem:throttle:0.02,TransactWriteItems:throttle:0.03",
+    ),
+    ("conflict", "TransactWriteItems:conflict:0.1"),
+    ("5xx", "*:5xx:0.02"),
+    ("latency", "*:latency:0.05:150"),
+    ("lost", "PutItem:lost:0.01,TransactWriteItems:lost:0.03"),
+];
+
+/// The producer's and the gateway's faults (their only writes are `PutRecords`).
+const PUT_FAULTS: &str = "PutRecords:partial:0.05,PutRecords:throttle:0.03,PutRecords:5xx:0.02,PutRecords:lost:0.02,PutRecords:latency:0.05:100";
+
+/// Every kind the run must have injected somewhere.
+const KINDS: [&str; 6] = ["throttle", "conflict", "5xx", "latency", "lost", "partial"];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Action {
+    Kill,
+    Pause,
+    Stop,
+    Split,
+    Merge,
+}
+
+impl Action {
+    fn name(self) -> &'static str {
+        match self {
+            Action::Kill => "kill",
+            Action::Pause => "pause",
+            Action::Stop => "stop",
+            Action::Split => "split",
+            Action::Merge => "merge",
+        }
+    }
+}
+
+/// The least of each action a run does (the short run).
+const REQUIRED: [(Action, usize); 5] = [
+    (Action::Kill, 5),
+    (Action::Pause, 2),
+    (Action::Stop, 1),
+    (Action::Split, 1),
+    (Action::Merge, 1),
+];
+
+/// The stack and the names of this run.
+struct System {
+    tally: PathBuf,
+    dir: PathBuf,
+    ministack: String,
+    kinesis_endpoint: String,
+    stream: String,
+    app: String,
+    prefix: String,
+    kinesis: aws_sdk_kinesis::Client,
+    store: DynamoVoteStore,
+    leases: DynamoStore,
+}
+
+impl System {
+    fn command(&self) -> Command {
+        let mut command = Command::new(&self.tally);
+        command
+            .args(["--stream", &self.stream, "--app", &self.app])
+            .args(["--table-prefix", &self.prefix])
+            .env("AWS_ENDPOINT_URL", &self.ministack)
+            .env("AWS_ENDPOINT_URL_KINESIS", &self.kinesis_endpoint)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "chaos")
+            .env("AWS_SECRET_ACCESS_KEY", "chaos")
+            .env("TALLY_LOG_FORMAT", "json");
+        command
+    }
+}
+
+/// A worker slot: the process now in it, and its past generations.
+struct Slot {
+    number: usize,
+    generation: u32,
+    child: Option<Child>,
+    id: String,
+    logs: Vec<PathBuf>,
+}
+
+/// The fleet and what happened to it.
+struct Fleet {
+    system: Arc<System>,
+    slots: Vec<Slot>,
+    random: StdRng,
+    /// Fault kinds given to the next starts, so that all are used early.
+    next_kinds: Vec<usize>,
+    events: Vec<String>,
+    started: Instant,
+    done: BTreeMap<Action, usize>,
+    graceful: Vec<(String, Option<i32>, f64)>,
+}
+
+impl Fleet {
+    fn log(&mut self, text: String) {
+        let line = format!("t+{:6.1}s  {text}", self.started.elapsed().as_secs_f64());
+        eprintln!("chaos: {line}");
+        self.events.push(line);
+    }
+
+    /// A fault specification for one start: one or two kinds, the kinds
+    /// not used yet first.
+    fn fault_spec(&mut self) -> (String, Vec<&'static str>) {
+        let mut kinds = Vec::new();
+        for _ in 0..2 {
+            if self.next_kinds.is_empty() {
+                let mut all: Vec<usize> = (0..WORKER_FAULTS.len()).collect();
+                all.shuffle(&mut self.random);
+                self.next_kinds = all;
+            }
+            let kind = self.next_kinds.pop().expect("a kind");
+            if !kinds.contains(&kind) {
+                kinds.push(kind);
+            }
+        }
+        let spec = kinds
+            .iter()
+            .map(|k| WORKER_FAULTS[*k].1)
+            .collect::<Vec<_>>()
+            .join(",");
+        (spec, kinds.iter().map(|k| WORKER_FAULTS[*k].0).collect())
+    }
+
+    fn start(&mut self, slot: usize) {
+        let (spec, kinds) = self.fault_spec();
+        let seed: u64 = self.random.gen();
+        let entry = &mut self.slots[slot];
+        entry.generation += 1;
+        entry.id = format!("w{}-{}", entry.number, entry.generation);
+        let log = self.system.dir.join(format!("{}.log", entry.id));
+        let file = std::fs::File::create(&log).expect("worker log");
+        let child = self
+            .system
+            .command()
+            .args(["worker", "--worker-id", &entry.id])
+            .env("TALLY_HEALTH_ADDR", "127.0.0.1:0")
+            .env("TALLY_METRICS_INTERVAL_MS", "1000")
+            .env("TALLY_LEASE_DURATION_MS", LEASE_DURATION_MS.to_string())
+            .env("TALLY_SHARD_SYNC_INTERVAL_MS", "5000")
+            .env("TALLY_FAULTS", &spec)
+            .env("TALLY_FAULTS_SEED", seed.to_string())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start tally worker");
+        entry.child = Some(child);
+        entry.logs.push(log);
+        let id = entry.id.clone();
+        self.log(format!("start     {id} (faults: {})", kinds.join(", ")));
+    }
+
+    fn signal(&self, slot: usize, signal: &str) {
+        if let Some(child) = &self.slots[slot].child {
+            let _ = Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status();
+        }
+    }
+
+    async fn act(&mut self, action: Action) {
+        let slot = self.random.gen_range(0..self.slots.len());
+        let id = self.slots[slot].id.clone();
+        match action {
+            Action::Kill => {
+                self.signal(slot, "-KILL");
+                if let Some(mut child) = self.slots[slot].child.take() {
+                    let _ = child.wait();
+                }
+                let down = Duration::from_millis(self.random.gen_range(500..3_000));
+                self.log(format!(
+                    "kill      {id} (SIGKILL), restart in {:.1} s",
+                    down.as_secs_f64()
+                ));
+                tokio::time::sleep(down).await;
+                self.start(slot);
+            }
+            Action::Pause => {
+                let pause =
+                    Duration::from_millis(LEASE_DURATION_MS + self.random.gen_range(2_000..4_000));
+                self.signal(slot, "-STOP");
+                self.log(format!(
+                    "pause     {id} (SIGSTOP) for {:.1} s, past the {:.1} s lease duration",
+                    pause.as_secs_f64(),
+                    LEASE_DURATION_MS as f64 / 1000.0
+                ));
+                tokio::time::sleep(pause).await;
+                self.signal(slot, "-CONT");
+                self.log(format!("resume    {id} (SIGCONT)"));
+            }
+            Action::Stop => {
+                let stopping = Instant::now();
+                self.signal(slot, "-TERM");
+                let mut code = None;
+                if let Some(mut child) = self.slots[slot].child.take() {
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    loop {
+                        if let Ok(Some(status)) = child.try_wait() {
+                            code = status.code();
+                            break;
+                        }
+                        if Instant::now() > deadline {
+                            let _ = child.kill();
+                            let _ = child.wait();
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+                let seconds = stopping.elapsed().as_secs_f64();
+                self.graceful.push((id.clone(), code, seconds));
+                self.log(format!(
+                    "stop      {id} (SIGTERM): exit {} in {seconds:.1} s",
+                    code.map_or("none (killed after 30 s)".into(), |c| c.to_string())
+                ));
+                self.start(slot);
+            }
+            Action::Split | Action::Merge => {
+                match reshard(&self.system, action, &mut self.random).await {
+                    Ok(text) => self.log(format!("{:<9} {text}", action.name())),
+                    Err(error) => {
+                        self.log(format!("{:<9} not done: {error}", action.name()));
+                        return;
+                    }
+                }
+            }
+        }
+        *self.done.entry(action).or_default() += 1;
+    }
+
+    /// Stops every worker (SIGTERM, then SIGKILL after 30 s).
+    async fn stop_all(&mut self) {
+        for slot in 0..self.slots.len() {
+            self.signal(slot, "-TERM");
+        }
+        for slot in &mut self.slots {
+            if let Some(mut child) = slot.child.take() {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while !matches!(child.try_wait(), Ok(Some(_))) && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for slot in &mut self.slots {
+            if let Some(child) = &mut slot.child {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// Open shards of the stream: (starting hash key, ending hash key, id).
+async fn open_shards(
+    kinesis: &aws_sdk_kinesis::Client,
+    stream: &str,
+) -> Result<Vec<(u128, u128, String)>, String> {
+    let mut shards = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut request = kinesis.list_shards();
+        request = match &token {
+            Some(token) => request.next_token(token),
+            None => request.stream_name(stream),
+        };
+        let page = request.send().await.map_err(|e| format!("{e:?}"))?;
+        for shard in page.shards() {
+            let open = shard
+                .sequence_number_range()
+                .and_then(|r| r.ending_sequence_number())
+                .is_none();
+            if let (true, Some(range)) = (open, shard.hash_key_range()) {
+                let start = range.starting_hash_key().parse().map_err(|_| "hash key")?;
+                let end = range.ending_hash_key().parse().map_err(|_| "hash key")?;
+                shards.push((start, end, shard.shard_id().to_owned()));
+            }
+        }
+        token = page.next_token().map(str::to_owned);
+        if token.is_none() {
+            break;
+        }
+    }
+    shards.sort();
+    Ok(shards)
+}
+
+/// Splits a random open shard in two, or merges two adjacent ones.
+async fn reshard(system: &System, action: Action, random: &mut StdRng) -> Result<String, String> {
+    let open = open_shards(&system.kinesis, &system.stream).await?;
+    let text = if action == Action::Split {
+        let (start, end, shard) = open.choose(random).ok_or("no open shard")?.clone();
+        let middle = start + (end - start) / 2;
+        system
+            .kinesis
+            .split_shard()
+            .stream_name(&system.stream)
+            .shard_to_split(&shard)
+            .new_starting_hash_key((middle + 1).to_string())
+            .send()
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        format!("{shard} at hash key {}", middle + 1)
+    } else {
+        let pairs: Vec<(String, String)> = open
+            .windows(2)
+            .filter(|pair| pair[0].1 + 1 == pair[1].0)
+            .map(|pair| (pair[0].2.clone(), pair[1].2.clone()))
+            .collect();
+        let (left, right) = pairs.choose(random).ok_or("no adjacent open shards")?;
+        system
+            .kinesis
+            .merge_shards()
+            .stream_name(&system.stream)
+            .shard_to_merge(left)
+            .adjacent_shard_to_merge(right)
+            .send()
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        format!("{left} with {right}")
+    };
+    wait_stream_active(&system.kinesis, &system.stream).await;
+    let now = open_shards(&system.kinesis, &system.stream).await?;
+    Ok(format!("{text}: {} open shards now", now.len()))
+}
+
+/// The actions of a run and when they happen (seconds from the start).
+fn plan(seconds: u64, random: &mut StdRng) -> Vec<(f64, Action)> {
+    let mut actions: Vec<Action> = REQUIRED
+        .iter()
+        .flat_map(|(action, n)| std::iter::repeat_n(*action, *n))
+        .collect();
+    let weighted = [
+        (Action::Kill, 3),
+        (Action::Pause, 2),
+        (Action::Stop, 1),
+        (Action::Split, 1),
+        (Action::Merge, 1),
+    ];
+    let total = (seconds / 12).max(actions.len() as u64) as usize;
+    while actions.len() < total {
+        let pick = weighted
+            .choose_weighted(random, |(_, weight)| *weight)
+            .expect("weights");
+        actions.push(pick.0);
+    }
+    actions.shuffle(random);
+    // Spread over the load, the first after the workers took their leases.
+    let (first, last) = (10.0, (seconds as f64 - 10.0).max(11.0));
+    let step = (last - first) / actions.len() as f64;
+    actions
+        .into_iter()
+        .enumerate()
+        .map(|(index, action)| {
+            (
+                first + step * (index as f64 + random.gen_range(0.0..0.5)),
+                action,
+            )
+        })
+        .collect()
+}
+
+/// What the producer load sent and where each record landed.
+struct ProducerLoad {
+    workload: workload::Workload,
+    verdicts: Vec<Vec<Verdict>>,
+    receipts: Vec<Option<Receipt>>,
+    resent: u64,
+    faults: Arc<Faults>,
+    metrics: serde_json::Value,
+}
+
+async fn producer_load(
+    system: Arc<System>,
+    workload: workload::Workload,
+    seconds: u64,
+    seed: u64,
+) -> ProducerLoad {
+    let faults = Arc::new(Faults::parse(PUT_FAULTS, seed).expect("producer faults"));
+    let config =
+        tally::settings::with_fault_layer(sdk_config(&system.kinesis_endpoint).await, &faults)
+            .expect("fault layer");
+    let kinesis = aws_sdk_kinesis::Client::new(&config);
+    let sink = || Arc::new(KinesisSink::new(kinesis.clone(), &system.stream));
+    let settings = |aggregation| ProducerConfig {
+        linger: Duration::from_millis(20),
+        aggregation,
+        record_ttl: Duration::from_secs(20),
+        min_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_secs(1),
+        shard_map_refresh: Duration::from_secs(5),
+        ..ProducerConfig::default()
+    };
+    // Plain votes are packed into aggregates by the producer; the
+    // workload's own aggregates (good and broken) go as they are.
+    let packing = Producer::start(sink(), settings(Some(Aggregation::default())));
+    let raw = Producer::start(sink(), settings(None));
+    let verdicts = workload.verdicts(tally::time::now_millis());
+    // A key's records go in order: the n-th record of every key is in round n,
+    // and a round starts when the one before is on the stream.
+    let mut rounds: Vec<Vec<usize>> = Vec::new();
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (index, put) in workload.puts.iter().enumerate() {
+        let round = seen.entry(put.partition_key()).or_default();
+        if rounds.len() <= *round {
+            rounds.push(Vec::new());
+        }
+        rounds[*round].push(index);
+        *round += 1;
+    }
+    let started = Instant::now();
+    let interval = Duration::from_secs_f64(seconds as f64 / workload.puts.len().max(1) as f64);
+    let mut receipts: Vec<Option<Receipt>> = vec![None; workload.puts.len()];
+    let mut resent = 0u64;
+    let mut sent = 0u32;
+    let mut last_report = Instant::now();
+    for round in &rounds {
+        let mut pending: Vec<usize> = round.clone();
+        while !pending.is_empty() {
+            let mut waiting = Vec::new();
+            for &index in &pending {
+                if let Some(wait) = (interval * sent).checked_sub(started.elapsed()) {
+                    tokio::time::sleep(wait).await;
+                }
+                sent += 1;
+                let put = &workload.puts[index];
+                let record = Record::new(put.partition_key(), put.data());
+                let producer = if matches!(put, Put::Plain { .. }) {
+                    &packing
+                } else {
+                    &raw
+                };
+                waiting.push((index, producer.send(record).await));
+                if last_report.elapsed() >= Duration::from_secs(10) {
+                    last_report = Instant::now();
+                    eprintln!(
+                        "chaos: producer load: {sent} of {} records sent",
+                        workload.puts.len()
+                    );
+                }
+            }
+            let mut failed = Vec::new();
+            for (index, receipt) in waiting {
+                match receipt {
+                    Ok(future) => match future.await {
+                        Ok(receipt) => receipts[index] = Some(receipt),
+                        Err(_) => failed.push(index),
+                    },
+                    Err(_) => failed.push(index),
+                }
+            }
+            // A failed record may or may not be on the stream: put it again.
+            resent += failed.len() as u64;
+            pending = failed;
+        }
+    }
+    let _ = packing.close().await;
+    let _ = raw.close().await;
+    let mut metrics = packing.metrics().snapshot();
+    metrics["raw"] = raw.metrics().snapshot();
+    ProducerLoad {
+        workload,
+        verdicts,
+        receipts,
+        resent,
+        faults,
+        metrics,
+    }
+}
+
+/// What the gateway load's voters were answered.
+#[derive(Default)]
+struct GatewayLoad {
+    /// (poll, voter) -> (option, vote id) of the first vote.
+    truth: BTreeMap<(String, String), (String, String)>,
+    requests: u64,
+    by_status: BTreeMap<String, u64>,
+    problems: Vec<String>,
+}
+
+/// One vote through the gateway, retried with its key until it has a
+/// definite answer: `Ok(true)` accepted, `Ok(false)` already voted.
+async fn vote_until_answered(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    option: &str,
+    key: &str,
+    load: &Mutex<GatewayLoad>,
+) -> Result<bool, String> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let answer = http
+            .post(url)
+            .bearer_auth(token)
+            .header("Idempotency-Key", key)
+            .json(&serde_json::json!({ "option": option }))
+            .send()
+            .await;
+        let status = match &answer {
+            Ok(response) => response.status().as_u16().to_string(),
+            Err(_) => "no answer".to_owned(),
+        };
+        {
+            let mut load = load.lock().expect("lock");
+            load.requests += 1;
+            *load.by_status.entry(status).or_default() += 1;
+        }
+        let mut wait = Duration::from_millis(300);
+        if let Ok(response) = answer {
+            let status = response.status().as_u16();
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            match status {
+                202 => return Ok(true),
+                409 if body["error"]["code"] == "already_voted" => {
+                    if body["vote"]["vote_id"] == key && body["vote"]["option"] != option {
+                        return Err(format!("{key}: counted with another option: {body}"));
+                    }
+                    return Ok(body["vote"]["vote_id"] == key);
+                }
+                429 => wait = Duration::from_secs(retry_after.unwrap_or(1)),
+                500..=599 => {}
+                _ => return Err(format!("{key}: answered {status} {body}")),
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{key}: no definite answer in 120 s"));
+        }
+        tokio::time::sleep(wait).await;
+    }
+}
+
+async fn gateway_load(
+    base: String,
+    verifier: Arc<Verifier>,
+    poll: String,
+    voters: u64,
+    seconds: u64,
+    seed: u64,
+) -> GatewayLoad {
+    let load = Arc::new(Mutex::new(GatewayLoad::default()));
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .expect("HTTP client");
+    let mut random = StdRng::seed_from_u64(seed);
+    let options = ["a", "b", "c"];
+    let started = Instant::now();
+    let interval = Duration::from_secs_f64(seconds as f64 / voters.max(1) as f64);
+    let mut tasks = Vec::new();
+    for number in 0..voters {
+        if let Some(wait) = (interval * number as u32).checked_sub(started.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
+        let voter = format!("gw-voter-{number}");
+        let first = options[random.gen_range(0..options.len())].to_owned();
+        let second = random.gen_bool(0.25).then(|| {
+            options
+                .iter()
+                .find(|o| **o != first)
+                .expect("another")
+                .to_string()
+        });
+        let token = verifier
+            .mint(&voter, false, Duration::from_secs(3600))
+            .expect("token");
+        let url = format!("{base}/v1/polls/{poll}/votes");
+        let (http, load, poll) = (http.clone(), load.clone(), poll.clone());
+        tasks.push(tokio::spawn(async move {
+            let key = format!("chaos-{voter}-1");
+            match vote_until_answered(&http, &url, &token, &first, &key, &load).await {
+                Ok(true) => {
+                    load.lock()
+                        .expect("lock")
+                        .truth
+                        .insert((poll.clone(), voter.clone()), (first, key));
+                }
+                Ok(false) => load
+                    .lock()
+                    .expect("lock")
+                    .problems
+                    .push(format!("{key}: a first vote was answered already_voted")),
+                Err(problem) => load.lock().expect("lock").problems.push(problem),
+            }
+            if let Some(second) = second {
+                let key = format!("chaos-{voter}-2");
+                if let Err(problem) =
+                    vote_until_answered(&http, &url, &token, &second, &key, &load).await
+                {
+                    load.lock().expect("lock").problems.push(problem);
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    Arc::try_unwrap(load)
+        .ok()
+        .expect("no other owner")
+        .into_inner()
+        .expect("lock")
+}
+
+/// The last metrics object of every log of a worker slot, summed for the
+/// fault counts.
+fn injected_by_workers(fleet: &Fleet) -> BTreeMap<String, u64> {
+    let mut injected = BTreeMap::new();
+    for slot in &fleet.slots {
+        for log in &slot.logs {
+            let metrics = crate::metrics_lines(log)
+                .pop()
+                .map(|(_, metrics)| metrics)
+                .unwrap_or_default();
+            if let Some(kinds) = metrics["tally_faults_injected_total"].as_object() {
+                for (kind, count) in kinds {
+                    *injected.entry(kind.clone()).or_default() += count.as_u64().unwrap_or(0);
+                }
+            }
+        }
+    }
+    injected
+}
+
+/// The gateway's injected faults, from the line it logs when it stops.
+fn injected_by_gateway(log: &std::path::Path) -> BTreeMap<String, u64> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| line["message"] == "faults injected")
+        .filter_map(|line| {
+            serde_json::from_str::<BTreeMap<String, u64>>(line["injected"].as_str()?).ok()
+        })
+        .next_back()
+        .unwrap_or_default()
+}
+
+/// One check's outcome.
+struct Check {
+    name: &'static str,
+    ok: bool,
+    detail: String,
+}
+
+/// Runs the chaos; true when every check passed.
+pub async fn chaos(options: Options) -> bool {
+    let started = Instant::now();
+    let mut random = StdRng::seed_from_u64(options.seed);
+    eprintln!("chaos: starting ministack (DynamoDB) and kinesis-mock (Kinesis)");
+    let ministack = Emulator::start(EmulatorKind::Ministack);
+    let kinesis_mock = Emulator::start(EmulatorKind::KinesisMock);
+    let tally = PathBuf::from(std::env::var("TALLY_BIN").expect("TALLY_BIN: the tally binary"));
+    let dir = std::env::temp_dir().join(unique_name("tally-chaos"));
+    std::fs::create_dir_all(&dir).expect("log directory");
+    let dynamodb = aws_sdk_dynamodb::Client::new(&sdk_config(&ministack.endpoint).await);
+    let app = unique_name("chaos");
+    let prefix = format!("{}-", unique_name("c"));
+    let names = TableNames::with_prefix(&prefix, format!("{app}-leases"));
+    let system = Arc::new(System {
+        tally,
+        dir: dir.clone(),
+        ministack: ministack.endpoint.clone(),
+        kinesis_endpoint: kinesis_mock.endpoint.clone(),
+        stream: unique_name("votes"),
+        app,
+        prefix,
+        kinesis: aws_sdk_kinesis::Client::new(&sdk_config(&kinesis_mock.endpoint).await),
+        store: DynamoVoteStore::new(dynamodb.clone(), names.clone()),
+        leases: DynamoStore::new(dynamodb, names.leases.clone()),
+    });
+    let init = system
+        .command()
+        .args(["init", "--shards", "4"])
+        .output()
+        .expect("run tally init");
+    assert!(
+        init.status.success(),
+        "tally init: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+
+    // The producer's workload, sized to the rate and the time.
+    let records = options.rate * options.seconds;
+    let workload = workload::generate(&workload::Shape {
+        seed: options.seed,
+        voters: (records / 8).max(50) as usize,
+        aggregated_voters: (records / 60).max(10) as usize,
+        votes_per_voter: 7,
+        poll_prefix: format!("chaos{}", options.seed),
+    });
+    for poll in &workload.polls {
+        system.store.create_poll(poll).await.expect("create poll");
+    }
+
+    // The gateway, with faults on its puts and reads.
+    let secret = format!("{:032x}{:032x}", random.gen::<u128>(), random.gen::<u128>());
+    let port = crate::gateway::free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let gateway_log = dir.join("gateway.log");
+    let mut gateway = system
+        .command()
+        .arg("gateway")
+        .env("TALLY_GATEWAY_ADDR", format!("127.0.0.1:{port}"))
+        .env("TALLY_AUTH_SECRET", &secret)
+        .env("TALLY_RATE_IP_PER_S", "100000")
+        .env("TALLY_RATE_IP_BURST", "100000")
+        .env(
+            "TALLY_FAULTS",
+            format!("{PUT_FAULTS},GetItem:5xx:0.02,GetItem:latency:0.05:100"),
+        )
+        .env("TALLY_FAULTS_SEED", random.gen::<u64>().to_string())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&gateway_log).expect("gateway log"))
+        .spawn()
+        .expect("start tally gateway");
+    let verifier = Arc::new(
+        Verifier::new(AuthConfig {
+            keys: KeySource::Secret(secret.as_bytes().to_vec()),
+            audience: "tally".into(),
+            issuer: "tally-local".into(),
+            role_claim: "roles".into(),
+            admin_role: "admin".into(),
+            leeway: Duration::from_secs(5),
+        })
+        .expect("verifier"),
+    );
+    let http = reqwest::Client::new();
+    let ready = Instant::now();
+    while !matches!(http.get(format!("{base}/readyz")).send().await, Ok(r) if r.status() == 200) {
+        assert!(
+            ready.elapsed() < Duration::from_secs(60),
+            "the gateway did not get ready; see {}",
+            gateway_log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let live_poll = format!("chaos{}-live", options.seed);
+    let admin = verifier
+        .mint("chaos-admin", true, Duration::from_secs(7200))
+        .expect("token");
+    let created = http
+        .post(format!("{base}/v1/polls"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"poll_id": live_poll, "question": "Which?", "options": [{"id": "a"}, {"id": "b"}, {"id": "c"}], "open": true}))
+        .send()
+        .await
+        .expect("create the live poll");
+    assert_eq!(created.status(), 201, "create the live poll");
+
+    let mut fleet = Fleet {
+        system: system.clone(),
+        slots: (1..=options.workers)
+            .map(|number| Slot {
+                number,
+                generation: 0,
+                child: None,
+                id: String::new(),
+                logs: Vec::new(),
+            })
+            .collect(),
+        random: StdRng::seed_from_u64(random.gen()),
+        next_kinds: Vec::new(),
+        events: Vec::new(),
+        started: Instant::now(),
+        done: BTreeMap::new(),
+        graceful: Vec::new(),
+    };
+    eprintln!(
+        "chaos: seed {}, {} s of load, {} workers, logs in {}",
+        options.seed,
+        options.seconds,
+        options.workers,
+        dir.display()
+    );
+    for slot in 0..options.workers {
+        fleet.start(slot);
+    }
+    let plan = plan(options.seconds, &mut random);
+
+    let producer = tokio::spawn(producer_load(
+        system.clone(),
+        workload,
+        options.seconds,
+        random.gen(),
+    ));
+    let voters = options.gateway_rate * options.seconds;
+    let gateway_votes = tokio::spawn(gateway_load(
+        base.clone(),
+        verifier.clone(),
+        live_poll.clone(),
+        voters,
+        options.seconds,
+        random.gen(),
+    ));
+    for (at, action) in plan {
+        if let Some(wait) = Duration::from_secs_f64(at).checked_sub(fleet.started.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
+        fleet.act(action).await;
+    }
+    let producer = producer.await.expect("producer load");
+    let gateway_votes = gateway_votes.await.expect("gateway load");
+    fleet.log(format!(
+        "load done: {} producer records ({} put again after a failure), {} gateway requests",
+        producer.receipts.len(),
+        producer.resent,
+        gateway_votes.requests
+    ));
+
+    // Quiet: every shard processed to its end or its tip.
+    let stream_source = KinesisStream::new(system.kinesis.clone(), &system.stream);
+    let quiet_started = Instant::now();
+    let mut stuck = Vec::new();
+    let mut last_report = Instant::now();
+    loop {
+        match tally::close::pending_shards(&stream_source, &system.leases, i64::MAX).await {
+            Ok(pending) if pending.is_empty() => {
+                stuck.clear();
+                break;
+            }
+            Ok(pending) => stuck = pending.into_iter().map(|p| p.shard).collect(),
+            Err(error) => stuck = vec![format!("(shard check failed: {error})")],
+        }
+        if quiet_started.elapsed() > options.quiet_timeout {
+            break;
+        }
+        if last_report.elapsed() >= Duration::from_secs(5) {
+            last_report = Instant::now();
+            eprintln!("chaos: waiting for quiet; behind: {}", stuck.join(", "));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let quiet = quiet_started.elapsed().as_secs_f64();
+    fleet.log(if stuck.is_empty() {
+        format!("quiet after {quiet:.1} s")
+    } else {
+        format!("not quiet after {quiet:.1} s: {}", stuck.join(", "))
+    });
+    // A moment more: nothing may change after quiet.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let mut checks = Vec::new();
+    let (truth, polls) = {
+        let mut truth = producer
+            .workload
+            .truth(tally::time::now_millis())
+            .votes
+            .clone();
+        truth.extend(gateway_votes.truth.clone());
+        let mut polls = producer.workload.polls.clone();
+        polls.push(
+            system
+                .store
+                .get_poll(&live_poll)
+                .await
+                .ok()
+                .flatten()
+                .expect("the live poll"),
+        );
+        (truth, polls)
+    };
+    let mut expected_counts: BTreeMap<String, BTreeMap<String, u64>> = polls
+        .iter()
+        .map(|poll| {
+            (
+                poll.id.clone(),
+                poll.options.iter().map(|o| (o.id.clone(), 0)).collect(),
+            )
+        })
+        .collect();
+    for ((poll, _), (option, _)) in &truth {
+        *expected_counts
+            .get_mut(poll)
+            .and_then(|o| o.get_mut(option))
+            .expect("a known option") += 1;
+    }
+    if options.sabotage {
+        let poll = &polls[polls.len() - 1];
+        let mut counts = system.store.counts(poll).await.expect("counts");
+        let option = poll.options[0].id.clone();
+        *counts.by_option.entry(option.clone()).or_default() += 1;
+        system
+            .store
+            .set_counts(poll, &counts)
+            .await
+            .expect("set counts");
+        fleet.log(format!(
+            "sabotage  one vote added to {}/{option} behind the pipeline's back",
+            poll.id
+        ));
+    }
+    let mut counts = BTreeMap::new();
+    for poll in &polls {
+        match system.store.counts(poll).await {
+            Ok(found) => {
+                counts.insert(poll.id.clone(), found.by_option);
+            }
+            Err(error) => {
+                counts.insert(poll.id.clone(), BTreeMap::new());
+                eprintln!("chaos: counts of {}: {error}", poll.id);
+            }
+        }
+    }
+    let differing: Vec<String> = expected_counts
+        .iter()
+        .filter(|(poll, expected)| counts.get(*poll) != Some(expected))
+        .map(|(poll, expected)| format!("{poll}: {:?}, expected {expected:?}", counts.get(poll)))
+        .collect();
+    let total: u64 = expected_counts.values().flat_map(|o| o.values()).sum();
+    checks.push(Check {
+        name: "counts equal the ground truth",
+        ok: differing.is_empty(),
+        detail: if differing.is_empty() {
+            format!("{} polls, {total} votes", polls.len())
+        } else {
+            differing.join("; ")
+        },
+    });
+
+    let votes = system.store.scan_votes().await.unwrap_or_default();
+    let stored: BTreeMap<(String, String), (String, String)> = votes
+        .iter()
+        .map(|v| {
+            (
+                (v.poll_id.clone(), v.voter_id.clone()),
+                (v.option.clone(), v.vote_id.clone()),
+            )
+        })
+        .collect();
+    let missing = truth.keys().filter(|k| !stored.contains_key(*k)).count();
+    let extra = stored.keys().filter(|k| !truth.contains_key(*k)).count();
+    let other = stored
+        .iter()
+        .filter(|(k, v)| truth.get(*k).is_some_and(|t| t != *v))
+        .count();
+    checks.push(Check {
+        name: "votes table equals the ground truth",
+        ok: stored == truth && stored.len() == votes.len(),
+        detail: format!(
+            "{} items, expected {}: {missing} missing, {extra} extra, {other} another vote, {} doubled",
+            votes.len(),
+            truth.len(),
+            votes.len() - stored.len()
+        ),
+    });
+
+    // The recount, by the operator's own command.
+    let mut audits = Vec::new();
+    for poll in &polls {
+        let output = system
+            .command()
+            .args(["audit", &poll.id])
+            .output()
+            .expect("run tally audit");
+        if !output.status.success() {
+            audits.push(format!(
+                "{}: exit {:?}: {}{}",
+                poll.id,
+                output.status.code(),
+                String::from_utf8_lossy(&output.stdout).trim(),
+                String::from_utf8_lossy(&output.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+            ));
+        }
+    }
+    checks.push(Check {
+        name: "recount (tally audit) equals the counts",
+        ok: audits.is_empty(),
+        detail: if audits.is_empty() {
+            format!("{} polls audited", polls.len())
+        } else {
+            audits.join("; ")
+        },
+    });
+
+    checks.push(check_rejects(
+        &producer,
+        &system.store.scan_rejects().await.unwrap_or_default(),
+    ));
+
+    let shards = open_shards(&system.kinesis, &system.stream)
+        .await
+        .map(|open| open.len())
+        .unwrap_or(0);
+    let leases = system
+        .leases
+        .list_leases()
+        .await
+        .map(|l| l.len())
+        .unwrap_or(0);
+    checks.push(Check {
+        name: "no stuck shard",
+        ok: stuck.is_empty(),
+        detail: if stuck.is_empty() {
+            format!("{leases} leases, {shards} open shards, quiet {quiet:.1} s after the load")
+        } else {
+            format!("behind after {quiet:.1} s: {}", stuck.join(", "))
+        },
+    });
+
+    let bad_stops: Vec<String> = fleet
+        .graceful
+        .iter()
+        .filter(|(_, code, _)| *code != Some(0))
+        .map(|(id, code, _)| format!("{id}: {code:?}"))
+        .collect();
+    checks.push(Check {
+        name: "graceful stops exited 0",
+        ok: bad_stops.is_empty(),
+        detail: if bad_stops.is_empty() {
+            let slowest = fleet.graceful.iter().map(|g| g.2).fold(0.0, f64::max);
+            format!("{} stops, slowest {slowest:.1} s", fleet.graceful.len())
+        } else {
+            bad_stops.join(", ")
+        },
+    });
+
+    checks.push(Check {
+        name: "gateway voters got definite answers",
+        ok: gateway_votes.problems.is_empty(),
+        detail: if gateway_votes.problems.is_empty() {
+            format!(
+                "{} voters, {} requests, by status {:?}",
+                voters, gateway_votes.requests, gateway_votes.by_status
+            )
+        } else {
+            gateway_votes
+                .problems
+                .iter()
+                .take(5)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ")
+        },
+    });
+
+    // Stop everything, then read what the processes injected.
+    fleet.stop_all().await;
+    let _ = Command::new("kill")
+        .args(["-TERM", &gateway.id().to_string()])
+        .status();
+    let _ = gateway.wait();
+    let mut injected = injected_by_workers(&fleet);
+    for (kind, count) in injected_by_gateway(&gateway_log).into_iter().chain(
+        producer
+            .faults
+            .injected()
+            .into_iter()
+            .map(|(k, c)| (k.to_owned(), c)),
+    ) {
+        *injected.entry(kind).or_default() += count;
+    }
+    let absent: Vec<&str> = KINDS
+        .iter()
+        .filter(|kind| injected.get(**kind).copied().unwrap_or(0) == 0)
+        .copied()
+        .collect();
+    checks.push(Check {
+        name: "every fault kind injected",
+        ok: absent.is_empty(),
+        detail: format!(
+            "{}{}",
+            KINDS
+                .iter()
+                .map(|k| format!("{k} {}", injected.get(*k).copied().unwrap_or(0)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            if absent.is_empty() {
+                String::new()
+            } else {
+                format!("; none: {}", absent.join(", "))
+            }
+        ),
+    });
+    let short: Vec<String> = REQUIRED
+        .iter()
+        .filter(|(action, least)| fleet.done.get(action).copied().unwrap_or(0) < *least)
+        .map(|(action, least)| {
+            format!(
+                "{} {} of {least}",
+                action.name(),
+                fleet.done.get(action).copied().unwrap_or(0)
+            )
+        })
+        .collect();
+    checks.push(Check {
+        name: "every kind of action happened",
+        ok: short.is_empty(),
+        detail: format!(
+            "{}{}",
+            fleet
+                .done
+                .iter()
+                .map(|(a, n)| format!("{} {n}", a.name()))
+                .collect::<Vec<_>>()
+                .join(", "),
+            if short.is_empty() {
+                String::new()
+            } else {
+                format!("; short: {}", short.join(", "))
+            }
+        ),
+    });
+
+    // The report.
+    let passed = checks.iter().all(|c| c.ok);
+    println!(
+        "chaos report: seed {}, {} s of load, {} workers, {:.0} s in all",
+        options.seed,
+        options.seconds,
+        options.workers,
+        started.elapsed().as_secs_f64()
+    );
+    println!("what it did:");
+    for event in &fleet.events {
+        println!("  {event}");
+    }
+    println!("what it found:");
+    for check in &checks {
+        println!(
+            "  {:<4} {:<40} {}",
+            if check.ok { "ok" } else { "FAIL" },
+            check.name,
+            check.detail
+        );
+    }
+    println!(
+        "producer: {}",
+        serde_json::to_string(&producer.metrics).unwrap_or_default()
+    );
+    let report = serde_json::json!({
+        "seed": options.seed,
+        "seconds": options.seconds,
+        "workers": options.workers,
+        "passed": passed,
+        "events": fleet.events,
+        "actions": fleet.done.iter().map(|(a, n)| (a.name(), *n)).collect::<BTreeMap<_, _>>(),
+        "faults_injected": injected,
+        "checks": checks.iter().map(|c| serde_json::json!({"name": c.name, "ok": c.ok, "detail": c.detail})).collect::<Vec<_>>(),
+        "quiet_seconds": quiet,
+    });
+    let path = dir.join("report.json");
+    let _ = std::fs::write(
+        &path,
+        serde_json::to_vec_pretty(&report).unwrap_or_default(),
+    );
+    println!(
+        "chaos: {}; report {}, logs in {}",
+        if passed {
+            "passed: no difference".to_owned()
+        } else {
+            format!(
+                "FAILED: {} of {} checks",
+                checks.iter().filter(|c| !c.ok).count(),
+                checks.len()
+            )
+        },
+        path.display(),
+        dir.display()
+    );
+    ministack.stop();
+    kinesis_mock.stop();
+    passed
+}
+
+/// Every record the workload expects rejected is in `rejects` at the
+/// position its receipt names, with its reason; any other reject is a copy
+/// of such a record (a retried put that had landed).
+fn check_rejects(producer: &ProducerLoad, rejects: &[tally::store::RejectItem]) -> Check {
+    let by_origin: HashMap<String, Reason> =
+        rejects.iter().map(|r| (r.origin.key(), r.reason)).collect();
+    let mut expected: HashMap<String, (Reason, Vec<u8>)> = HashMap::new();
+    let mut valid: BTreeSet<String> = BTreeSet::new();
+    let mut unplaced = 0u64;
+    for ((put, verdicts), receipt) in producer
+        .workload
+        .puts
+        .iter()
+        .zip(&producer.verdicts)
+        .zip(&producer.receipts)
+    {
+        let Some(receipt) = receipt else {
+            unplaced += 1;
+            continue;
+        };
+        let datas: Vec<Vec<u8>> = match put {
+            Put::Aggregate { .. } => {
+                let data = put.data();
+                tally_lease::kpl::deaggregate(&data)
+                    .map(|records| records.into_iter().map(|r| r.data.to_vec()).collect())
+                    .unwrap_or_default()
+            }
+            _ => vec![put.data().to_vec()],
+        };
+        for (index, verdict) in verdicts.iter().enumerate() {
+            let sub = match put {
+                Put::Aggregate { .. } => index as u64,
+                _ => receipt.sub_sequence,
+            };
+            let origin = format!("{}/{}/{sub}", receipt.shard_id, receipt.sequence_number);
+            let data = datas.get(index).cloned().unwrap_or_default();
+            match verdict {
+                Verdict::Rejected(reason) => {
+                    let (raw, _) = tally::store::RejectItem::truncate_raw(&data);
+                    expected.insert(origin, (*reason, raw));
+                }
+                _ => {
+                    valid.insert(origin);
+                }
+            }
+        }
+    }
+    let mut problems = Vec::new();
+    let missing: Vec<&String> = expected
+        .iter()
+        .filter(|(origin, (reason, _))| by_origin.get(*origin) != Some(reason))
+        .map(|(origin, _)| origin)
+        .collect();
+    if !missing.is_empty() {
+        problems.push(format!(
+            "{} expected rejects missing or with another reason (first {})",
+            missing.len(),
+            missing[0]
+        ));
+    }
+    let copies: HashMap<(Reason, &[u8]), ()> = expected
+        .values()
+        .map(|(reason, raw)| ((*reason, raw.as_slice()), ()))
+        .collect();
+    let mut retried = 0u64;
+    for reject in rejects {
+        let origin = reject.origin.key();
+        if expected.contains_key(&origin) {
+            continue;
+        }
+        if valid.contains(&origin) {
+            problems.push(format!(
+                "a valid vote was rejected at {origin}: {}",
+                reject.reason
+            ));
+        } else if copies.contains_key(&(reject.reason, reject.raw.as_slice())) {
+            retried += 1;
+        } else {
+            problems.push(format!(
+                "an unexpected reject at {origin}: {} {}",
+                reject.reason, reject.detail
+            ));
+        }
+    }
+    if unplaced > 0 {
+        problems.push(format!("{unplaced} records never had a receipt"));
+    }
+    let mut by_reason: BTreeMap<String, u64> = BTreeMap::new();
+    for (reason, _) in expected.values() {
+        *by_reason.entry(reason.to_string()).or_default() += 1;
+    }
+    Check {
+        name: "every rejected record in rejects",
+        ok: problems.is_empty(),
+        detail: if problems.is_empty() {
+            format!(
+                "{} at their positions with their reasons {by_reason:?}; {retried} more are copies put again by retries",
+                expected.len()
+            )
+        } else {
+            problems.into_iter().take(5).collect::<Vec<_>>().join("; ")
+        },
+    }
+}
