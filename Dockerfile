@@ -9,10 +9,10 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY lease/Cargo.toml lease/Cargo.toml
 COPY producer/Cargo.toml producer/Cargo.toml
-COPY ops/bench/Cargo.toml ops/bench/Cargo.toml
-RUN mkdir -p src lease/src producer/src ops/bench/src ops/bench/benches \
+COPY ops/tally-bench/Cargo.toml ops/tally-bench/Cargo.toml
+RUN mkdir -p src lease/src producer/src ops/tally-bench/src ops/tally-bench/benches \
  && echo 'fn main() {}' > src/main.rs && touch src/lib.rs lease/src/lib.rs producer/src/lib.rs \
- && echo 'fn main() {}' > ops/bench/src/main.rs && echo 'fn main() {}' > ops/bench/benches/in_process.rs \
+ && echo 'fn main() {}' > ops/tally-bench/src/main.rs && echo 'fn main() {}' > ops/tally-bench/benches/in_process.rs \
  && cargo build --release --locked -p tally --bin tally \
  && rm -rf src lease/src producer/src
 COPY src src

@@ -324,6 +324,42 @@ async fn first_record(
     ))
 }
 
+/// After a checkpoint at user record `at.sub_sequence` of a KPL aggregate:
+/// the aggregate's arrival when user records of it come after the
+/// checkpoint, otherwise the first record after the aggregate. (A worker
+/// that processed a whole aggregate checkpoints at its last user record.)
+async fn first_after_sub_record(
+    stream: &dyn StreamSource,
+    shard: &ShardId,
+    at: &tally_lease::ExtendedSequence,
+) -> Result<Option<i64>, String> {
+    let iterator = stream
+        .shard_iterator(shard, &StartPosition::AtSequence(at.sequence.clone()))
+        .await
+        .map_err(|e| format!("{shard}: {e}"))?;
+    let page = stream
+        .get_records(&iterator, 1)
+        .await
+        .map_err(|e| format!("{shard}: {e}"))?;
+    if let Some(record) = page.records.first() {
+        let user_records = if tally_lease::kpl::is_aggregate(&record.data) {
+            // A broken aggregate is one (rejected) record.
+            tally_lease::kpl::deaggregate(&record.data).map_or(1, |records| records.len())
+        } else {
+            1
+        };
+        if at.sub_sequence + 1 < user_records as u64 {
+            return Ok(Some(millis(record.arrival)));
+        }
+    }
+    first_record(
+        stream,
+        shard,
+        &StartPosition::AfterSequence(at.sequence.clone()),
+    )
+    .await
+}
+
 /// The shards whose processing has not passed `close_ms`.
 pub async fn pending_shards(
     stream: &dyn StreamSource,
@@ -354,7 +390,14 @@ pub async fn pending_shards(
             Some(Checkpoint::ShardEnd) => continue,
             Some(Checkpoint::At(at)) if at.sub_sequence > 0 => {
                 // Inside an aggregate: its record may hold unprocessed votes.
-                StartPosition::AtSequence(at.sequence.clone())
+                let next = first_after_sub_record(stream, &id, at).await?;
+                if next.is_some_and(|arrival| arrival < close_ms) {
+                    pending.push(Pending {
+                        shard: id.as_str().to_owned(),
+                        next_arrival_ms: next,
+                    });
+                }
+                continue;
             }
             Some(Checkpoint::At(at)) => StartPosition::AfterSequence(at.sequence.clone()),
             Some(Checkpoint::AtTimestamp(ms)) => StartPosition::AtTimestamp(
@@ -700,6 +743,57 @@ mod tests {
             assert_eq!(created, tally_lease::store::Created::Yes);
         }
         store
+    }
+
+    /// Found by the chaos run: a shard whose last record was an aggregate,
+    /// checkpointed at its last user record, was never done.
+    #[tokio::test]
+    async fn a_checkpoint_at_an_aggregates_last_user_record_is_past_it() {
+        use tally_lease::{ExtendedSequence, MemoryStream};
+        let stream = MemoryStream::with_shards(1);
+        let shard = stream.open_shards()[0].clone();
+        let records: Vec<tally_lease::kpl::UserRecord> = (0..3)
+            .map(|index| tally_lease::kpl::UserRecord {
+                partition_key: format!("voter-{index}"),
+                explicit_hash_key: None,
+                data: bytes::Bytes::from(format!("vote {index}")),
+            })
+            .collect();
+        let (_, sequence) = stream.put(
+            "aggregate",
+            bytes::Bytes::from(tally_lease::kpl::aggregate(&records)),
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let close_ms = crate::time::now_millis();
+        let at = |sub_sequence| {
+            Checkpoint::At(ExtendedSequence {
+                sequence: sequence.clone(),
+                sub_sequence,
+            })
+        };
+        for (sub, behind) in [(1, true), (2, false)] {
+            let store = leases(&[(shard.clone(), at(sub), vec![])]).await;
+            let pending = pending_shards(&stream, &store, close_ms).await.unwrap();
+            assert_eq!(
+                !pending.is_empty(),
+                behind,
+                "checkpoint at user record {sub} of 3"
+            );
+        }
+        // A record after the aggregate, before the close, is still to read.
+        let close_ms = {
+            stream.put("later", bytes::Bytes::from_static(b"x"));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            crate::time::now_millis()
+        };
+        let store = leases(&[(shard.clone(), at(2), vec![])]).await;
+        assert_eq!(
+            pending_shards(&stream, &store, close_ms)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[tokio::test]

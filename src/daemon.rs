@@ -89,6 +89,7 @@ struct Shared {
     faults: Option<Arc<Faults>>,
     stopping: Arc<AtomicBool>,
     store: Arc<DynamoVoteStore>,
+    kinesis: Arc<KinesisStream>,
 }
 
 impl Shared {
@@ -104,6 +105,7 @@ impl Shared {
         let usage = crate::store::VoteStore::usage(self.store.as_ref());
         snapshot["tally_dynamodb_requests_total"] = usage.requests.into();
         snapshot["tally_dynamodb_write_units_total"] = usage.write_units.into();
+        snapshot["tally_kinesis_requests_total"] = self.kinesis.requests().into();
         snapshot["worker_id"] = self.worker_id.clone().into();
         snapshot["uptime_ms"] = (crate::tail::started().elapsed().as_millis() as u64).into();
         snapshot
@@ -160,8 +162,9 @@ pub async fn run(
         pipeline: pipeline.clone(),
     });
     let worker_id = config.worker_id.clone();
-    let worker = Worker::new(config, lease_store.clone(), stream, factory)?;
+    let worker = Worker::new(config, lease_store.clone(), stream.clone(), factory)?;
     let shared = Shared {
+        kinesis: stream,
         worker_id: worker_id.clone(),
         metrics,
         lease_metrics: worker.metrics(),

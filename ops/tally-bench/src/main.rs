@@ -22,6 +22,9 @@
 //! concurrency (and the ratio), DynamoDB requests and write units per 1,000
 //! votes, CPU seconds and peak memory of the worker.
 //!
+//! `all [--quick] [--out FILE] [--compare OLD.json] [--criterion-dir DIR]`:
+//! see [`report`].
+//!
 //! `gateway [--votes N] [--concurrency C] [--clients K]`: see [`gateway`].
 //!
 //! `recount [--votes N] [--segments S] [--concurrency C]`: see [`recount`].
@@ -37,6 +40,7 @@ mod chaos;
 mod fuzz;
 mod gateway;
 mod recount;
+mod report;
 mod scale;
 
 use std::path::{Path, PathBuf};
@@ -46,6 +50,30 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use tally_lease::testing::{create_stream, sdk_config, unique_name, Emulator, EmulatorKind};
+
+/// One figure of a benchmark, for the combined report of `all`.
+#[derive(Clone, Debug)]
+pub struct Figure {
+    /// A stable name, the key in the JSON report.
+    pub key: &'static str,
+    pub label: String,
+    pub value: f64,
+    pub unit: &'static str,
+}
+
+pub fn figure(
+    key: &'static str,
+    label: impl Into<String>,
+    value: f64,
+    unit: &'static str,
+) -> Figure {
+    Figure {
+        key,
+        label: label.into(),
+        value,
+        unit,
+    }
+}
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -59,6 +87,14 @@ struct Stack {
     kinesis: aws_sdk_kinesis::Client,
     tally: PathBuf,
     dir: PathBuf,
+    emulator: Emulator,
+}
+
+impl Drop for Stack {
+    /// One benchmark's emulator stops when it is done (`all` runs several).
+    fn drop(&mut self) {
+        self.emulator.stop();
+    }
 }
 
 impl Stack {
@@ -73,6 +109,7 @@ impl Stack {
             kinesis: aws_sdk_kinesis::Client::new(&config),
             tally,
             dir,
+            emulator,
         }
     }
 
@@ -315,7 +352,7 @@ fn summary(values: &mut [f64]) -> (f64, f64) {
     (values[values.len() / 2], values[values.len() - 1])
 }
 
-async fn failover(runs: usize) {
+async fn failover(runs: usize) -> Vec<Figure> {
     let stack = Stack::new().await;
     println!("settings: 2 workers, 4 shards, defaults (renew 600 ms, lease 3000 ms, take 600 ms, poll 200 ms)");
     let mut killed = Vec::new();
@@ -362,6 +399,44 @@ async fn failover(runs: usize) {
         "idle lease-table requests/worker/min, 64 sh", idle64, "", "= 4 sh"
     );
     println!("ratio 64/4 shards: {:.2} (peers measured here: disney-kinesis-client-rust 30/min, kcl-rs 82/min at 4 shards, linear in shards)", idle64 / idle4);
+    vec![
+        figure(
+            "failover_kill_median_s",
+            "failover after SIGKILL, median",
+            killed_median,
+            "s",
+        ),
+        figure(
+            "failover_kill_max_s",
+            "failover after SIGKILL, max",
+            killed_max,
+            "s",
+        ),
+        figure(
+            "failover_stop_median_s",
+            "failover after SIGTERM, median",
+            stopped_median,
+            "s",
+        ),
+        figure(
+            "failover_stop_max_s",
+            "failover after SIGTERM, max",
+            stopped_max,
+            "s",
+        ),
+        figure(
+            "idle_lease_requests_4",
+            "idle lease-table requests/worker/min, 4 shards",
+            idle4,
+            "/min",
+        ),
+        figure(
+            "idle_lease_requests_64",
+            "idle lease-table requests/worker/min, 64 shards",
+            idle64,
+            "/min",
+        ),
+    ]
 }
 
 /// CPU seconds and peak resident memory (KiB) of a running process.
@@ -386,14 +461,17 @@ fn cpu_and_peak(pid: u32) -> (f64, f64) {
     .parse()
     .unwrap();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let peak_kib: f64 = status
+    (ticks / clock, status_kib(&status, "VmHWM:"))
+}
+
+/// A `/proc/<pid>/status` size field, in KiB.
+fn status_kib(status: &str, field: &str) -> f64 {
+    status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap()
-        .parse()
-        .unwrap();
-    (ticks / clock, peak_kib)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
 }
 
 async fn producer_run(stack: &Stack, records: usize, aggregate: bool) -> (f64, f64) {
@@ -432,7 +510,7 @@ async fn producer_run(stack: &Stack, records: usize, aggregate: bool) -> (f64, f
     (records as f64 / seconds, calls * 1000.0 / records as f64)
 }
 
-async fn producer_bench(records: usize) {
+async fn producer_bench(records: usize) -> Vec<Figure> {
     let stack = Stack::new().await;
     let plain = producer_run(&stack, records, false).await;
     let aggregated = producer_run(&stack, records, true).await;
@@ -498,16 +576,54 @@ print(json.dumps({{"rate": {records} / (time.time() - start), "calls": calls}}))
         plain.0 / boto_rate,
         aggregated.0 / boto_rate
     );
+    vec![
+        figure(
+            "producer_plain_rps",
+            "producer records/s, plain",
+            plain.0,
+            "/s",
+        ),
+        figure(
+            "producer_aggregated_rps",
+            "producer records/s, KPL aggregation",
+            aggregated.0,
+            "/s",
+        ),
+        figure(
+            "producer_boto3_rps",
+            "boto3 put_records loop records/s (baseline)",
+            boto_rate,
+            "/s",
+        ),
+        figure(
+            "producer_aggregated_vs_boto3",
+            "producer aggregated / boto3",
+            aggregated.0 / boto_rate,
+            "x",
+        ),
+        figure(
+            "producer_aggregated_calls_per_1k",
+            "PutRecords calls per 1,000 records, aggregated",
+            aggregated.1,
+            "",
+        ),
+    ]
 }
 
-async fn pipeline(votes: usize) {
+async fn pipeline(votes: usize) -> Vec<Figure> {
+    pipeline_on(votes, 4).await
+}
+
+/// The pipeline benchmark on a stream of `shards` shards (the emulator's
+/// raw rate is measured only for 4).
+async fn pipeline_on(votes: usize, shards: i32) -> Vec<Figure> {
     use tally::store::dynamo::{DynamoVoteStore, TableNames};
     use tally::store::{Origin, VoteItem, VoteStore};
     let stack = Stack::new().await;
     let stream = unique_name("pipeline");
     let app = unique_name("app");
     let prefix = format!("{}-", unique_name("b"));
-    create_stream(&stack.kinesis, &stream, 4).await;
+    create_stream(&stack.kinesis, &stream, shards).await;
     let dynamodb = aws_sdk_dynamodb::Client::new(&sdk_config(&stack.endpoint).await);
     let store = DynamoVoteStore::new(
         dynamodb.clone(),
@@ -604,11 +720,61 @@ async fn pipeline(votes: usize) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    if shards != 4 {
+        // Memory with every shard leased: wait for all the leases, then
+        // let it run a while.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while metrics_lines(&log)
+            .last()
+            .and_then(|(_, m)| m["tally_lease_leases_held"].as_i64())
+            .unwrap_or(0)
+            < i64::from(shards)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the worker did not lease every shard; log {}",
+                log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let (peak, rss) = (
+            status_kib(&status, "VmHWM:") / 1024.0,
+            status_kib(&status, "VmRSS:") / 1024.0,
+        );
+        signal(&worker, "-TERM");
+        let mut worker = worker;
+        let _ = worker.wait();
+        println!("settings: 1 worker holding {shards} shards, {votes} votes counted first, then 10 s leased");
+        println!("{:<52} {:>13.1}M", "worker peak memory (MiB, VmHWM)", peak);
+        println!(
+            "{:<52} {:>13.1}M",
+            "worker resident memory at the end (MiB, VmRSS)", rss
+        );
+        return vec![
+            figure(
+                "worker_memory_leased_peak_mib",
+                format!("worker peak memory, {shards} leased shards"),
+                peak,
+                "MiB",
+            ),
+            figure(
+                "worker_memory_leased_rss_mib",
+                format!("worker resident memory, {shards} leased shards"),
+                rss,
+                "MiB",
+            ),
+        ];
+    }
     let (cpu, peak_kib) = cpu_and_peak(pid);
     signal(&worker, "-TERM");
     let mut worker = worker;
     let _ = worker.wait();
     let counted = done.1["tally_votes_counted_total"].as_i64().unwrap_or(0);
+    let kinesis_requests = done.1["tally_kinesis_requests_total"]
+        .as_f64()
+        .unwrap_or(0.0);
     let seconds = (done.0.saturating_sub(first.0)) as f64 / 1000.0;
     let rate = votes as f64 / seconds.max(0.001);
     let requests = done.1["tally_dynamodb_requests_total"]
@@ -694,7 +860,63 @@ async fn pipeline(votes: usize) {
         "worker peak memory (MiB, VmHWM)",
         peak_kib / 1024.0
     );
+    println!(
+        "{:<52} {:>14.1}",
+        "Kinesis requests per 1,000 votes (reading)",
+        kinesis_requests * 1000.0 / votes as f64
+    );
     println!("(times from the worker's own metrics clock, first record read to last vote decided; CPU includes start-up)");
+    let per_1k = |x: f64| x * 1000.0 / votes as f64;
+    vec![
+        figure(
+            "pipeline_votes_per_s",
+            "end to end votes/s (1 worker, 4 shards)",
+            rate,
+            "/s",
+        ),
+        figure(
+            "emulator_raw_puts_per_s",
+            "emulator raw conditional puts/s, same code",
+            raw_rate,
+            "/s",
+        ),
+        figure(
+            "pipeline_vs_raw",
+            "end to end / emulator raw rate",
+            rate / raw_rate,
+            "x",
+        ),
+        figure(
+            "dynamodb_requests_per_1k",
+            "DynamoDB requests per 1,000 votes",
+            per_1k(requests),
+            "",
+        ),
+        figure(
+            "write_units_per_1k",
+            "DynamoDB write units per 1,000 votes",
+            per_1k(write_units),
+            "",
+        ),
+        figure(
+            "kinesis_requests_per_1k",
+            "Kinesis requests per 1,000 votes (worker reads)",
+            per_1k(kinesis_requests),
+            "",
+        ),
+        figure(
+            "worker_cpu_s_per_100k",
+            "worker CPU seconds per 100,000 votes",
+            cpu / (votes as f64 / 100_000.0),
+            "s",
+        ),
+        figure(
+            "worker_peak_mib_4_shards",
+            "worker peak memory, 4 shards",
+            peak_kib / 1024.0,
+            "MiB",
+        ),
+    ]
 }
 
 async fn drain(records: usize) {
@@ -804,7 +1026,7 @@ async fn drain(records: usize) {
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = || -> ! {
-        eprintln!("usage: tally-bench failover [--runs N] | drain [--records N] | pipeline [--votes N] | producer [--records N] | gateway [--votes N] [--concurrency C] [--clients K] | recount [--votes N] [--segments S] [--concurrency C] | fuzz --target vote|kpl|gateway [--seconds N] [--seed S] | scale [--shards S] [--workers W] [--seed N] | chaos [--seconds N] [--seed S] [--workers W] [--rate R] [--gateway-rate G] [--quiet-timeout-s Q] [--sabotage]   (numbers are positive whole numbers)");
+        eprintln!("usage: tally-bench all [--quick] [--out FILE] [--compare OLD.json] [--criterion-dir DIR] | failover [--runs N] | drain [--records N] | pipeline [--votes N] | producer [--records N] | gateway [--votes N] [--concurrency C] [--clients K] | recount [--votes N] [--segments S] [--concurrency C] | fuzz --target vote|kpl|gateway [--seconds N] [--seed S] | scale [--shards S] [--workers W] [--seed N] | chaos [--seconds N] [--seed S] [--workers W] [--rate R] [--gateway-rate G] [--quiet-timeout-s Q] [--sabotage]   (numbers are positive whole numbers)");
         std::process::exit(2);
     };
     let number = |flag: &str, default: usize| match args.iter().position(|a| a == flag) {
@@ -815,10 +1037,30 @@ async fn main() {
         },
     };
     match args.first().map(String::as_str) {
-        Some("failover") => failover(number("--runs", 5)).await,
+        Some("failover") => {
+            failover(number("--runs", 5)).await;
+        }
         Some("drain") => drain(number("--records", 200_000)).await,
-        Some("pipeline") => pipeline(number("--votes", 50_000)).await,
-        Some("producer") => producer_bench(number("--records", 100_000)).await,
+        Some("pipeline") => {
+            pipeline(number("--votes", 50_000)).await;
+        }
+        Some("producer") => {
+            producer_bench(number("--records", 100_000)).await;
+        }
+        Some("all") => {
+            let value = |flag: &str| {
+                args.iter()
+                    .position(|a| a == flag)
+                    .map(|at| args.get(at + 1).cloned().unwrap_or_else(|| usage()))
+            };
+            report::all(report::Options {
+                quick: args.iter().any(|a| a == "--quick"),
+                out: PathBuf::from(value("--out").unwrap_or_else(|| "bench-report.json".into())),
+                compare: value("--compare").map(PathBuf::from),
+                criterion_dir: value("--criterion-dir").map(PathBuf::from),
+            })
+            .await;
+        }
         Some("fuzz") => {
             let target = match args.iter().position(|a| a == "--target") {
                 Some(at) => args.get(at + 1).cloned().unwrap_or_else(|| usage()),
@@ -868,7 +1110,7 @@ async fn main() {
                 number("--concurrency", 64),
                 number("--clients", 1_000),
             )
-            .await
+            .await;
         }
         _ => usage(),
     }

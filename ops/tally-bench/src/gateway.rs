@@ -13,7 +13,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use tally::gateway::auth::{AuthConfig, KeySource, Verifier};
 use tally_lease::testing::{sdk_config, unique_name};
 
-use crate::Stack;
+use crate::{figure, Figure, Stack};
 
 fn percentile(sorted: &[f64], quantile: f64) -> f64 {
     if sorted.is_empty() {
@@ -31,7 +31,7 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-pub async fn gateway(votes: usize, concurrency: usize, clients: usize) {
+pub async fn gateway(votes: usize, concurrency: usize, clients: usize) -> Vec<Figure> {
     let stack = Stack::new().await;
     let stream = unique_name("votes");
     let app = unique_name("app");
@@ -303,6 +303,44 @@ pub async fn gateway(votes: usize, concurrency: usize, clients: usize) {
         "p99 update time / results interval (250 ms)",
         percentile(&delays, 0.99) / 250.0
     );
+    vec![
+        figure(
+            "gateway_votes_per_s",
+            "gateway accepted votes/s",
+            accepted as f64 / elapsed,
+            "/s",
+        ),
+        figure(
+            "gateway_p50_ms",
+            "gateway vote latency p50",
+            percentile(&latencies, 0.50),
+            "ms",
+        ),
+        figure(
+            "gateway_p99_ms",
+            "gateway vote latency p99",
+            percentile(&latencies, 0.99),
+            "ms",
+        ),
+        figure(
+            "gateway_refused",
+            "gateway votes refused or failed",
+            refused as f64,
+            "",
+        ),
+        figure(
+            "sse_update_median_ms",
+            format!("SSE update to {clients} clients, median"),
+            percentile(&delays, 0.50),
+            "ms",
+        ),
+        figure(
+            "sse_update_p99_ms",
+            format!("SSE update to {clients} clients, p99"),
+            percentile(&delays, 0.99),
+            "ms",
+        ),
+    ]
 }
 
 fn now_nanos() -> u128 {
