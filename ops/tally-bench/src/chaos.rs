@@ -1039,15 +1039,21 @@ pub async fn chaos(options: Options) -> bool {
             .output()
             .expect("run tally audit");
         if !output.status.success() {
+            // The lines naming the differing options, or the error.
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            let mut said: Vec<&str> = stdout
+                .lines()
+                .filter(|line| line.contains(" vs recount "))
+                .collect();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            if said.is_empty() {
+                said.extend(stderr.lines().last());
+            }
             audits.push(format!(
-                "{}: exit {:?}: {}{}",
+                "{}: exit {:?}: {}",
                 poll.id,
                 output.status.code(),
-                String::from_utf8_lossy(&output.stdout).trim(),
-                String::from_utf8_lossy(&output.stderr)
-                    .lines()
-                    .last()
-                    .unwrap_or("")
+                said.join(" / ")
             ));
         }
     }
