@@ -38,7 +38,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use tally::faults::Faults;
-use tally::gateway::auth::{AuthConfig, KeySource, Verifier};
+use tally::gateway::auth::Verifier;
 use tally::store::dynamo::{DynamoVoteStore, TableNames};
 use tally::store::VoteStore;
 use tally::vote::Reason;
@@ -799,17 +799,7 @@ pub async fn chaos(options: Options) -> bool {
         .stderr(std::fs::File::create(&gateway_log).expect("gateway log"))
         .spawn()
         .expect("start tally gateway");
-    let verifier = Arc::new(
-        Verifier::new(AuthConfig {
-            keys: KeySource::Secret(secret.as_bytes().to_vec()),
-            audience: "tally".into(),
-            issuer: "tally-local".into(),
-            role_claim: "roles".into(),
-            admin_role: "admin".into(),
-            leeway: Duration::from_secs(5),
-        })
-        .expect("verifier"),
-    );
+    let verifier = Arc::new(crate::gateway::local_verifier(&secret));
     let http = reqwest::Client::new();
     let ready = Instant::now();
     while !matches!(http.get(format!("{base}/readyz")).send().await, Ok(r) if r.status() == 200) {

@@ -23,6 +23,20 @@ fn percentile(sorted: &[f64], quantile: f64) -> f64 {
     sorted[rank.min(sorted.len()) - 1]
 }
 
+/// Mints and checks tokens the way a gateway with the local-mode defaults
+/// and this HS256 secret does.
+pub fn local_verifier(secret: &str) -> Verifier {
+    Verifier::new(AuthConfig {
+        keys: KeySource::Secret(secret.as_bytes().to_vec()),
+        audience: "tally".into(),
+        issuer: "tally-local".into(),
+        role_claim: "roles".into(),
+        admin_role: "admin".into(),
+        leeway: Duration::from_secs(5),
+    })
+    .expect("a valid local auth configuration")
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -91,15 +105,7 @@ pub async fn gateway(votes: usize, concurrency: usize, clients: usize) -> Vec<Fi
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let verifier = Verifier::new(AuthConfig {
-        keys: KeySource::Secret(secret.as_bytes().to_vec()),
-        audience: "tally".into(),
-        issuer: "tally-local".into(),
-        role_claim: "roles".into(),
-        admin_role: "admin".into(),
-        leeway: Duration::from_secs(5),
-    })
-    .unwrap();
+    let verifier = local_verifier(&secret);
     let admin = verifier
         .mint("bench-admin", true, Duration::from_secs(3600))
         .unwrap();
