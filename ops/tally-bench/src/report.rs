@@ -139,12 +139,16 @@ pub async fn all(options: Options) {
         let value = format_value(f.value);
         match earlier.get(f.key) {
             Some(old) => println!(
-                "{:<60} {:>14} {:<5} {:>14} {:>8.2}",
+                "{:<60} {:>14} {:<5} {:>14} {:>8}",
                 f.label,
                 value,
                 f.unit,
                 format_value(*old),
-                f.value / old
+                if *old == 0.0 {
+                    "-".to_owned()
+                } else {
+                    format!("{:.2}", f.value / old)
+                }
             ),
             None => println!("{:<60} {:>14} {:<5}", f.label, value, f.unit),
         }
