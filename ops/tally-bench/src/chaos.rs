@@ -12,8 +12,8 @@
 //!
 //! Meanwhile, at seeded random times, it kills workers with SIGKILL and
 //! restarts them, pauses them with SIGSTOP past the lease duration and
-//! resumes them, stops them with SIGTERM (they must exit 0), and splits and
-//! merges shards. Every worker start, the gateway and the producer run with
+//! resumes them, stops them with SIGTERM (they must exit 0), kills the
+//! gateway and starts it again on its port, and splits and merges shards. Every worker start, the gateway and the producer run with
 //! the fault layer on: throttling, transaction conflicts, 5xx, latency,
 //! lost responses and partial `PutRecords` failures.
 //!
@@ -92,6 +92,7 @@ enum Action {
     Stop,
     Split,
     Merge,
+    KillGateway,
 }
 
 impl Action {
@@ -102,17 +103,19 @@ impl Action {
             Action::Stop => "stop",
             Action::Split => "split",
             Action::Merge => "merge",
+            Action::KillGateway => "gateway",
         }
     }
 }
 
 /// The least of each action a run does (the short run).
-const REQUIRED: [(Action, usize); 5] = [
+const REQUIRED: [(Action, usize); 6] = [
     (Action::Kill, 5),
     (Action::Pause, 2),
     (Action::Stop, 1),
     (Action::Split, 1),
     (Action::Merge, 1),
+    (Action::KillGateway, 1),
 ];
 
 /// The stack and the names of this run.
@@ -154,9 +157,18 @@ struct Slot {
     logs: Vec<PathBuf>,
 }
 
+/// The gateway process, started again on the same port after a kill.
+struct GatewayProc {
+    port: u16,
+    secret: String,
+    child: Option<Child>,
+    logs: Vec<PathBuf>,
+}
+
 /// The fleet and what happened to it.
 struct Fleet {
     system: Arc<System>,
+    gateway: GatewayProc,
     slots: Vec<Slot>,
     random: StdRng,
     /// Fault kinds given to the next starts, so that all are used early.
@@ -225,6 +237,57 @@ impl Fleet {
         self.log(format!("start     {id} (faults: {})", kinds.join(", ")));
     }
 
+    /// Starts the gateway, with faults on its puts and reads.
+    fn start_gateway(&mut self) {
+        let seed: u64 = self.random.gen();
+        let log = self
+            .system
+            .dir
+            .join(format!("gateway-{}.log", self.gateway.logs.len() + 1));
+        let child = self
+            .system
+            .command()
+            .arg("gateway")
+            .env(
+                "TALLY_GATEWAY_ADDR",
+                format!("127.0.0.1:{}", self.gateway.port),
+            )
+            .env("TALLY_AUTH_SECRET", &self.gateway.secret)
+            .env("TALLY_RATE_IP_PER_S", "100000")
+            .env("TALLY_RATE_IP_BURST", "100000")
+            .env(
+                "TALLY_FAULTS",
+                format!("{PUT_FAULTS},GetItem:5xx:0.02,GetItem:latency:0.05:100"),
+            )
+            .env("TALLY_FAULTS_SEED", seed.to_string())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("gateway log"))
+            .spawn()
+            .expect("start tally gateway");
+        self.gateway.child = Some(child);
+        self.gateway.logs.push(log);
+    }
+
+    /// Waits until the gateway answers `/readyz` with 200 (at most 60 s).
+    async fn gateway_ready(&self) -> Result<Duration, String> {
+        let http = reqwest::Client::new();
+        let url = format!("http://127.0.0.1:{}/readyz", self.gateway.port);
+        let started = Instant::now();
+        while !matches!(http.get(&url).send().await, Ok(r) if r.status() == 200) {
+            if started.elapsed() > Duration::from_secs(60) {
+                return Err(format!(
+                    "the gateway did not get ready in 60 s; see {}",
+                    self.gateway
+                        .logs
+                        .last()
+                        .map_or(String::new(), |l| l.display().to_string())
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(started.elapsed())
+    }
+
     fn signal(&self, slot: usize, signal: &str) {
         if let Some(child) = &self.slots[slot].child {
             let _ = Command::new("kill")
@@ -290,6 +353,29 @@ impl Fleet {
                 ));
                 self.start(slot);
             }
+            Action::KillGateway => {
+                if let Some(mut child) = self.gateway.child.take() {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+                let down = Duration::from_millis(self.random.gen_range(500..2_000));
+                self.log(format!(
+                    "kill      the gateway (SIGKILL), restart in {:.1} s",
+                    down.as_secs_f64()
+                ));
+                tokio::time::sleep(down).await;
+                self.start_gateway();
+                match self.gateway_ready().await {
+                    Ok(took) => self.log(format!(
+                        "start     the gateway again: ready in {:.1} s",
+                        took.as_secs_f64()
+                    )),
+                    Err(error) => {
+                        self.log(format!("start     the gateway again: {error}"));
+                        return;
+                    }
+                }
+            }
             Action::Split | Action::Merge => {
                 match reshard(&self.system, action, &mut self.random).await {
                     Ok(text) => self.log(format!("{:<9} {text}", action.name())),
@@ -303,13 +389,23 @@ impl Fleet {
         *self.done.entry(action).or_default() += 1;
     }
 
-    /// Stops every worker (SIGTERM, then SIGKILL after 30 s).
+    /// Stops every worker and the gateway (SIGTERM, then SIGKILL after 30 s).
     async fn stop_all(&mut self) {
         for slot in 0..self.slots.len() {
             self.signal(slot, "-TERM");
         }
-        for slot in &mut self.slots {
-            if let Some(mut child) = slot.child.take() {
+        if let Some(gateway) = &self.gateway.child {
+            let _ = Command::new("kill")
+                .args(["-TERM", &gateway.id().to_string()])
+                .status();
+        }
+        let children = self
+            .slots
+            .iter_mut()
+            .map(|slot| &mut slot.child)
+            .chain(std::iter::once(&mut self.gateway.child));
+        for child in children {
+            if let Some(mut child) = child.take() {
                 let deadline = Instant::now() + Duration::from_secs(30);
                 while !matches!(child.try_wait(), Ok(Some(_))) && Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -323,11 +419,14 @@ impl Fleet {
 
 impl Drop for Fleet {
     fn drop(&mut self) {
-        for slot in &mut self.slots {
-            if let Some(child) = &mut slot.child {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+        let children = self
+            .slots
+            .iter_mut()
+            .map(|slot| &mut slot.child)
+            .chain(std::iter::once(&mut self.gateway.child));
+        for child in children.flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }
@@ -417,6 +516,7 @@ fn plan(seconds: u64, random: &mut StdRng) -> Vec<(f64, Action)> {
         (Action::Stop, 1),
         (Action::Split, 1),
         (Action::Merge, 1),
+        (Action::KillGateway, 1),
     ];
     let total = (seconds / 12).max(actions.len() as u64) as usize;
     while actions.len() < total {
@@ -782,49 +882,14 @@ pub async fn chaos(options: Options) -> bool {
     let secret = format!("{:032x}{:032x}", random.gen::<u128>(), random.gen::<u128>());
     let port = crate::gateway::free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let gateway_log = dir.join("gateway.log");
-    let mut gateway = system
-        .command()
-        .arg("gateway")
-        .env("TALLY_GATEWAY_ADDR", format!("127.0.0.1:{port}"))
-        .env("TALLY_AUTH_SECRET", &secret)
-        .env("TALLY_RATE_IP_PER_S", "100000")
-        .env("TALLY_RATE_IP_BURST", "100000")
-        .env(
-            "TALLY_FAULTS",
-            format!("{PUT_FAULTS},GetItem:5xx:0.02,GetItem:latency:0.05:100"),
-        )
-        .env("TALLY_FAULTS_SEED", random.gen::<u64>().to_string())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&gateway_log).expect("gateway log"))
-        .spawn()
-        .expect("start tally gateway");
-    let verifier = Arc::new(crate::gateway::local_verifier(&secret));
-    let http = reqwest::Client::new();
-    let ready = Instant::now();
-    while !matches!(http.get(format!("{base}/readyz")).send().await, Ok(r) if r.status() == 200) {
-        assert!(
-            ready.elapsed() < Duration::from_secs(60),
-            "the gateway did not get ready; see {}",
-            gateway_log.display()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let live_poll = format!("chaos{}-live", options.seed);
-    let admin = verifier
-        .mint("chaos-admin", true, Duration::from_secs(7200))
-        .expect("token");
-    let created = http
-        .post(format!("{base}/v1/polls"))
-        .bearer_auth(&admin)
-        .json(&serde_json::json!({"poll_id": live_poll, "question": "Which?", "options": [{"id": "a"}, {"id": "b"}, {"id": "c"}], "open": true}))
-        .send()
-        .await
-        .expect("create the live poll");
-    assert_eq!(created.status(), 201, "create the live poll");
-
     let mut fleet = Fleet {
         system: system.clone(),
+        gateway: GatewayProc {
+            port,
+            secret: secret.clone(),
+            child: None,
+            logs: Vec::new(),
+        },
         slots: (1..=options.workers)
             .map(|number| Slot {
                 number,
@@ -841,6 +906,25 @@ pub async fn chaos(options: Options) -> bool {
         done: BTreeMap::new(),
         graceful: Vec::new(),
     };
+    fleet.start_gateway();
+    if let Err(error) = fleet.gateway_ready().await {
+        panic!("{error}");
+    }
+    let verifier = Arc::new(crate::gateway::local_verifier(&secret));
+    let http = reqwest::Client::new();
+    let live_poll = format!("chaos{}-live", options.seed);
+    let admin = verifier
+        .mint("chaos-admin", true, Duration::from_secs(7200))
+        .expect("token");
+    let created = http
+        .post(format!("{base}/v1/polls"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"poll_id": live_poll, "question": "Which?", "options": [{"id": "a"}, {"id": "b"}, {"id": "c"}], "open": true}))
+        .send()
+        .await
+        .expect("create the live poll");
+    assert_eq!(created.status(), 201, "create the live poll");
+
     eprintln!(
         "chaos: seed {}, {} s of load, {} workers, logs in {}",
         options.seed,
@@ -1120,12 +1204,13 @@ pub async fn chaos(options: Options) -> bool {
 
     // Stop everything, then read what the processes injected.
     fleet.stop_all().await;
-    let _ = Command::new("kill")
-        .args(["-TERM", &gateway.id().to_string()])
-        .status();
-    let _ = gateway.wait();
     let mut injected = injected_by_workers(&fleet);
-    for (kind, count) in injected_by_gateway(&gateway_log).into_iter().chain(
+    let by_gateway = fleet
+        .gateway
+        .logs
+        .iter()
+        .flat_map(|log| injected_by_gateway(log));
+    for (kind, count) in by_gateway.chain(
         producer
             .faults
             .injected()
