@@ -383,6 +383,9 @@ pub async fn pending_shards(
         .filter(|shard| shard.ending_sequence.is_some())
         .map(|shard| shard.id.as_str())
         .collect();
+    let leased: std::collections::HashSet<ShardId> =
+        leases.iter().map(|lease| lease.key.clone()).collect();
+    let superseded = tally_lease::graph::superseded_shards(&shards, &leased);
     let close_time = SystemTime::UNIX_EPOCH + Duration::from_millis(close_ms.max(0) as u64);
     let mut pending = Vec::new();
     for id in ids {
@@ -406,8 +409,11 @@ pub async fn pending_shards(
             // A lease that starts at the tip never reads what came before it.
             Some(Checkpoint::Latest) => StartPosition::AtTimestamp(close_time),
             Some(Checkpoint::TrimHorizon) => StartPosition::TrimHorizon,
-            None if closed.contains(id.as_str()) && named_parents.contains(id.as_str()) => {
-                // A cleaned-up parent: its children start only after it ended.
+            None if closed.contains(id.as_str())
+                && (named_parents.contains(id.as_str()) || superseded.contains(&id)) =>
+            {
+                // A cleaned-up parent: its children start only after it
+                // ended (and theirs may be cleaned up too).
                 continue;
             }
             None => StartPosition::TrimHorizon,
@@ -794,6 +800,47 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    /// Found by the chaos run: after a merge and then a split of the merged
+    /// shard, the merge's parents and the merged shard had their leases
+    /// cleaned up, no lease named the first parents any more, and they were
+    /// read again from the start.
+    #[tokio::test]
+    async fn parents_cleaned_up_two_generations_back_are_done() {
+        use tally_lease::MemoryStream;
+        let stream = MemoryStream::with_shards(2);
+        let roots = stream.open_shards();
+        for index in 0..20 {
+            stream.put(&format!("early{index}"), bytes::Bytes::from_static(b"x"));
+        }
+        stream.merge(&roots[0], &roots[1]).unwrap();
+        let merged = stream.open_shards()[0].clone();
+        stream.split(&merged).unwrap();
+        let grandchildren = stream.open_shards();
+        assert_eq!(grandchildren.len(), 2);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let close_ms = crate::time::now_millis();
+        // Only the open shards have leases, nothing read yet (they are empty).
+        let entries: Vec<(ShardId, Checkpoint, Vec<ShardId>)> = grandchildren
+            .iter()
+            .map(|shard| (shard.clone(), Checkpoint::TrimHorizon, vec![merged.clone()]))
+            .collect();
+        let store = leases(&entries).await;
+        let pending = pending_shards(&stream, &store, close_ms).await.unwrap();
+        assert_eq!(pending, Vec::new());
+        // Without a descendant's lease, the first parents are still to read.
+        let store = leases(&[]).await;
+        let mut pending: Vec<String> = pending_shards(&stream, &store, close_ms)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| p.shard)
+            .collect();
+        pending.sort();
+        let mut expected: Vec<String> = roots.iter().map(|r| r.as_str().to_owned()).collect();
+        expected.sort();
+        assert_eq!(pending, expected);
     }
 
     #[tokio::test]

@@ -89,6 +89,29 @@ fn depth(id: &ShardId, by_id: &HashMap<&ShardId, &Shard>, guard: usize) -> usize
         .unwrap_or(0)
 }
 
+/// Closed shards without a lease that a descendant's lease supersedes:
+/// children are read only after their parents ended, and a parent's lease
+/// is deleted only after that, so such a shard was read to its end (the
+/// same rule that keeps the sync from creating its lease again).
+pub fn superseded_shards(shards: &[Shard], existing: &HashSet<ShardId>) -> HashSet<ShardId> {
+    let mut children: HashMap<&ShardId, Vec<&ShardId>> = HashMap::new();
+    for shard in shards {
+        for parent in [&shard.parent, &shard.adjacent_parent]
+            .into_iter()
+            .flatten()
+        {
+            children.entry(parent).or_default().push(&shard.id);
+        }
+    }
+    let mut memo = HashMap::new();
+    shards
+        .iter()
+        .filter(|shard| !shard.is_open() && !existing.contains(&shard.id))
+        .filter(|shard| superseded(&shard.id, &children, existing, &mut memo))
+        .map(|shard| shard.id.clone())
+        .collect()
+}
+
 fn superseded<'a>(
     id: &'a ShardId,
     children: &HashMap<&'a ShardId, Vec<&'a ShardId>>,
