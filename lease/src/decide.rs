@@ -276,6 +276,25 @@ mod tests {
         assert!(actions.iter().all(|a| matches!(a, Action::Take(f) if f.owner.is_none() || f.owner.as_deref() == Some("dead"))));
     }
 
+    /// "me" planning with `mine` leases, no request outstanding, default limits.
+    fn input_for_me<'a>(
+        leases: &'a LeaseMap,
+        live: &'a BTreeMap<String, u32>,
+        mine: usize,
+    ) -> PlanInput<'a> {
+        PlanInput {
+            me: "me",
+            leases,
+            live,
+            mine,
+            pending_handoffs: 0,
+            limits: PlanLimits {
+                max_leases: 100,
+                max_steals: 8,
+            },
+        }
+    }
+
     /// Found by the scale model: with lagging counts of the others, a
     /// worker at its fair share kept asking for one more lease a cycle.
     #[test]
@@ -291,17 +310,7 @@ mod tests {
             ("b".to_owned(), 5),
             ("c".to_owned(), 1),
         ]);
-        let input = PlanInput {
-            me: "me",
-            leases: &leases,
-            live: &live,
-            mine: 3,
-            pending_handoffs: 0,
-            limits: PlanLimits {
-                max_leases: 100,
-                max_steals: 8,
-            },
-        };
+        let input = input_for_me(&leases, &live, 3);
         for seed in 0..20 {
             let actions = plan(&input, &mut rand::rngs::StdRng::seed_from_u64(seed));
             assert_eq!(actions, Vec::new(), "seed {seed}");
@@ -324,17 +333,7 @@ mod tests {
             ("c".to_owned(), 6),
             ("d".to_owned(), 6),
         ]);
-        let input = PlanInput {
-            me: "me",
-            leases: &leases,
-            live: &live,
-            mine: 0,
-            pending_handoffs: 0,
-            limits: PlanLimits {
-                max_leases: 100,
-                max_steals: 8,
-            },
-        };
+        let input = input_for_me(&leases, &live, 0);
         let victims: std::collections::BTreeSet<String> = (0..40)
             .flat_map(|seed| plan(&input, &mut rand::rngs::StdRng::seed_from_u64(seed)))
             .filter_map(|action| match action {

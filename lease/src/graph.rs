@@ -22,15 +22,7 @@ pub fn leases_to_create(
     initial: InitialPosition,
 ) -> Vec<Lease> {
     let by_id: HashMap<&ShardId, &Shard> = shards.iter().map(|shard| (&shard.id, shard)).collect();
-    let mut children: HashMap<&ShardId, Vec<&ShardId>> = HashMap::new();
-    for shard in shards {
-        for parent in [&shard.parent, &shard.adjacent_parent]
-            .into_iter()
-            .flatten()
-        {
-            children.entry(parent).or_default().push(&shard.id);
-        }
-    }
+    let children = children_of(shards);
     let mut superseded_memo: HashMap<&ShardId, bool> = HashMap::new();
     let mut creating: HashSet<ShardId> = HashSet::new();
     let mut by_depth: BTreeMap<usize, Vec<&Shard>> = BTreeMap::new();
@@ -89,11 +81,8 @@ fn depth(id: &ShardId, by_id: &HashMap<&ShardId, &Shard>, guard: usize) -> usize
         .unwrap_or(0)
 }
 
-/// Closed shards without a lease that a descendant's lease supersedes:
-/// children are read only after their parents ended, and a parent's lease
-/// is deleted only after that, so such a shard was read to its end (the
-/// same rule that keeps the sync from creating its lease again).
-pub fn superseded_shards(shards: &[Shard], existing: &HashSet<ShardId>) -> HashSet<ShardId> {
+/// Each shard's children, from the parents the shards name.
+fn children_of(shards: &[Shard]) -> HashMap<&ShardId, Vec<&ShardId>> {
     let mut children: HashMap<&ShardId, Vec<&ShardId>> = HashMap::new();
     for shard in shards {
         for parent in [&shard.parent, &shard.adjacent_parent]
@@ -103,6 +92,15 @@ pub fn superseded_shards(shards: &[Shard], existing: &HashSet<ShardId>) -> HashS
             children.entry(parent).or_default().push(&shard.id);
         }
     }
+    children
+}
+
+/// Closed shards without a lease that a descendant's lease supersedes:
+/// children are read only after their parents ended, and a parent's lease
+/// is deleted only after that, so such a shard was read to its end (the
+/// same rule that keeps the sync from creating its lease again).
+pub fn superseded_shards(shards: &[Shard], existing: &HashSet<ShardId>) -> HashSet<ShardId> {
+    let children = children_of(shards);
     let mut memo = HashMap::new();
     shards
         .iter()
