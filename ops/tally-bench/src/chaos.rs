@@ -1182,14 +1182,11 @@ pub async fn chaos(options: Options) -> bool {
         name: "tally audit finds no difference",
         ok: audits.is_empty(),
         detail: if audits.is_empty() {
-            format!(
-                "{}",
-                audited
-                    .iter()
-                    .map(|p| p.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
+            audited
+                .iter()
+                .map(|p| p.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         } else {
             audits.join("; ")
         },
