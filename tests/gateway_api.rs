@@ -931,6 +931,11 @@ async fn bad_gateway_settings_fail_naming_the_setting() {
     .contains("TALLY_RATE_VOTER_PER_S"));
     assert!(run(&[
         ("TALLY_AUTH_SECRET", &secret),
+        ("TALLY_FAULTS", "PutRecords:explode:0.1")
+    ])
+    .contains("TALLY_FAULTS"));
+    assert!(run(&[
+        ("TALLY_AUTH_SECRET", &secret),
         ("TALLY_RESULTS_INTERVAL_MS", "1000")
     ])
     .contains("--results-interval-ms"));
