@@ -1073,12 +1073,26 @@ async fn main() {
             )
         }
         Some("chaos") => {
+            let (seconds, workers, rate) = (
+                number("--seconds", 150) as u64,
+                number("--workers", 3),
+                number("--rate", 60) as u64,
+            );
+            // The workload and its ground truth are held in memory.
+            let gateway_rate = number("--gateway-rate", 4) as u64;
+            if workers > 32
+                || rate.saturating_mul(seconds) > 5_000_000
+                || gateway_rate.saturating_mul(seconds) > 1_000_000
+            {
+                eprintln!("tally-bench chaos: --workers must be at most 32, --rate × --seconds at most 5,000,000 records and --gateway-rate × --seconds at most 1,000,000 voters");
+                std::process::exit(2);
+            }
             let passed = chaos::chaos(chaos::Options {
-                seconds: number("--seconds", 150) as u64,
+                seconds,
                 seed: number("--seed", 1) as u64,
-                workers: number("--workers", 3),
-                rate: number("--rate", 60) as u64,
-                gateway_rate: number("--gateway-rate", 4) as u64,
+                workers,
+                rate,
+                gateway_rate,
                 quiet_timeout: Duration::from_secs(number("--quiet-timeout-s", 300) as u64),
                 sabotage: args.iter().any(|a| a == "--sabotage"),
             })
@@ -1091,6 +1105,12 @@ async fn main() {
                 number("--workers", 40),
                 number("--seed", 1) as u64,
             );
+            // A worker is lost and another stopped: three are the least
+            // that leave one to converge.
+            if !(3..=1_000).contains(&workers) || shards > 10_000 {
+                eprintln!("tally-bench scale: --workers must be 3 to 1,000 (one is lost and one stopped) and --shards at most 10,000");
+                std::process::exit(2);
+            }
             // The model runs on a paused clock of its own runtime.
             std::thread::spawn(move || scale::scale(shards, workers, seed))
                 .join()
