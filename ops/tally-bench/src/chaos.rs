@@ -831,12 +831,15 @@ struct Check {
 
 /// Runs the chaos; true when every check passed.
 pub async fn chaos(options: Options) -> bool {
+    let Some(tally) = std::env::var_os("TALLY_BIN").map(PathBuf::from) else {
+        eprintln!("chaos: set TALLY_BIN to the tally binary (ops/chaos builds it and sets it)");
+        return false;
+    };
     let started = Instant::now();
     let mut random = StdRng::seed_from_u64(options.seed);
     eprintln!("chaos: starting ministack (DynamoDB) and kinesis-mock (Kinesis)");
     let ministack = Emulator::start(EmulatorKind::Ministack);
     let kinesis_mock = Emulator::start(EmulatorKind::KinesisMock);
-    let tally = PathBuf::from(std::env::var("TALLY_BIN").expect("TALLY_BIN: the tally binary"));
     let dir = std::env::temp_dir().join(unique_name("tally-chaos"));
     std::fs::create_dir_all(&dir).expect("log directory");
     let dynamodb = aws_sdk_dynamodb::Client::new(&sdk_config(&ministack.endpoint).await);
