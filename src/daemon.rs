@@ -99,8 +99,7 @@ impl Shared {
             snapshot[name] = serde_json::json!(value);
         }
         if let Some(faults) = &self.faults {
-            snapshot["tally_faults_injected_total"] =
-                crate::faults::FaultArgs::injected_json(faults);
+            snapshot["tally_faults_injected_total"] = faults.injected_json();
         }
         let usage = crate::store::VoteStore::usage(self.store.as_ref());
         snapshot["tally_dynamodb_requests_total"] = usage.requests.into();

@@ -166,6 +166,15 @@ impl Faults {
             .collect()
     }
 
+    /// The injected counts by kind, as JSON (for metrics and logs).
+    pub fn injected_json(&self) -> serde_json::Value {
+        self.injected()
+            .into_iter()
+            .map(|(kind, count)| (kind.to_owned(), serde_json::Value::from(count)))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    }
+
     /// The faults to apply to one request of `operation`, in rule order.
     fn draw(&self, operation: &str) -> Vec<&FaultRule> {
         let mut random = self.random.lock().expect("lock");
@@ -220,16 +229,6 @@ impl FaultArgs {
             .map_err(|error| anyhow::anyhow!("invalid setting TALLY_FAULTS: {error}"))?;
         tracing::warn!(faults = %spec, "fault injection is on: AWS requests will fail on purpose");
         Ok(Some(Arc::new(faults)))
-    }
-
-    /// The injected counts by kind, as JSON (for metrics and logs).
-    pub fn injected_json(faults: &Faults) -> serde_json::Value {
-        faults
-            .injected()
-            .into_iter()
-            .map(|(kind, count)| (kind.to_owned(), serde_json::Value::from(count)))
-            .collect::<serde_json::Map<_, _>>()
-            .into()
     }
 }
 

@@ -374,6 +374,14 @@ async fn clean_run_with_the_command_line_and_a_graceful_stop() {
     assert_eq!(status, 200);
     assert_eq!(metrics["tally_votes_counted_total"], truth.counted());
     assert_eq!(metrics["tally_votes_duplicate_total"], truth.duplicates);
+    // Reading the stream costs Kinesis requests, counted for the benchmarks.
+    assert!(
+        metrics["tally_kinesis_requests_total"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "{metrics}"
+    );
     let (status, missing) = get("/nope");
     assert_eq!(status, 404);
     assert!(missing["error"].is_string());

@@ -601,7 +601,7 @@ pub async fn run(
     let served = serve(gateway, listener, shutdown).await;
     if let Some(faults) = &faults {
         tracing::warn!(
-            injected = %crate::faults::FaultArgs::injected_json(faults),
+            injected = %faults.injected_json(),
             "faults injected"
         );
     }
