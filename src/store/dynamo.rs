@@ -549,17 +549,11 @@ impl VoteStore for DynamoVoteStore {
     }
 
     async fn get_poll(&self, id: &str) -> Result<Option<Poll>, VoteStoreError> {
-        self.count();
-        let got = self
-            .client
-            .get_item()
-            .table_name(&self.names.polls)
-            .key("poll_id", s(id))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(classify)?;
-        got.item().map(poll_from_item).transpose()
+        self.poll_item(id)
+            .await?
+            .as_ref()
+            .map(poll_from_item)
+            .transpose()
     }
 
     async fn list_polls(&self) -> Result<Vec<Poll>, VoteStoreError> {
@@ -889,17 +883,8 @@ impl VoteStore for DynamoVoteStore {
         &self,
         poll_id: &str,
     ) -> Result<(Option<String>, Option<String>), VoteStoreError> {
-        self.count();
-        let got = self
-            .client
-            .get_item()
-            .table_name(&self.names.polls)
-            .key("poll_id", s(poll_id))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(classify)?;
-        let text = |name: &str| match got.item().and_then(|item| item.get(name)) {
+        let item = self.poll_item(poll_id).await?;
+        let text = |name: &str| match item.as_ref().and_then(|item| item.get(name)) {
             Some(AttributeValue::S(text)) => Some(text.clone()),
             _ => None,
         };
@@ -959,6 +944,21 @@ fn salted_token(token: &str, attempt: u32) -> String {
 }
 
 impl DynamoVoteStore {
+    /// A poll's item, read consistently.
+    async fn poll_item(&self, id: &str) -> Result<Option<Item>, VoteStoreError> {
+        self.count();
+        let got = self
+            .client
+            .get_item()
+            .table_name(&self.names.polls)
+            .key("poll_id", s(id))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(got.item)
+    }
+
     /// One `TransactWriteItems` with `token`.
     async fn commit_once(
         &self,
