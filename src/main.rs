@@ -1,28 +1,35 @@
-//! The `tally` binary: parses the command line and runs the command.
+//! The `tally` binary: parses the command line, runs the command and
+//! decides the exit code. Everything else is library code in `crates/`,
+//! `lease/` and `producer/`; each command is one module of [`cmd`].
+
+mod cli;
+mod cmd;
+
+use std::process::ExitCode;
 
 use clap::Parser;
 
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
-    tally::tail::started();
-    let cli = tally::cli::Cli::parse();
+async fn main() -> ExitCode {
+    tally_service::started();
+    let cli = cli::Cli::parse();
     if cli.otlp {
-        if let Err(error) = tally::telemetry::check_otlp_settings() {
+        if let Err(error) = tally_service::telemetry::check_otlp_settings() {
             eprintln!("error: {error}");
-            return std::process::ExitCode::FAILURE;
+            return ExitCode::FAILURE;
         }
     }
-    let telemetry = tally::telemetry::init(cli.log_format, cli.otlp);
-    let outcome = tally::cli::run(cli).await;
+    let telemetry = tally_service::telemetry::init(cli.log_format, cli.otlp);
+    let outcome = cli::run(cli).await;
     // The exporter's own thread blocks while it flushes.
     tokio::task::spawn_blocking(move || telemetry.shutdown())
         .await
         .ok();
     match outcome {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }

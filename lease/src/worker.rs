@@ -659,7 +659,10 @@ async fn sync_loop(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
             _ = shard_ended.notified() => {
-                // Let the child leases of a finished shard settle first.
+                // A consumer ended its shard: children waiting on it may
+                // start now, so every worker is told; then the child
+                // leases settle before the sync.
+                announce(store.as_ref()).await;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }

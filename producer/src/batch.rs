@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use tally_lease::kpl::{aggregate, UserRecord};
+use tally_contract::kpl::{aggregate, UserRecord};
 
 use crate::shard_map::{route, ShardMap};
 
@@ -244,7 +244,7 @@ mod tests {
                     prop_assert!(entry.data.len() <= max_bytes, "{} > {}", entry.data.len(), max_bytes);
                     let hash: u128 = entry.explicit_hash_key.as_ref().unwrap().parse().unwrap();
                     prop_assert_eq!(&map.shard_of(hash).map(|r| r.shard_id.clone()), shard);
-                    let inner = tally_lease::kpl::deaggregate(&entry.data).unwrap();
+                    let inner = tally_contract::kpl::deaggregate(&entry.data).unwrap();
                     let expected: Vec<UserRecord> = entry.members.iter().map(|&i| records[i].clone()).collect();
                     prop_assert_eq!(inner, expected);
                 }

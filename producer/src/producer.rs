@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use backon::BackoffBuilder;
 use bytes::Bytes;
-use tally_lease::kpl::UserRecord;
+use tally_contract::kpl::UserRecord;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 

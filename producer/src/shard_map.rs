@@ -3,7 +3,7 @@
 //! partition key (MD5, big-endian) or takes from an explicit hash key.
 //! Pure: no I/O.
 
-pub use tally_lease::stream::memory::hash_key;
+pub use tally_contract::hash::hash_key;
 
 /// One open shard's range of hash keys, inclusive.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+use tally_aws::ErrorClass;
 
 use crate::batch::Entry;
 use crate::shard_map::ShardRange;
@@ -71,29 +72,23 @@ impl KinesisSink {
     }
 }
 
+/// Maps a failed call to the sink's error, through the one classification
+/// of AWS errors ([`tally_aws::error`]).
 fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
     error: SdkError<E, aws_sdk_kinesis::config::http::HttpResponse>,
 ) -> SinkError {
     let text = format!("{}", aws_sdk_kinesis::error::DisplayErrorContext(&error));
-    match &error {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            return SinkError::Unavailable(text)
-        }
-        SdkError::ServiceError(service) if service.raw().status().is_server_error() => {
-            return SinkError::Unavailable(text)
-        }
-        _ => {}
-    }
-    match error.code() {
-        Some(
-            "ProvisionedThroughputExceededException"
-            | "LimitExceededException"
-            | "ThrottlingException",
-        ) => SinkError::Throttled(text),
-        Some("InternalFailure" | "ServiceUnavailable" | "InternalServerError") => {
-            SinkError::Unavailable(text)
-        }
-        _ => SinkError::Fatal(text),
+    match tally_aws::classify(&error) {
+        // Kinesis has no transactions; were a conflict ever answered, it
+        // would be worth another try after a backoff, like throttling.
+        ErrorClass::Throttled | ErrorClass::Conflict => SinkError::Throttled(text),
+        ErrorClass::Transient => SinkError::Unavailable(text),
+        ErrorClass::ConditionFailed
+        | ErrorClass::NotFound
+        | ErrorClass::InUse
+        | ErrorClass::ExpiredIterator
+        | ErrorClass::TokenReused
+        | ErrorClass::Other => SinkError::Fatal(text),
     }
 }
 

@@ -3,7 +3,12 @@
 //! `poll_id`, `option` and `voter_id` are 1 to 128 characters of
 //! `[A-Za-z0-9._:@-]`, `vote_id` 1 to 64.
 
+use tally_contract::vote::{MAX_ID_CHARS, MAX_VOTE_ID_CHARS};
+
 use crate::producer::Record;
+
+/// True for 1 to `max` characters of `[A-Za-z0-9._:@-]`: the contract's id rule.
+pub use tally_contract::vote::valid_id;
 
 /// Why a vote cannot be built.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -11,15 +16,6 @@ use crate::producer::Record;
 pub struct InvalidVote {
     pub field: &'static str,
     pub reason: String,
-}
-
-/// True for 1 to `max` characters of `[A-Za-z0-9._:@-]`.
-pub fn valid_id(text: &str, max: usize) -> bool {
-    !text.is_empty()
-        && text.len() <= max
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'@' | b'-'))
 }
 
 /// A vote to send.
@@ -57,10 +53,10 @@ impl VoteBuilder {
     /// The record: the contract's JSON, keyed by the voter.
     pub fn build(&self) -> Result<Record, InvalidVote> {
         for (field, value, max) in [
-            ("vote_id", &self.vote_id, 64),
-            ("poll_id", &self.poll_id, 128),
-            ("option", &self.option, 128),
-            ("voter_id", &self.voter_id, 128),
+            ("vote_id", &self.vote_id, MAX_VOTE_ID_CHARS),
+            ("poll_id", &self.poll_id, MAX_ID_CHARS),
+            ("option", &self.option, MAX_ID_CHARS),
+            ("voter_id", &self.voter_id, MAX_ID_CHARS),
         ] {
             if !valid_id(value, max) {
                 return Err(InvalidVote {
@@ -106,5 +102,25 @@ mod tests {
         assert!(VoteBuilder::new("x".repeat(65), "p", "a", "u")
             .build()
             .is_err());
+    }
+
+    proptest::proptest! {
+        /// The producer SDK's builder and this decoder agree on the contract.
+        #[test]
+        fn the_producer_builds_what_the_worker_decodes(
+            poll in "[A-Za-z0-9._:@-]{1,128}",
+            option in "[A-Za-z0-9._:@-]{1,128}",
+            voter in "[A-Za-z0-9._:@-]{1,128}",
+            vote_id in "[A-Za-z0-9._:@-]{1,64}",
+        ) {
+            let record = VoteBuilder::new(&vote_id, &poll, &option, &voter)
+                .cast_at("2026-11-22T10:00:00Z")
+                .build()
+                .unwrap();
+            proptest::prop_assert_eq!(&record.partition_key, &voter);
+            let vote = tally_contract::vote::decode(&record.data).unwrap();
+            proptest::prop_assert_eq!((vote.vote_id, vote.poll_id, vote.option, vote.voter_id), (vote_id, poll, option, voter));
+        }
+
     }
 }

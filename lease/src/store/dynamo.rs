@@ -7,17 +7,18 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
-    KeyType, Projection, ProjectionType, Put, ReturnValue, ScalarAttributeType, TableStatus,
-    TransactWriteItem, Update,
+    KeyType, Projection, ProjectionType, Put, ReturnValue, ScalarAttributeType, TransactWriteItem,
+    Update,
 };
 use aws_sdk_dynamodb::Client;
+use tally_aws::table::TableError;
+use tally_aws::{classify_cancellation, classify_code, AwsError, ErrorClass};
 
 use super::{
     Created, Expect, FleetView, LeaseStore, LeaseUpdate, OwnerChange, StoreError, WorkerBeat,
@@ -100,28 +101,6 @@ impl DynamoStore {
         }
         leases.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(leases)
-    }
-
-    async fn wait_active(&self) -> Result<(), StoreError> {
-        for _ in 0..120 {
-            self.count();
-            let described = self
-                .client
-                .describe_table()
-                .table_name(&self.table)
-                .send()
-                .await
-                .map_err(classify)?;
-            let status = described.table().and_then(|table| table.table_status());
-            if status == Some(&TableStatus::Active) {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        Err(StoreError::Other(format!(
-            "table {} did not become ACTIVE in 30 s",
-            self.table
-        )))
     }
 }
 
@@ -290,54 +269,42 @@ fn number(value: u64) -> AttributeValue {
     AttributeValue::N(value.to_string())
 }
 
+/// Maps a failed call to the lease table's error, through the one
+/// classification of AWS errors ([`tally_aws::error`]).
 fn classify<E>(error: SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    let message = match &error {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => {
-            return StoreError::Unavailable(format!(
-                "{}",
-                aws_smithy_types::error::display::DisplayErrorContext(&error)
-            ));
-        }
-        SdkError::ResponseError(_) => {
-            return StoreError::Unavailable("unreadable response".into());
-        }
-        _ => error.message().unwrap_or("no message").to_owned(),
-    };
-    let code = error.code().unwrap_or("");
-    let text = if code.is_empty() {
-        format!(
-            "{}",
-            aws_smithy_types::error::display::DisplayErrorContext(&error)
-        )
-    } else {
-        format!("{code}: {message}")
-    };
-    match code {
-        "ProvisionedThroughputExceededException"
-        | "ThrottlingException"
-        | "RequestLimitExceeded"
-        | "TransactionConflictException"
-        | "LimitExceededException" => StoreError::Throttled(text),
-        "InternalServerError" | "ServiceUnavailable" | "InternalFailure" => {
-            StoreError::Unavailable(text)
-        }
-        "ResourceNotFoundException" => StoreError::TableMissing(text),
-        _ => {
-            let server_side = matches!(&error, SdkError::ServiceError(service) if service.raw().status().is_server_error());
-            if server_side {
-                StoreError::Unavailable(text)
-            } else {
-                StoreError::Other(text)
-            }
-        }
+    store_error(AwsError::from_sdk(&error))
+}
+
+fn store_error(error: AwsError) -> StoreError {
+    let AwsError { class, message } = error;
+    match class {
+        // The lease table has no error of its own for a transaction
+        // conflict: like throttling, it is worth another try after a backoff.
+        ErrorClass::Throttled | ErrorClass::Conflict => StoreError::Throttled(message),
+        ErrorClass::Transient => StoreError::Unavailable(message),
+        ErrorClass::NotFound => StoreError::TableMissing(message),
+        ErrorClass::ConditionFailed
+        | ErrorClass::InUse
+        | ErrorClass::ExpiredIterator
+        | ErrorClass::TokenReused
+        | ErrorClass::Other => StoreError::Other(message),
     }
 }
 
-fn is_condition_failure<E: ProvideErrorMetadata, R>(error: &SdkError<E, R>) -> bool {
-    error.code() == Some("ConditionalCheckFailedException")
+fn table_error(error: TableError) -> StoreError {
+    match error {
+        TableError::Aws(error) => store_error(error),
+        TableError::NotActive { .. } => StoreError::Other(error.to_string()),
+    }
+}
+
+fn is_condition_failure<E: ProvideErrorMetadata>(
+    error: &SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>,
+) -> bool {
+    tally_aws::classify(error) == ErrorClass::ConditionFailed
 }
 
 /// Turns an item into a lease; the fleet item and foreign items give `None`.
@@ -476,8 +443,7 @@ fn fleet_from_item(item: &HashMap<String, AttributeValue>) -> FleetView {
 #[async_trait]
 impl LeaseStore for DynamoStore {
     async fn ensure_table(&self) -> Result<(), StoreError> {
-        self.count();
-        let created = self
+        let request = self
             .client
             .create_table()
             .table_name(&self.table)
@@ -520,15 +486,10 @@ impl LeaseStore for DynamoStore {
                     )
                     .build()
                     .map_err(|e| StoreError::Other(e.to_string()))?,
-            )
-            .send()
-            .await;
-        match created {
-            Ok(_) => {}
-            Err(error) if error.code() == Some("ResourceInUseException") => {}
-            Err(error) => return Err(classify(error)),
-        }
-        self.wait_active().await?;
+            );
+        tally_aws::table::ensure_table(&self.client, request, || self.count())
+            .await
+            .map_err(table_error)?;
         self.count();
         let fleet = self
             .client
@@ -719,22 +680,27 @@ impl LeaseStore for DynamoStore {
                 else {
                     unreachable!("matched above");
                 };
+                let codes: Vec<&str> = cancelled
+                    .cancellation_reasons()
+                    .iter()
+                    .map(|reason| reason.code().unwrap_or("None"))
+                    .collect();
                 let failed = |index: usize| {
-                    cancelled
-                        .cancellation_reasons()
-                        .get(index)
-                        .and_then(|reason| reason.code())
-                        .is_some_and(|code| code == "ConditionalCheckFailed")
+                    codes.get(index).copied().map(classify_code)
+                        == Some(ErrorClass::ConditionFailed)
                 };
                 if failed(0) {
                     Ok(Created::Exists)
                 } else if failed(1) {
                     Ok(Created::EpochMoved)
                 } else {
-                    Err(StoreError::Throttled(format!(
-                        "lease creation cancelled: {:?}",
-                        cancelled.cancellation_reasons()
-                    )))
+                    Err(store_error(AwsError {
+                        class: classify_cancellation(codes.iter().copied()),
+                        message: format!(
+                            "lease creation cancelled: {:?}",
+                            cancelled.cancellation_reasons()
+                        ),
+                    }))
                 }
             }
             Err(error) => Err(classify(error)),

@@ -12,6 +12,7 @@ use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::primitives::DateTime;
 use aws_sdk_kinesis::types::ShardIteratorType;
 use aws_sdk_kinesis::Client;
+use tally_aws::{AwsError, ErrorClass};
 
 use super::{ChildShard, Page, RawRecord, StreamError, StreamSource};
 use crate::types::{SequenceNumber, Shard, ShardId, StartPosition};
@@ -47,45 +48,24 @@ impl KinesisStream {
     }
 }
 
+/// Maps a failed call to the stream's error, through the one
+/// classification of AWS errors ([`tally_aws::error`]).
 fn classify<E>(error: SdkError<E, aws_sdk_kinesis::config::http::HttpResponse>) -> StreamError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    match &error {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            return StreamError::Unavailable(format!(
-                "{}",
-                aws_smithy_types::error::display::DisplayErrorContext(&error)
-            ));
-        }
-        _ => {}
-    }
-    let code = error.code().unwrap_or("").to_owned();
-    let text = if code.is_empty() {
-        format!(
-            "{}",
-            aws_smithy_types::error::display::DisplayErrorContext(&error)
-        )
-    } else {
-        format!("{code}: {}", error.message().unwrap_or("no message"))
-    };
-    match code.as_str() {
-        "ExpiredIteratorException" => StreamError::ExpiredIterator,
-        "ProvisionedThroughputExceededException"
-        | "LimitExceededException"
-        | "ThrottlingException" => StreamError::Throttled(text),
-        "ResourceNotFoundException" => StreamError::NotFound(text),
-        "InternalFailure" | "ServiceUnavailable" | "InternalServerError" => {
-            StreamError::Unavailable(text)
-        }
-        _ => {
-            let server_side = matches!(&error, SdkError::ServiceError(service) if service.raw().status().is_server_error());
-            if server_side {
-                StreamError::Unavailable(text)
-            } else {
-                StreamError::Other(text)
-            }
-        }
+    let AwsError { class, message } = AwsError::from_sdk(&error);
+    match class {
+        ErrorClass::ExpiredIterator => StreamError::ExpiredIterator,
+        // Kinesis has no transactions; were a conflict ever answered, it
+        // would be worth another try after a backoff, like throttling.
+        ErrorClass::Throttled | ErrorClass::Conflict => StreamError::Throttled(message),
+        ErrorClass::NotFound => StreamError::NotFound(message),
+        ErrorClass::Transient => StreamError::Unavailable(message),
+        ErrorClass::ConditionFailed
+        | ErrorClass::InUse
+        | ErrorClass::TokenReused
+        | ErrorClass::Other => StreamError::Other(message),
     }
 }
 

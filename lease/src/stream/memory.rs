@@ -7,7 +7,6 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use md5::{Digest, Md5};
 
 use super::{ChildShard, Page, RawRecord, StreamError, StreamSource};
 use crate::types::{SequenceNumber, Shard, ShardId, StartPosition};
@@ -33,10 +32,7 @@ pub struct MemoryStream {
     state: Arc<Mutex<State>>,
 }
 
-/// The 128-bit hash key Kinesis derives from a partition key.
-pub fn hash_key(partition_key: &str) -> u128 {
-    u128::from_be_bytes(Md5::digest(partition_key.as_bytes()).into())
-}
+pub use tally_contract::hash::hash_key;
 
 impl MemoryStream {
     /// A stream of `count` shards splitting the hash space evenly.

@@ -5,9 +5,9 @@
 use std::collections::HashMap;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use tally::count::{counter_for, first_wins, plan_commits, Decided, MAX_TRANSACTION_ACTIONS};
-use tally::poll::{parse_option, Poll, PollStatus};
-use tally::vote::{decode, encode, Vote};
+use tally_contract::vote::{decode, encode, Vote};
+use tally_core::count::{counter_for, first_wins, plan_commits, Decided, MAX_TRANSACTION_ACTIONS};
+use tally_core::poll::{parse_option, Poll, PollStatus};
 use tally_lease::{ExtendedSequence, SequenceNumber};
 
 fn polls() -> HashMap<String, Poll> {

@@ -38,15 +38,17 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use tally::faults::Faults;
-use tally::gateway::auth::Verifier;
-use tally::store::dynamo::{DynamoVoteStore, TableNames};
-use tally::store::VoteStore;
-use tally::vote::Reason;
-use tally::workload::{self, Put, Verdict};
-use tally_lease::testing::{sdk_config, unique_name, wait_stream_active, Emulator, EmulatorKind};
+use tally_contract::vote::Reason;
+use tally_faults::Faults;
+use tally_gateway::auth::Verifier;
 use tally_lease::{DynamoStore, KinesisStream, LeaseStore};
 use tally_producer::{Aggregation, KinesisSink, Producer, ProducerConfig, Receipt, Record};
+use tally_store::dynamo::{DynamoVoteStore, TableNames};
+use tally_store::prelude::*;
+use tally_testkit::emulators::{
+    sdk_config, unique_name, wait_stream_active, Emulator, EmulatorKind,
+};
+use tally_testkit::workload::{self, Put, Verdict};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -559,9 +561,7 @@ async fn producer_load(
     seed: u64,
 ) -> ProducerLoad {
     let faults = Arc::new(Faults::parse(PUT_FAULTS, seed).expect("producer faults"));
-    let config =
-        tally::settings::with_fault_layer(sdk_config(&system.kinesis_endpoint).await, &faults)
-            .expect("fault layer");
+    let config = tally_faults::wrap_config(sdk_config(&system.kinesis_endpoint).await, &faults);
     let kinesis = aws_sdk_kinesis::Client::new(&config);
     let sink = || Arc::new(KinesisSink::new(kinesis.clone(), &system.stream));
     let settings = |aggregation| ProducerConfig {
@@ -577,7 +577,7 @@ async fn producer_load(
     // workload's own aggregates (good and broken) go as they are.
     let packing = Producer::start(sink(), settings(Some(Aggregation::default())));
     let raw = Producer::start(sink(), settings(None));
-    let verdicts = workload.verdicts(tally::time::now_millis());
+    let verdicts = workload.verdicts(tally_contract::time::now_millis());
     // A key's records go in order: the n-th record of every key is in round n,
     // and a round starts when the one before is on the stream.
     let mut rounds: Vec<Vec<usize>> = Vec::new();
@@ -977,7 +977,7 @@ pub async fn chaos(options: Options) -> bool {
     let mut stuck = Vec::new();
     let mut last_report = Instant::now();
     loop {
-        match tally::close::pending_shards(&stream_source, &system.leases, i64::MAX).await {
+        match tally_worker::close::pending_shards(&stream_source, &system.leases, i64::MAX).await {
             Ok(pending) if pending.is_empty() => {
                 stuck.clear();
                 break;
@@ -1007,7 +1007,7 @@ pub async fn chaos(options: Options) -> bool {
     let (truth, polls) = {
         let mut truth = producer
             .workload
-            .truth(tally::time::now_millis())
+            .truth(tally_contract::time::now_millis())
             .votes
             .clone();
         truth.extend(gateway_votes.truth.clone());
@@ -1389,7 +1389,7 @@ pub async fn chaos(options: Options) -> bool {
 /// Every record the workload expects rejected is in `rejects` at the
 /// position its receipt names, with its reason; any other reject is a copy
 /// of such a record (a retried put that had landed).
-fn check_rejects(producer: &ProducerLoad, rejects: &[tally::store::RejectItem]) -> Check {
+fn check_rejects(producer: &ProducerLoad, rejects: &[tally_store::RejectItem]) -> Check {
     let by_origin: HashMap<String, Reason> =
         rejects.iter().map(|r| (r.origin.key(), r.reason)).collect();
     let mut expected: HashMap<String, (Reason, Vec<u8>)> = HashMap::new();
@@ -1409,7 +1409,7 @@ fn check_rejects(producer: &ProducerLoad, rejects: &[tally::store::RejectItem]) 
         let datas: Vec<Vec<u8>> = match put {
             Put::Aggregate { .. } => {
                 let data = put.data();
-                tally_lease::kpl::deaggregate(&data)
+                tally_contract::kpl::deaggregate(&data)
                     .map(|records| records.into_iter().map(|r| r.data.to_vec()).collect())
                     .unwrap_or_default()
             }
@@ -1424,7 +1424,7 @@ fn check_rejects(producer: &ProducerLoad, rejects: &[tally::store::RejectItem]) 
             let data = datas.get(index).cloned().unwrap_or_default();
             match verdict {
                 Verdict::Rejected(reason) => {
-                    let (raw, _) = tally::store::RejectItem::truncate_raw(&data);
+                    let (raw, _) = tally_store::RejectItem::truncate_raw(&data);
                     expected.insert(origin, (*reason, raw));
                 }
                 _ => {

@@ -23,18 +23,18 @@ const MAGIC: [u8; 4] = [0xF3, 0x89, 0x9A, 0xC2];
 type Outcome = String;
 
 fn run_vote(input: &[u8]) -> Outcome {
-    match tally::vote::decode(input) {
+    match tally_contract::vote::decode(input) {
         Ok(vote) => format!("ok:{}:{}", vote.cast_at.is_some(), vote.option.len().min(3)),
         Err(rejection) => format!("err:{}", rejection.reason.as_str()),
     }
 }
 
 fn run_kpl(input: &[u8]) -> Outcome {
-    let aggregate = tally_lease::kpl::is_aggregate(input);
-    match tally_lease::kpl::deaggregate(input) {
+    let aggregate = tally_contract::kpl::is_aggregate(input);
+    match tally_contract::kpl::deaggregate(input) {
         Ok(records) => {
             for record in &records {
-                let _ = tally::vote::decode(&record.data);
+                let _ = tally_contract::vote::decode(&record.data);
             }
             format!("ok:{aggregate}:{}", records.len().min(4))
         }
@@ -58,7 +58,7 @@ fn run_gateway(input: &[u8]) -> Outcome {
     if let Ok(value) = axum::http::HeaderValue::from_str(&head) {
         headers.insert(axum::http::header::AUTHORIZATION, value);
     }
-    match tally::gateway::auth::bearer(&headers) {
+    match tally_gateway::auth::bearer(&headers) {
         Ok(token) => {
             outcome.push_str("bearer ");
             outcome.push_str(if jsonwebtoken::decode_header(token).is_ok() {
@@ -69,18 +69,18 @@ fn run_gateway(input: &[u8]) -> Outcome {
         }
         Err(error) => outcome.push_str(error.status_and_code().1),
     }
-    let vote = serde_json::from_slice::<tally::gateway::api::VoteRequest>(body).is_ok();
-    let poll = serde_json::from_slice::<tally::gateway::api::CreatePoll>(body);
-    let close = serde_json::from_slice::<tally::gateway::api::CloseRequest>(body).is_ok();
+    let vote = serde_json::from_slice::<tally_gateway::api::VoteRequest>(body).is_ok();
+    let poll = serde_json::from_slice::<tally_gateway::api::CreatePoll>(body);
+    let close = serde_json::from_slice::<tally_gateway::api::CloseRequest>(body).is_ok();
     if let Ok(poll) = &poll {
         for text in [&poll.opens_at, &poll.closes_at].into_iter().flatten() {
-            let _ = tally::time::parse_rfc3339(text);
+            let _ = tally_contract::time::parse_rfc3339(text);
         }
-        let _ = tally::vote::valid_id(&poll.poll_id, 128);
+        let _ = tally_contract::vote::valid_id(&poll.poll_id, 128);
     }
     let text = String::from_utf8_lossy(body);
-    let _ = tally::time::parse_rfc3339(&text);
-    let _ = tally::vote::valid_id(&text, 128);
+    let _ = tally_contract::time::parse_rfc3339(&text);
+    let _ = tally_contract::vote::valid_id(&text, 128);
     outcome.push_str(&format!(" {vote}{}{close}", poll.is_ok()));
     outcome
 }

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use tally::gateway::auth::{AuthConfig, KeySource, Verifier};
-use tally_lease::testing::{sdk_config, unique_name};
+use tally_gateway::auth::{AuthConfig, KeySource, Verifier};
+use tally_testkit::emulators::{sdk_config, unique_name};
 
 use crate::{figure, Figure, Stack};
 

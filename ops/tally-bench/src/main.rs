@@ -49,7 +49,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
-use tally_lease::testing::{create_stream, sdk_config, unique_name, Emulator, EmulatorKind};
+use tally_testkit::emulators::{create_stream, sdk_config, unique_name, Emulator, EmulatorKind};
 
 /// One figure of a benchmark, for the combined report of `all`.
 #[derive(Clone, Debug)]
@@ -617,8 +617,9 @@ async fn pipeline(votes: usize) -> Vec<Figure> {
 /// The pipeline benchmark on a stream of `shards` shards (the emulator's
 /// raw rate is measured only for 4).
 async fn pipeline_on(votes: usize, shards: i32) -> Vec<Figure> {
-    use tally::store::dynamo::{DynamoVoteStore, TableNames};
-    use tally::store::{Origin, VoteItem, VoteStore};
+    use tally_store::dynamo::{DynamoVoteStore, TableNames};
+    use tally_store::prelude::*;
+    use tally_store::{Origin, VoteItem};
     let stack = Stack::new().await;
     let stream = unique_name("pipeline");
     let app = unique_name("app");
@@ -630,23 +631,25 @@ async fn pipeline_on(votes: usize, shards: i32) -> Vec<Figure> {
         TableNames::with_prefix(&prefix, format!("{app}-leases")),
     );
     store.ensure_tables().await.unwrap();
-    let poll = tally::admin::new_poll(
+    let poll = tally_store::admin::new_poll(
         "bench",
         "Which one?",
         &["a".into(), "b".into(), "c".into(), "d".into()],
         None,
         None,
-        tally::poll::DEFAULT_COUNTER_SHARDS,
+        tally_core::poll::DEFAULT_COUNTER_SHARDS,
     )
     .unwrap();
-    tally::admin::create_poll(&store, poll, true).await.unwrap();
+    tally_store::admin::create_poll(&store, poll, true)
+        .await
+        .unwrap();
     eprintln!("pre-loading {votes} votes");
     let voters = (votes * 9 / 10).max(1);
     for start in (0..votes).step_by(500) {
         let entries: Vec<PutRecordsRequestEntry> = (start..(start + 500).min(votes))
             .map(|index| {
                 let voter = format!("v{}", index % voters);
-                let vote = tally::vote::Vote {
+                let vote = tally_contract::vote::Vote {
                     vote_id: format!("id{index}"),
                     poll_id: "bench".into(),
                     option: ["a", "b", "c", "d"][index % 4].into(),
@@ -655,7 +658,7 @@ async fn pipeline_on(votes: usize, shards: i32) -> Vec<Figure> {
                 };
                 PutRecordsRequestEntry::builder()
                     .partition_key(voter)
-                    .data(Blob::new(tally::vote::encode(&vote)))
+                    .data(Blob::new(tally_contract::vote::encode(&vote)))
                     .build()
                     .unwrap()
             })

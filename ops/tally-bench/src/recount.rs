@@ -12,10 +12,10 @@ use std::time::Instant;
 
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use futures::StreamExt;
-use tally::close::{recount as run_recount, ScanPlan, ScanProgress};
-use tally::store::dynamo::{DynamoVoteStore, TableNames};
-use tally::store::VoteStore;
-use tally_lease::testing::{sdk_config, unique_name};
+use tally_store::dynamo::{DynamoVoteStore, TableNames};
+use tally_store::prelude::*;
+use tally_testkit::emulators::{sdk_config, unique_name};
+use tally_worker::close::{recount as run_recount, ScanPlan, ScanProgress};
 
 use crate::Stack;
 
@@ -105,7 +105,7 @@ pub async fn recount(votes: usize, segments: u32, concurrency: usize) {
 
     eprintln!("bench: recounting poll target ({segments} segments, {concurrency} at once)");
     let progress = Arc::new(ScanProgress::default());
-    let reporter = tally::close::report_progress(progress.clone(), segments);
+    let reporter = tally_worker::close::report_progress(progress.clone(), segments);
     let started = Instant::now();
     let counted = run_recount(
         &store,

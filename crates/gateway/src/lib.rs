@@ -1,0 +1,642 @@
+//! `tally gateway`: the HTTP front door. Voters cast votes (put on the
+//! stream through the producer, counted later by the workers), everyone
+//! reads polls and live results (JSON and Server-Sent Events), admins
+//! create, open and close polls; `/healthz`, `/readyz`, `/metrics` and
+//! `/openapi.json` serve operators and tools; the web pages (vote,
+//! dashboard, admin) are served from the binary.
+//!
+//! It owns: authentication ([`auth`]), rate limits ([`limit`]), the one
+//! error-to-status mapping ([`error`]), live results ([`results`]) and its
+//! metrics ([`metrics`]). It never counts a vote itself and never takes a
+//! voter's identity from a request body.
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod limit;
+pub mod metrics;
+pub mod pages;
+pub mod results;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderName, HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use clap::Args;
+use tally_producer::{Producer, ProducerConfig};
+use tokio_util::sync::CancellationToken;
+
+use self::auth::{AuthConfig, KeySource, Verifier};
+use self::error::ApiError;
+use self::limit::{Rate, RateLimiter};
+use self::metrics::GatewayMetrics;
+use self::results::ResultsHub;
+use tally_store::VoteStore;
+use tally_worker::pipeline::{PipelineConfig, PollCache};
+
+fn boolish() -> clap::builder::BoolishValueParser {
+    clap::builder::BoolishValueParser::new()
+}
+
+/// The gateway's settings.
+#[derive(Args, Clone, Debug)]
+pub struct GatewayArgs {
+    /// Address to listen on (port 0: any free port; the address is logged).
+    #[arg(long, env = "TALLY_GATEWAY_ADDR", default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+    /// HS256 secret of the voters' and admins' tokens (local mode; at least
+    /// 32 bytes). Set this or --auth-jwks-url, not both.
+    #[arg(long, env = "TALLY_AUTH_SECRET", hide_env_values = true)]
+    pub auth_secret: Option<String>,
+    /// URL of the JSON Web Key Set whose RS256/ES256 keys sign the tokens
+    /// (Cognito: https://cognito-idp.<region>.amazonaws.com/<pool>/.well-known/jwks.json).
+    #[arg(long, env = "TALLY_AUTH_JWKS_URL")]
+    pub auth_jwks_url: Option<String>,
+    /// The audience (`aud`) tokens must name.
+    #[arg(long, env = "TALLY_AUTH_AUDIENCE", default_value = "tally")]
+    pub auth_audience: String,
+    /// The issuer (`iss`) tokens must name.
+    #[arg(long, env = "TALLY_AUTH_ISSUER", default_value = "tally-local")]
+    pub auth_issuer: String,
+    /// The claim listing the caller's roles (Cognito: cognito:groups).
+    #[arg(long, env = "TALLY_AUTH_ROLE_CLAIM", default_value = "roles")]
+    pub auth_role_claim: String,
+    /// The role that may create, open and close polls.
+    #[arg(long, env = "TALLY_AUTH_ADMIN_ROLE", default_value = "admin")]
+    pub auth_admin_role: String,
+    /// LOCAL MODE ONLY: serve `POST /v1/dev/token`, which mints demo voter
+    /// and admin tokens for anyone (needs --auth-secret).
+    #[arg(long, env = "TALLY_DEV_TOKENS", default_value_t = false, value_parser = boolish(), action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub dev_tokens: bool,
+    /// Votes per second one voter may post (token bucket rate).
+    #[arg(long, env = "TALLY_RATE_VOTER_PER_S", default_value_t = 5.0)]
+    pub rate_voter_per_s: f64,
+    /// Burst of one voter's bucket.
+    #[arg(long, env = "TALLY_RATE_VOTER_BURST", default_value_t = 10.0)]
+    pub rate_voter_burst: f64,
+    /// API requests per second from one client address.
+    #[arg(long, env = "TALLY_RATE_IP_PER_S", default_value_t = 100.0)]
+    pub rate_ip_per_s: f64,
+    /// Burst of one client address's bucket.
+    #[arg(long, env = "TALLY_RATE_IP_BURST", default_value_t = 200.0)]
+    pub rate_ip_burst: f64,
+    /// Take the client address from the last X-Forwarded-For entry (only
+    /// behind a load balancer that sets it).
+    #[arg(long, env = "TALLY_TRUST_FORWARDED_FOR", default_value_t = false, value_parser = boolish(), action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub trust_forwarded_for: bool,
+    /// Largest request body, in bytes.
+    #[arg(long, env = "TALLY_MAX_BODY_BYTES", default_value_t = 16 * 1024, value_parser = clap::value_parser!(u64).range(256..=1_048_576))]
+    pub max_body_bytes: u64,
+    /// Origins allowed to call the API from a browser, comma-separated
+    /// (`*`: any; empty: only the gateway's own pages).
+    #[arg(long, env = "TALLY_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+    /// Results are read at most this often per poll, and served no older.
+    #[arg(long, env = "TALLY_RESULTS_INTERVAL_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..=250))]
+    pub results_interval_ms: u64,
+    /// Interval of the heartbeat comments on results streams.
+    #[arg(long, env = "TALLY_SSE_HEARTBEAT_MS", default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(100..=120_000))]
+    pub sse_heartbeat_ms: u64,
+    /// Most results streams open at once on this process.
+    #[arg(long, env = "TALLY_MAX_SSE_CLIENTS", default_value_t = 20_000)]
+    pub max_sse_clients: i64,
+    /// The workers' metrics URLs (`http://host:9464/metrics`), comma-
+    /// separated, for the admin page's pipeline health.
+    #[arg(long, env = "TALLY_WORKER_METRICS_URLS", value_delimiter = ',')]
+    pub worker_metrics_urls: Vec<String>,
+    /// How long a vote may wait for others to share its Kinesis call.
+    #[arg(long, env = "TALLY_GATEWAY_LINGER_MS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=1_000))]
+    pub linger_ms: u64,
+    /// Pack votes into KPL aggregates (fewer Kinesis records; the workers
+    /// read both).
+    #[arg(long, env = "TALLY_GATEWAY_AGGREGATE", default_value_t = true, value_parser = boolish(), action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub aggregate: bool,
+    /// A vote not on the stream by then is answered 503 (retry with the
+    /// same Idempotency-Key).
+    #[arg(long, env = "TALLY_VOTE_TIMEOUT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    pub vote_timeout_ms: u64,
+    #[command(flatten)]
+    pub cloudwatch: tally_service::cloudwatch::CloudWatchArgs,
+    #[command(flatten)]
+    pub faults: tally_service::faults::FaultArgs,
+}
+
+impl GatewayArgs {
+    /// Checks the settings, naming the one at fault.
+    pub fn auth_config(&self) -> anyhow::Result<AuthConfig> {
+        let keys = match (&self.auth_secret, &self.auth_jwks_url) {
+            (Some(_), Some(_)) => bail!("invalid settings TALLY_AUTH_SECRET and TALLY_AUTH_JWKS_URL: set one, not both"),
+            (None, None) => bail!("missing setting TALLY_AUTH_SECRET (local mode, HS256) or TALLY_AUTH_JWKS_URL (RS256/ES256 keys): the gateway must check tokens"),
+            (Some(secret), None) => {
+                if secret.len() < 32 {
+                    bail!("invalid setting TALLY_AUTH_SECRET: at least 32 bytes, e.g. `openssl rand -hex 32`");
+                }
+                KeySource::Secret(secret.as_bytes().to_vec())
+            }
+            (None, Some(url)) => {
+                if self.dev_tokens {
+                    bail!("invalid setting TALLY_DEV_TOKENS: demo tokens need TALLY_AUTH_SECRET, not a key set");
+                }
+                KeySource::Jwks(url.clone())
+            }
+        };
+        for (name, value) in [
+            ("TALLY_AUTH_AUDIENCE", &self.auth_audience),
+            ("TALLY_AUTH_ISSUER", &self.auth_issuer),
+            ("TALLY_AUTH_ROLE_CLAIM", &self.auth_role_claim),
+            ("TALLY_AUTH_ADMIN_ROLE", &self.auth_admin_role),
+        ] {
+            if value.trim().is_empty() {
+                bail!("invalid setting {name}: must not be empty");
+            }
+        }
+        for (name, value) in [
+            ("TALLY_RATE_VOTER_PER_S", self.rate_voter_per_s),
+            ("TALLY_RATE_VOTER_BURST", self.rate_voter_burst),
+            ("TALLY_RATE_IP_PER_S", self.rate_ip_per_s),
+            ("TALLY_RATE_IP_BURST", self.rate_ip_burst),
+        ] {
+            if !(value.is_finite() && value > 0.0) {
+                bail!("invalid setting {name}: {value} must be a positive number");
+            }
+        }
+        for (name, value) in [
+            ("TALLY_RATE_VOTER_BURST", self.rate_voter_burst),
+            ("TALLY_RATE_IP_BURST", self.rate_ip_burst),
+        ] {
+            if value < 1.0 {
+                bail!("invalid setting {name}: {value} must be at least 1");
+            }
+        }
+        for url in &self.worker_metrics_urls {
+            if !url.starts_with("http://") && !url.starts_with("https://") {
+                bail!("invalid setting TALLY_WORKER_METRICS_URLS: {url:?} is not an http(s) URL");
+            }
+        }
+        for origin in &self.cors_origins {
+            if origin != "*" && HeaderValue::from_str(origin).is_err() {
+                bail!("invalid setting TALLY_CORS_ORIGINS: {origin:?} is not an origin");
+            }
+        }
+        if self.max_sse_clients < 1 {
+            bail!("invalid setting TALLY_MAX_SSE_CLIENTS: must be at least 1");
+        }
+        Ok(AuthConfig {
+            keys,
+            audience: self.auth_audience.clone(),
+            issuer: self.auth_issuer.clone(),
+            role_claim: self.auth_role_claim.clone(),
+            admin_role: self.auth_admin_role.clone(),
+            leeway: Duration::from_secs(5),
+        })
+    }
+
+    /// The producer's settings for votes.
+    pub fn producer_config(&self) -> ProducerConfig {
+        ProducerConfig {
+            linger: Duration::from_millis(self.linger_ms),
+            aggregation: self.aggregate.then(tally_producer::Aggregation::default),
+            record_ttl: Duration::from_millis(self.vote_timeout_ms),
+            min_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(500),
+            ..ProducerConfig::default()
+        }
+    }
+}
+
+/// What readiness depends on beyond the vote tables: the stream.
+pub struct StreamProbe {
+    pub kinesis: aws_sdk_kinesis::Client,
+    pub stream: String,
+}
+
+/// An accepted vote remembered under its idempotency key.
+#[derive(Clone, Debug)]
+struct Remembered {
+    option: String,
+    at: Instant,
+}
+
+/// Idempotency keys are remembered this long on one process.
+const IDEMPOTENCY_TTL: Duration = Duration::from_secs(600);
+const MAX_REMEMBERED: usize = 200_000;
+/// A readiness answer is reused this long.
+const READY_CACHE: Duration = Duration::from_secs(1);
+
+/// The gateway's shared state.
+pub struct Gateway {
+    pub args: GatewayArgs,
+    pub verifier: Verifier,
+    pub store: Arc<dyn VoteStore>,
+    pub polls: Arc<PollCache>,
+    pub hub: Arc<ResultsHub>,
+    pub producer: Producer,
+    pub metrics: GatewayMetrics,
+    voter_limits: RateLimiter,
+    ip_limits: RateLimiter,
+    remembered: Mutex<HashMap<(String, String, String), Remembered>>,
+    /// Fires when the gateway stops: results streams end.
+    pub closing: CancellationToken,
+    probe: Option<StreamProbe>,
+    ready: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
+    http: reqwest::Client,
+    pipeline_sample: Mutex<Option<(Instant, u64)>>,
+    mismatches: tokio::sync::Mutex<Option<(Instant, u64)>>,
+}
+
+/// The count of polls with a recount mismatch is read again after this.
+const MISMATCH_CACHE: Duration = Duration::from_secs(10);
+
+impl Gateway {
+    pub fn new(
+        args: GatewayArgs,
+        store: Arc<dyn VoteStore>,
+        producer: Producer,
+        probe: Option<StreamProbe>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let verifier = Verifier::new(args.auth_config()?)
+            .map_err(|error| anyhow::anyhow!("invalid auth settings: {error}"))?;
+        let polls = Arc::new(PollCache::new(
+            store.clone(),
+            PipelineConfig::default(),
+            Arc::default(),
+        ));
+        let hub = ResultsHub::new(
+            store.clone(),
+            polls.clone(),
+            Duration::from_millis(args.results_interval_ms),
+        );
+        Ok(Arc::new(Self {
+            voter_limits: RateLimiter::new(Rate {
+                per_second: args.rate_voter_per_s,
+                burst: args.rate_voter_burst,
+            }),
+            ip_limits: RateLimiter::new(Rate {
+                per_second: args.rate_ip_per_s,
+                burst: args.rate_ip_burst,
+            }),
+            args,
+            verifier,
+            store,
+            polls,
+            hub,
+            producer,
+            metrics: GatewayMetrics::default(),
+            remembered: Mutex::default(),
+            closing: CancellationToken::new(),
+            probe,
+            ready: tokio::sync::Mutex::new(None),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(1))
+                .build()
+                .context("HTTP client")?,
+            pipeline_sample: Mutex::default(),
+            mismatches: tokio::sync::Mutex::new(None),
+        }))
+    }
+
+    /// How many closed polls carry a recount mismatch report (cached).
+    pub async fn recount_mismatches(&self) -> Result<u64, tally_store::VoteStoreError> {
+        let mut cached = self.mismatches.lock().await;
+        if let Some((at, count)) = *cached {
+            if at.elapsed() < MISMATCH_CACHE {
+                return Ok(count);
+            }
+        }
+        let mut count = 0;
+        for poll in self.store.list_polls().await? {
+            if poll.status == tally_core::poll::PollStatus::Closed
+                && self.store.audit_records(&poll.id).await?.1.is_some()
+            {
+                count += 1;
+            }
+        }
+        *cached = Some((Instant::now(), count));
+        Ok(count)
+    }
+
+    fn remembered(&self, key: &(String, String, String)) -> Option<Remembered> {
+        let remembered = self.remembered.lock().unwrap_or_else(|e| e.into_inner());
+        remembered
+            .get(key)
+            .filter(|entry| entry.at.elapsed() < IDEMPOTENCY_TTL)
+            .cloned()
+    }
+
+    fn remember(&self, key: (String, String, String), option: String) {
+        let mut remembered = self.remembered.lock().unwrap_or_else(|e| e.into_inner());
+        if remembered.len() >= MAX_REMEMBERED {
+            remembered.retain(|_, entry| entry.at.elapsed() < IDEMPOTENCY_TTL);
+            if remembered.len() >= MAX_REMEMBERED {
+                // The worker's dedupe stays the authority: forgetting only
+                // turns a retry's 202 into a 409 or a harmless duplicate.
+                remembered.clear();
+            }
+        }
+        remembered.insert(
+            key,
+            Remembered {
+                option,
+                at: Instant::now(),
+            },
+        );
+    }
+
+    /// Ready: not stopping, keys loaded, the tables and the stream answer.
+    pub async fn readiness(&self) -> Result<(), String> {
+        if self.closing.is_cancelled() {
+            return Err("stopping".into());
+        }
+        let mut cached = self.ready.lock().await;
+        if let Some((at, answer)) = cached.as_ref() {
+            if at.elapsed() < READY_CACHE {
+                return answer.clone();
+            }
+        }
+        let answer = async {
+            if !self.verifier.ready().await {
+                self.verifier.refresh().await?;
+            }
+            self.store
+                .get_poll("tally-readiness-probe")
+                .await
+                .map_err(|e| format!("vote tables: {e}"))?;
+            if let Some(probe) = &self.probe {
+                probe
+                    .kinesis
+                    .describe_stream_summary()
+                    .stream_name(&probe.stream)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        format!(
+                            "stream {}: {}",
+                            probe.stream,
+                            aws_sdk_kinesis::error::DisplayErrorContext(e)
+                        )
+                    })?;
+            }
+            Ok(())
+        }
+        .await;
+        *cached = Some((Instant::now(), answer.clone()));
+        answer
+    }
+}
+
+/// The client's address, for the per-address rate limit.
+fn client_address(gateway: &Gateway, request: &Request) -> String {
+    if gateway.args.trust_forwarded_for {
+        if let Some(forwarded) = request
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.rsplit(',').next())
+        {
+            return forwarded.trim().to_owned();
+        }
+    }
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0.ip().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Per-address rate limit on the API, and request metrics by route.
+async fn front(State(gateway): State<Arc<Gateway>>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|path| path.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = request.method().to_string();
+    let response = if request.uri().path().starts_with("/v1/") {
+        let address = client_address(&gateway, &request);
+        match gateway.ip_limits.check(&address, Instant::now()) {
+            Ok(()) => next.run(request).await,
+            Err(retry_after_s) => {
+                gateway
+                    .metrics
+                    .rate_limited_ip
+                    .fetch_add(1, Ordering::Relaxed);
+                ApiError::RateLimited { retry_after_s }.into_response()
+            }
+        }
+    } else {
+        next.run(request).await
+    };
+    gateway
+        .metrics
+        .request(&route, &method, response.status().as_u16());
+    response
+}
+
+fn cors(args: &GatewayArgs) -> tower_http::cors::CorsLayer {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let origins = if args.cors_origins.iter().any(|origin| origin == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            args.cors_origins
+                .iter()
+                .filter_map(|origin| HeaderValue::from_str(origin).ok()),
+        )
+    };
+    CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            axum::http::header::AUTHORIZATION,
+            axum::http::header::CONTENT_TYPE,
+            HeaderName::from_static("idempotency-key"),
+            HeaderName::from_static("last-event-id"),
+        ])
+        .expose_headers([axum::http::header::RETRY_AFTER])
+        .max_age(Duration::from_secs(600))
+}
+
+/// A handler that panics answers a JSON 500 instead of dropping the
+/// connection.
+fn catch_panics() -> tower_http::catch_panic::CatchPanicLayer<
+    impl Fn(Box<dyn std::any::Any + Send>) -> Response + Clone,
+> {
+    tower_http::catch_panic::CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
+        ApiError::Internal("a request handler panicked".into()).into_response()
+    })
+}
+
+/// The whole HTTP surface.
+pub fn router(gateway: Arc<Gateway>) -> axum::Router {
+    api::routes(gateway.args.dev_tokens)
+        .merge(pages::routes())
+        .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(gateway.clone(), front))
+        .layer(catch_panics())
+        .layer(cors(&gateway.args))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            gateway.args.max_body_bytes as usize,
+        ))
+        .with_state(gateway)
+}
+
+/// Runs the gateway on `listener` until `shutdown` fires: it then answers
+/// `/readyz` with 503, stops taking connections, ends the results streams,
+/// finishes in-flight requests and flushes the producer.
+pub async fn serve(
+    gateway: Arc<Gateway>,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    if let Err(error) = gateway.verifier.refresh().await {
+        tracing::warn!(error = %error, "key set not loaded yet; /readyz stays 503 until it is");
+    }
+    let refresher = tokio::spawn({
+        let gateway = gateway.clone();
+        async move {
+            loop {
+                tokio::time::sleep(auth::JWKS_REFRESH).await;
+                if let Err(error) = gateway.verifier.refresh().await {
+                    tracing::warn!(error = %error, "key set refresh failed");
+                }
+            }
+        }
+    });
+    let address = listener.local_addr()?;
+    tracing::info!(address = %address, "gateway listening");
+    let app = router(gateway.clone());
+    let stop = shutdown.clone();
+    let flag = gateway.clone();
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        stop.cancelled().await;
+        flag.closing.cancel();
+        tracing::info!("stopping: finishing in-flight requests");
+    })
+    .await
+    .context("gateway server failed")?;
+    refresher.abort();
+    gateway
+        .producer
+        .close()
+        .await
+        .context("flushing the last votes to the stream")?;
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+/// `tally gateway`: builds the clients and serves until a stop signal.
+pub async fn run(
+    common: &tally_service::settings::Common,
+    args: GatewayArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    args.auth_config()?;
+    let faults = args.faults.parse()?;
+    let clients = tally_service::settings::Clients::with_faults(faults.clone()).await?;
+    let store = Arc::new(tally_store::dynamo::DynamoVoteStore::new(
+        clients.dynamodb.clone(),
+        common.table_names(),
+    ));
+    let sink = Arc::new(tally_producer::KinesisSink::new(
+        clients.kinesis.clone(),
+        &common.stream,
+    ));
+    let producer = Producer::start(sink, args.producer_config());
+    let listener = tokio::net::TcpListener::bind(args.addr)
+        .await
+        .with_context(|| {
+            format!(
+                "invalid setting TALLY_GATEWAY_ADDR: cannot listen on {}",
+                args.addr
+            )
+        })?;
+    let cloudwatch = args.cloudwatch.clone();
+    if cloudwatch.cloudwatch {
+        tally_service::cloudwatch::validate(&cloudwatch)?;
+    }
+    let gateway = Gateway::new(
+        args,
+        store,
+        producer,
+        Some(StreamProbe {
+            kinesis: clients.kinesis.clone(),
+            stream: common.stream.clone(),
+        }),
+    )?;
+    let publisher_stop = CancellationToken::new();
+    let publisher = cloudwatch.cloudwatch.then(|| {
+        let gateway = gateway.clone();
+        let process = format!("gateway-{}", std::process::id());
+        tokio::spawn(tally_service::cloudwatch::publish(
+            aws_sdk_cloudwatch::Client::new(&clients.config),
+            cloudwatch,
+            tally_service::cloudwatch::GATEWAY_METRICS,
+            common.app.clone(),
+            process,
+            move || {
+                let gateway = gateway.clone();
+                async move {
+                    let mut snapshot = gateway.metrics.snapshot();
+                    if let Ok(count) = gateway.recount_mismatches().await {
+                        snapshot["recount_mismatch_polls"] = count.into();
+                    }
+                    snapshot
+                }
+            },
+            publisher_stop.clone(),
+        ))
+    });
+    let served = serve(gateway, listener, shutdown).await;
+    if let Some(faults) = &faults {
+        tracing::warn!(
+            injected = %faults.injected_json(),
+            "faults injected"
+        );
+    }
+    publisher_stop.cancel();
+    if let Some(publisher) = publisher {
+        let _ = publisher.await;
+    }
+    served
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_a_json_500() {
+        let app = axum::Router::new()
+            .route(
+                "/boom",
+                axum::routing::get(|| async {
+                    if true {
+                        panic!("on purpose");
+                    }
+                    "unreachable"
+                }),
+            )
+            .layer(catch_panics());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let response = reqwest::get(format!("http://{address}/boom"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 500);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "internal");
+    }
+}

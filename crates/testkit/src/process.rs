@@ -1,0 +1,72 @@
+//! Real `tally` processes in tests: a child that is killed when dropped
+//! (a failing test leaves none behind), and the command line pointed at a
+//! local emulator with the settings every test process needs.
+
+use std::ffi::OsStr;
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+/// A child process, killed when dropped.
+pub struct Process(pub Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+impl std::ops::Deref for Process {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Process {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Process {
+    /// Sends `signal` (`TERM`, `KILL`, `STOP`, `CONT`, ...) to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.0.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal}");
+    }
+
+    /// Waits for the process to exit, at most `limit` (then panics).
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.0.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the process did not exit in {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The `tally` binary `binary` with the local stack's AWS settings
+/// (region, dummy credentials), JSON logs and a free health port.
+/// Endpoints and Tally's own settings are the caller's.
+pub fn tally(binary: impl AsRef<OsStr>) -> Command {
+    let mut command = Command::new(binary);
+    command
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("TALLY_LOG_FORMAT", "json")
+        .env("TALLY_HEALTH_ADDR", "127.0.0.1:0");
+    command
+}

@@ -1,0 +1,570 @@
+//! The per-shard vote pipeline: a [`RecordProcessor`] that turns each batch
+//! into exactly one outcome per record (counted, duplicate, or rejected
+//! with a reason) and commits the counts with the checkpoint.
+//!
+//! For each batch, in order:
+//! 1. decode and validate every record (the poll cache re-reads a poll once
+//!    before rejecting a vote as `unknown_poll` or `poll_not_open`);
+//! 2. keep the rejects (idempotent puts keyed by stream position);
+//! 3. first-wins inside the batch, then one conditional put per winner
+//!    into `votes` ("no vote yet, or this very record's"), concurrently up
+//!    to a bound;
+//! 4. sum the counted votes into per-counter-item deltas and commit them
+//!    with the checkpoint in `TransactWriteItems`, fenced by the lease and
+//!    by the previous checkpoint, cut at 100 actions at record boundaries.
+//!
+//! Throttling, conflicts, 5xx and timeouts are retried with backoff. A lost
+//! lease drops the rest of the batch: the next owner replays it, and the
+//! origin condition of step 3 makes that safe. This module never decides
+//! anything the pure [`tally_core::count`] module can decide.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use tally_lease::processor::ProcessorError;
+use tally_lease::{
+    Batch, Checkpoint, Checkpointer, ProcessorFactory, Record, RecordProcessor, ShardId, ShardStart,
+};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use tally_contract::vote::{self, Reason, Rejection, Vote};
+use tally_core::count::{self, Decided};
+use tally_core::poll::Poll;
+use tally_store::{
+    Commit, CommitOutcome, Origin, PutVote, RejectItem, VoteItem, VoteStore, VoteStoreError,
+};
+
+#[cfg(feature = "faults")]
+use tally_faults::crash_point;
+
+/// Without the `faults` feature, crash points compile to nothing.
+#[cfg(not(feature = "faults"))]
+#[inline(always)]
+fn crash_point(_point: &'static str) {}
+
+/// The pipeline's settings.
+#[derive(Clone, Debug)]
+pub struct PipelineConfig {
+    /// Conditional puts in flight at once, per shard.
+    pub put_concurrency: usize,
+    /// A cached poll older than this is read again before use.
+    pub poll_cache_max_age: Duration,
+    /// A poll is read again to confirm a reject only if its cached copy is
+    /// older than this (so a flood of late votes costs few reads).
+    pub poll_reread_min_age: Duration,
+    /// Actions per `TransactWriteItems`.
+    pub max_transaction_actions: usize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            put_concurrency: 64,
+            poll_cache_max_age: Duration::from_millis(500),
+            poll_reread_min_age: Duration::from_millis(50),
+            max_transaction_actions: count::MAX_TRANSACTION_ACTIONS,
+        }
+    }
+}
+
+struct CachedPoll {
+    poll: Option<Arc<Poll>>,
+    fetched: Instant,
+}
+
+/// Polls by id, shared by every shard of a worker.
+/// Above this many cached polls, stale entries are dropped.
+const MAX_CACHED_POLLS: usize = 10_000;
+
+pub struct PollCache {
+    store: Arc<dyn VoteStore>,
+    entries: Mutex<HashMap<String, CachedPoll>>,
+    config: PipelineConfig,
+    metrics: Arc<Metrics>,
+}
+
+impl PollCache {
+    pub fn new(store: Arc<dyn VoteStore>, config: PipelineConfig, metrics: Arc<Metrics>) -> Self {
+        Self {
+            store,
+            entries: Mutex::default(),
+            config,
+            metrics,
+        }
+    }
+
+    /// The poll, read again if the cached copy is older than `max_age`.
+    pub async fn get(
+        &self,
+        id: &str,
+        max_age: Duration,
+    ) -> Result<Option<Arc<Poll>>, VoteStoreError> {
+        let mut entries = self.entries.lock().await;
+        if let Some(entry) = entries.get(id) {
+            if entry.fetched.elapsed() <= max_age {
+                return Ok(entry.poll.clone());
+            }
+        }
+        if entries.len() >= MAX_CACHED_POLLS {
+            // Unknown ids (from bad records or requests) must not grow the
+            // cache without bound: forget what is stale.
+            let max_age = self.config.poll_cache_max_age;
+            entries.retain(|_, entry| entry.fetched.elapsed() <= max_age);
+        }
+        Metrics::add(&self.metrics.poll_reads, 1);
+        let poll = self.store.get_poll(id).await?.map(Arc::new);
+        entries.insert(
+            id.to_owned(),
+            CachedPoll {
+                poll: poll.clone(),
+                fetched: Instant::now(),
+            },
+        );
+        Ok(poll)
+    }
+
+    /// Forgets a poll, so that the next read sees a change made here.
+    pub async fn forget(&self, id: &str) {
+        self.entries.lock().await.remove(id);
+    }
+
+    /// Decides a vote that arrived at `arrival_ms`. A reject for an unknown
+    /// poll or a poll not open is confirmed by a fresh read first.
+    pub async fn check(
+        &self,
+        vote: &Vote,
+        arrival_ms: i64,
+    ) -> Result<Result<Arc<Poll>, Rejection>, VoteStoreError> {
+        let decide = |poll: Option<Arc<Poll>>| match poll {
+            None => Err(Rejection::new(
+                Reason::UnknownPoll,
+                format!("no poll {}", vote.poll_id),
+            )),
+            Some(poll) => poll.check(vote, arrival_ms).map(|()| poll),
+        };
+        let cached = self
+            .get(&vote.poll_id, self.config.poll_cache_max_age)
+            .await?;
+        match decide(cached) {
+            Err(rejection)
+                if matches!(rejection.reason, Reason::UnknownPoll | Reason::PollNotOpen) =>
+            {
+                let fresh = self
+                    .get(&vote.poll_id, self.config.poll_reread_min_age)
+                    .await?;
+                Ok(decide(fresh))
+            }
+            decided => Ok(decided),
+        }
+    }
+}
+
+/// What every shard's processor shares.
+pub struct Pipeline {
+    pub store: Arc<dyn VoteStore>,
+    pub polls: PollCache,
+    pub metrics: Arc<Metrics>,
+    pub config: PipelineConfig,
+    /// Fires when the worker must stop retrying (it is shutting down hard).
+    pub abandon: CancellationToken,
+}
+
+impl Pipeline {
+    pub fn new(
+        store: Arc<dyn VoteStore>,
+        config: PipelineConfig,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            polls: PollCache::new(store.clone(), config.clone(), metrics.clone()),
+            store,
+            metrics,
+            config,
+            abandon: CancellationToken::new(),
+        })
+    }
+
+    /// Runs `operation` with backoff while its error is retryable, counting
+    /// each retry by cause.
+    async fn retried<T, F, Fut>(&self, operation: F) -> Result<T, VoteStoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, VoteStoreError>>,
+    {
+        let metrics = &self.metrics;
+        let mut operation = operation;
+        let counted = || {
+            let attempt = operation();
+            async move {
+                let result = attempt.await;
+                if let Err(error) = &result {
+                    if error.is_retryable() {
+                        metrics.add_retry(error.cause());
+                    }
+                }
+                result
+            }
+        };
+        tally_lease::retry::with_backoff(counted, VoteStoreError::is_retryable, &self.abandon)
+            .await
+            .unwrap_or_else(|| Err(VoteStoreError::Other("abandoned at shutdown".into())))
+    }
+}
+
+/// Makes one [`VoteProcessor`] per shard lease.
+pub struct VoteProcessorFactory {
+    pub pipeline: Arc<Pipeline>,
+}
+
+impl ProcessorFactory for VoteProcessorFactory {
+    fn create(&self, shard: &ShardId) -> Box<dyn RecordProcessor> {
+        Box::new(VoteProcessor {
+            shard: shard.clone(),
+            pipeline: self.pipeline.clone(),
+        })
+    }
+}
+
+/// One shard's processor.
+pub struct VoteProcessor {
+    shard: ShardId,
+    pipeline: Arc<Pipeline>,
+}
+
+/// A record's verdict before dedupe.
+enum Verdict {
+    Valid {
+        vote: Vote,
+        poll: Arc<Poll>,
+    },
+    Rejected {
+        rejection: Rejection,
+        vote: Option<Vote>,
+    },
+}
+
+/// A record's final outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Counted,
+    Duplicate,
+    Rejected(Reason),
+}
+
+impl VoteProcessor {
+    fn origin(&self, record: &Record) -> Origin {
+        Origin {
+            shard: self.shard.as_str().to_owned(),
+            sequence: record.position.sequence.as_str().to_owned(),
+            sub_sequence: record.position.sub_sequence,
+        }
+    }
+
+    async fn validate(&self, record: &Record) -> Result<Verdict, VoteStoreError> {
+        if let Some(problem) = &record.bad_aggregate {
+            return Ok(Verdict::Rejected {
+                rejection: Rejection::new(Reason::BadAggregate, problem.clone()),
+                vote: None,
+            });
+        }
+        let vote = match vote::decode(&record.data) {
+            Ok(vote) => vote,
+            Err(rejection) => {
+                return Ok(Verdict::Rejected {
+                    rejection,
+                    vote: None,
+                })
+            }
+        };
+        let arrival_ms = tally_contract::time::millis(record.arrival);
+        Ok(match self.pipeline.polls.check(&vote, arrival_ms).await? {
+            Ok(poll) => Verdict::Valid { vote, poll },
+            Err(rejection) => Verdict::Rejected {
+                rejection,
+                vote: Some(vote),
+            },
+        })
+    }
+
+    /// Decides and commits one batch; the outcome of each record, or
+    /// `None` when the lease was lost (nothing more of the batch is
+    /// committed by this worker).
+    pub async fn run_batch(
+        &self,
+        batch: &Batch,
+        checkpointer: &Checkpointer,
+    ) -> Result<Option<Vec<Outcome>>, VoteStoreError> {
+        let pipeline = &self.pipeline;
+        // A batch offered again after an error may hold records an earlier
+        // attempt already committed: they are done, skip them.
+        let done = match checkpointer.last() {
+            Checkpoint::At(position) => Some(position),
+            _ => None,
+        };
+        let records: Vec<&Record> = batch
+            .records
+            .iter()
+            .filter(|record| done.as_ref().is_none_or(|done| record.position > *done))
+            .collect();
+        if records.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        let mut verdicts = Vec::with_capacity(records.len());
+        for record in &records {
+            verdicts.push(self.validate(record).await?);
+        }
+        crash_point("after_validate");
+
+        // Keep the rejects.
+        let rejects: Vec<RejectItem> = records
+            .iter()
+            .zip(&verdicts)
+            .filter_map(|(record, verdict)| match verdict {
+                Verdict::Rejected { rejection, vote } => {
+                    let (raw, raw_len) = RejectItem::truncate_raw(&record.data);
+                    Some(RejectItem {
+                        origin: self.origin(record),
+                        reason: rejection.reason,
+                        detail: rejection.detail.clone(),
+                        raw,
+                        raw_len,
+                        partition_key: record.partition_key.clone(),
+                        arrival_ms: tally_contract::time::millis(record.arrival),
+                        poll_id: vote.as_ref().map(|v| v.poll_id.clone()),
+                        voter_id: vote.as_ref().map(|v| v.voter_id.clone()),
+                        vote_id: vote.as_ref().map(|v| v.vote_id.clone()),
+                    })
+                }
+                Verdict::Valid { .. } => None,
+            })
+            .collect();
+        // (Indices, not references, keep the futures' lifetimes simple.)
+        let kept: Vec<Result<(), VoteStoreError>> = futures::stream::iter(0..rejects.len())
+            .map(|at| {
+                let reject = &rejects[at];
+                pipeline.retried(move || pipeline.store.put_reject(reject))
+            })
+            .buffer_unordered(pipeline.config.put_concurrency.max(1))
+            .collect()
+            .await;
+        kept.into_iter().collect::<Result<Vec<()>, _>>()?;
+        crash_point("after_rejects");
+
+        // First-wins in the batch, then the conditional puts.
+        let winners = count::first_wins(verdicts.iter().map(|verdict| match verdict {
+            Verdict::Valid { vote, .. } => Some((vote.poll_id.as_str(), vote.voter_id.as_str())),
+            Verdict::Rejected { .. } => None,
+        }));
+        let puts: Vec<(usize, VoteItem)> = records
+            .iter()
+            .zip(&verdicts)
+            .enumerate()
+            .filter(|(index, _)| winners[*index])
+            .filter_map(|(index, (record, verdict))| match verdict {
+                Verdict::Valid { vote, .. } => Some((
+                    index,
+                    VoteItem {
+                        poll_id: vote.poll_id.clone(),
+                        voter_id: vote.voter_id.clone(),
+                        option: vote.option.clone(),
+                        vote_id: vote.vote_id.clone(),
+                        origin: self.origin(record),
+                        arrival_ms: tally_contract::time::millis(record.arrival),
+                    },
+                )),
+                Verdict::Rejected { .. } => None,
+            })
+            .collect();
+        let mut put_outcomes: HashMap<usize, PutVote> = HashMap::with_capacity(puts.len());
+        let puts = &puts;
+        let mut in_flight = futures::stream::iter(0..puts.len())
+            .map(|at| async move {
+                let (index, item) = &puts[at];
+                let started = Instant::now();
+                let outcome = pipeline.retried(|| pipeline.store.put_vote(item)).await;
+                pipeline
+                    .metrics
+                    .put_latency
+                    .record_duration(started.elapsed());
+                outcome.map(|outcome| (*index, outcome))
+            })
+            .buffer_unordered(pipeline.config.put_concurrency.max(1));
+        while let Some(done) = in_flight.next().await {
+            let (index, outcome) = done?;
+            if put_outcomes.is_empty() {
+                crash_point("mid_puts");
+            }
+            put_outcomes.insert(index, outcome);
+        }
+        drop(in_flight);
+        crash_point("after_puts");
+
+        // Outcomes, deltas and the commit plan.
+        let mut outcomes = Vec::with_capacity(records.len());
+        let mut decided = Vec::with_capacity(records.len());
+        for (index, (record, verdict)) in records.iter().zip(&verdicts).enumerate() {
+            let (outcome, counted) = match verdict {
+                Verdict::Rejected { rejection, .. } => (Outcome::Rejected(rejection.reason), None),
+                Verdict::Valid { vote, poll } => match put_outcomes.get(&index) {
+                    Some(PutVote::Counted) => (
+                        Outcome::Counted,
+                        Some((
+                            count::counter_for(self.shard.as_str(), &poll.id, poll.counter_shards),
+                            vote.option.clone(),
+                        )),
+                    ),
+                    Some(PutVote::Duplicate) | None => (Outcome::Duplicate, None),
+                },
+            };
+            outcomes.push(outcome);
+            decided.push(Decided {
+                position: record.position.clone(),
+                counted,
+            });
+        }
+        let parts = count::plan_commits(&decided, pipeline.config.max_transaction_actions);
+        let last_part = parts.len().saturating_sub(1);
+        for (number, part) in parts.iter().enumerate() {
+            let previous = checkpointer.last();
+            let next = Checkpoint::At(part.checkpoint.clone());
+            let commit = Commit {
+                fence: checkpointer.fence().clone(),
+                token: count::commit_token(
+                    self.shard.as_str(),
+                    checkpointer.fence().counter,
+                    &format!("{}/{}", previous.attribute(), previous.sub_attribute()),
+                    part,
+                ),
+                previous,
+                next: next.clone(),
+                deltas: part.deltas.clone(),
+            };
+            let started = Instant::now();
+            let committed = pipeline.retried(|| pipeline.store.commit(&commit)).await?;
+            pipeline
+                .metrics
+                .commit_latency
+                .record_duration(started.elapsed());
+            match committed {
+                CommitOutcome::Committed => {
+                    Metrics::add(&pipeline.metrics.commits, 1);
+                    Metrics::add(&pipeline.metrics.votes_counted, part.votes);
+                    checkpointer
+                        .committed_externally(next)
+                        .map_err(|error| VoteStoreError::Other(error.to_string()))?;
+                }
+                CommitOutcome::Lost => {
+                    Metrics::add(&pipeline.metrics.commits_lost, 1);
+                    tracing::info!(shard_id = %self.shard, lease_owner = ?checkpointer.fence().owner, "lease lost at commit; the batch is left to the next owner");
+                    checkpointer.mark_lost();
+                    return Ok(None);
+                }
+            }
+            if number < last_part {
+                crash_point("between_commits");
+            }
+        }
+        let duplicates = outcomes
+            .iter()
+            .filter(|o| **o == Outcome::Duplicate)
+            .count();
+        Metrics::add(&pipeline.metrics.votes_duplicate, duplicates as u64);
+        for reason in Reason::ALL {
+            let rejected = outcomes
+                .iter()
+                .filter(|o| **o == Outcome::Rejected(reason))
+                .count();
+            if rejected > 0 {
+                pipeline.metrics.add_rejected(reason, rejected as u64);
+            }
+        }
+        Metrics::add(&pipeline.metrics.batches, 1);
+        pipeline.metrics.batch_records.record(records.len() as u64);
+        crash_point("after_commit");
+        Ok(Some(outcomes))
+    }
+}
+
+#[async_trait]
+impl RecordProcessor for VoteProcessor {
+    async fn initialize(&mut self, start: &ShardStart) -> Result<(), ProcessorError> {
+        tracing::info!(shard_id = %start.shard, checkpoint = %start.checkpoint, lease_owner = ?start.fence.owner, "shard started");
+        Ok(())
+    }
+
+    async fn process_records(
+        &mut self,
+        batch: &Batch,
+        checkpointer: &Checkpointer,
+    ) -> Result<(), ProcessorError> {
+        if batch.records.is_empty() || checkpointer.is_lost() {
+            return Ok(());
+        }
+        let span = tracing::info_span!("count_batch", shard_id = %self.shard, records = batch.records.len());
+        match tracing::Instrument::instrument(self.run_batch(batch, checkpointer), span).await {
+            Ok(_) => Ok(()),
+            Err(error) => {
+                tracing::warn!(shard_id = %self.shard, error = %error, "batch failed; it is offered again");
+                Err(Box::new(error))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tally_store::memory::MemoryVoteStore;
+    use tally_store::PollStore;
+
+    fn vote(poll: &str, option: &str) -> Vote {
+        Vote {
+            vote_id: "v".into(),
+            poll_id: poll.into(),
+            option: option.into(),
+            voter_id: "u".into(),
+            cast_at: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reject_is_confirmed_by_a_fresh_read_and_the_cache_refreshes() {
+        let store = Arc::new(MemoryVoteStore::new(Arc::new(
+            tally_lease::MemoryStore::new(),
+        )));
+        let cache = PollCache::new(store.clone(), PipelineConfig::default(), Arc::default());
+        let unknown = cache.check(&vote("p", "a"), 10).await.unwrap().unwrap_err();
+        assert_eq!(unknown.reason, Reason::UnknownPoll);
+        // The poll is created: a fresh read finds it before the next reject,
+        // even though the cached "no such poll" is younger than its max age.
+        let mut poll = tally_core::testing::sample_poll("p");
+        poll.status = tally_core::poll::PollStatus::Draft;
+        store.create_poll(&poll).await.unwrap();
+        tokio::time::advance(Duration::from_millis(60)).await;
+        let draft = cache.check(&vote("p", "a"), 10).await.unwrap().unwrap_err();
+        assert_eq!(draft.reason, Reason::PollNotOpen);
+        // Opened: the not-open verdict is confirmed by a fresh read, and flips.
+        let mut opened = poll.clone();
+        opened.open(5).unwrap();
+        assert!(store.update_poll(&opened, poll.status).await.unwrap());
+        tokio::time::advance(Duration::from_millis(60)).await;
+        assert!(cache.check(&vote("p", "a"), 10).await.unwrap().is_ok());
+        // Closed: the cached open poll is used until it is older than the
+        // cache's max age, then read again.
+        let mut closed = opened.clone();
+        closed.close(8).unwrap();
+        assert!(store.update_poll(&closed, opened.status).await.unwrap());
+        assert!(cache.check(&vote("p", "a"), 10).await.unwrap().is_ok());
+        tokio::time::advance(Duration::from_millis(600)).await;
+        let late = cache.check(&vote("p", "a"), 10).await.unwrap().unwrap_err();
+        assert_eq!(late.reason, Reason::PollNotOpen);
+        let invalid = cache.check(&vote("p", "zz"), 7).await.unwrap().unwrap_err();
+        assert_eq!(invalid.reason, Reason::InvalidOption);
+    }
+}

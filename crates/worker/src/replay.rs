@@ -1,0 +1,247 @@
+//! `tally replay`: rebuilds a poll's tallies apart from the live ones and
+//! prints the difference.
+//! - From the `votes` table: recount into shadow tables (their own table
+//!   prefix): the live counters should equal the source of truth.
+//! - From the stream: a worker of its own (its own application name, hence
+//!   lease table, and table prefix) reads the stream from TRIM_HORIZON or a
+//!   time until it has passed the moment the replay started, counting into
+//!   the shadow tables with the same pipeline: the live pipeline should
+//!   equal an independent run over the same records.
+//!
+//! It never writes to the live tables.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Serialize;
+use tally_lease::{InitialPosition, KinesisStream, LeaseStore, Worker, WorkerConfig};
+use tokio_util::sync::CancellationToken;
+
+use crate::close::{recount, ScanPlan, ScanProgress};
+use crate::pipeline::{Pipeline, PipelineConfig, VoteProcessorFactory};
+use tally_core::poll::Poll;
+use tally_store::dynamo::{DynamoVoteStore, TableNames};
+use tally_store::{AuditStore, Counts, PollStore, VoteReads, VoteStore};
+
+/// The live counts next to the replayed ones.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ReplayReport {
+    pub poll_id: String,
+    /// `votes` or `stream`.
+    pub source: String,
+    pub shadow_prefix: String,
+    pub equal: bool,
+    pub live: BTreeMap<String, u64>,
+    pub replay: BTreeMap<String, u64>,
+    /// Options whose counts differ: (option, live, replay).
+    pub differences: Vec<(String, u64, u64)>,
+}
+
+fn report(
+    poll: &Poll,
+    source: &str,
+    shadow_prefix: &str,
+    live: &Counts,
+    replay: &Counts,
+) -> ReplayReport {
+    let options: BTreeSet<&String> = live
+        .by_option
+        .keys()
+        .chain(replay.by_option.keys())
+        .chain(poll.options.iter().map(|option| &option.id))
+        .collect();
+    let get = |counts: &Counts, option: &String| counts.by_option.get(option).copied().unwrap_or(0);
+    let differences: Vec<(String, u64, u64)> = options
+        .iter()
+        .filter(|option| get(live, option) != get(replay, option))
+        .map(|option| ((*option).clone(), get(live, option), get(replay, option)))
+        .collect();
+    ReplayReport {
+        poll_id: poll.id.clone(),
+        source: source.to_owned(),
+        shadow_prefix: shadow_prefix.to_owned(),
+        equal: differences.is_empty(),
+        live: options
+            .iter()
+            .map(|option| ((*option).clone(), get(live, option)))
+            .collect(),
+        replay: options
+            .iter()
+            .map(|option| ((*option).clone(), get(replay, option)))
+            .collect(),
+        differences,
+    }
+}
+
+/// The report as people read it.
+pub fn report_text(report: &ReplayReport) -> String {
+    let mut text = format!(
+        "poll {}: live counts and the replay from the {} (shadow prefix {}) {}\n  {:<24} {:>12} {:>12}\n",
+        report.poll_id,
+        report.source,
+        report.shadow_prefix,
+        if report.equal { "AGREE" } else { "DIFFER" },
+        "option",
+        "live",
+        "replay"
+    );
+    for (option, live) in &report.live {
+        let replay = report.replay.get(option).copied().unwrap_or(0);
+        let mark = if *live == replay { "" } else { "   <- differs" };
+        text.push_str(&format!("  {option:<24} {live:>12} {replay:>12}{mark}\n"));
+    }
+    text
+}
+
+async fn shadow_with_poll(
+    dynamodb: &aws_sdk_dynamodb::Client,
+    names: TableNames,
+    poll: &Poll,
+) -> anyhow::Result<DynamoVoteStore> {
+    let shadow = DynamoVoteStore::new(dynamodb.clone(), names);
+    shadow
+        .ensure_tables()
+        .await
+        .context("creating the shadow tables")?;
+    if !shadow.create_poll(poll).await? {
+        let existing = shadow.get_poll(&poll.id).await?;
+        if existing
+            .as_ref()
+            .is_none_or(|existing| !existing.same_definition(poll))
+        {
+            anyhow::bail!(
+                "the shadow tables hold another poll {}; use a fresh --shadow-prefix",
+                poll.id
+            );
+        }
+    }
+    Ok(shadow)
+}
+
+/// Rebuilds the poll's tallies from the `votes` table into the shadow tables.
+pub async fn from_votes(
+    live: &dyn VoteStore,
+    dynamodb: &aws_sdk_dynamodb::Client,
+    poll_id: &str,
+    shadow_prefix: &str,
+    plan: ScanPlan,
+    progress: &ScanProgress,
+) -> anyhow::Result<ReplayReport> {
+    let poll = live
+        .get_poll(poll_id)
+        .await?
+        .with_context(|| format!("no poll {poll_id}"))?;
+    // Nothing is committed to the shadow tables: the lease table is unused.
+    let names = TableNames::with_prefix(shadow_prefix, format!("{shadow_prefix}unused-leases"));
+    let shadow = shadow_with_poll(dynamodb, names, &poll).await?;
+    let recounted = recount(live, poll_id, plan, progress).await?;
+    let rebuilt = Counts {
+        by_option: recounted.by_option,
+    };
+    shadow.set_counts(&poll, &rebuilt).await?;
+    let replayed = shadow.counts(&poll).await?;
+    let live_counts = live.counts(&poll).await?;
+    Ok(report(
+        &poll,
+        "votes",
+        shadow_prefix,
+        &live_counts,
+        &replayed,
+    ))
+}
+
+/// What a stream replay reads.
+#[derive(Clone, Debug)]
+pub struct StreamReplay {
+    pub stream: String,
+    /// The replay's own application name (lease table `<app>-leases`).
+    pub app: String,
+    /// The shadow tables' prefix.
+    pub shadow_prefix: String,
+    pub position: InitialPosition,
+    /// Give up when the replay has not caught up by then.
+    pub timeout: Duration,
+}
+
+/// Reprocesses the stream with a worker of its own into the shadow tables,
+/// until every shard has passed the moment the replay started.
+pub async fn from_stream(
+    live: &dyn VoteStore,
+    kinesis: &aws_sdk_kinesis::Client,
+    dynamodb: &aws_sdk_dynamodb::Client,
+    poll_id: &str,
+    replay: &StreamReplay,
+    say: &(dyn Fn(String) + Sync),
+) -> anyhow::Result<ReplayReport> {
+    let poll = live
+        .get_poll(poll_id)
+        .await?
+        .with_context(|| format!("no poll {poll_id}"))?;
+    let names = TableNames::with_prefix(&replay.shadow_prefix, format!("{}-leases", replay.app));
+    let shadow = Arc::new(shadow_with_poll(dynamodb, names.clone(), &poll).await?);
+    let leases = Arc::new(tally_lease::DynamoStore::new(
+        dynamodb.clone(),
+        names.leases.clone(),
+    ));
+    leases
+        .ensure_table()
+        .await
+        .context("creating the replay's lease table")?;
+    let stream = Arc::new(KinesisStream::new(kinesis.clone(), &replay.stream));
+    let started_ms = tally_contract::time::now_millis();
+    let mut config = WorkerConfig::new(format!("replay-{}", std::process::id()));
+    config.initial_position = replay.position;
+    let pipeline = Pipeline::new(shadow.clone(), PipelineConfig::default(), Arc::default());
+    let worker = Worker::new(
+        config,
+        leases.clone(),
+        stream.clone(),
+        Arc::new(VoteProcessorFactory { pipeline }),
+    )?;
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(worker.run(stop.clone()));
+    let deadline = std::time::Instant::now() + replay.timeout;
+    let outcome = async {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let listed = leases
+                .list_leases()
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            if !listed.is_empty() {
+                let pending =
+                    crate::close::pending_shards(stream.as_ref(), leases.as_ref(), started_ms)
+                        .await
+                        .map_err(|error| anyhow::anyhow!("cannot check the shards: {error}"))?;
+                if pending.is_empty() {
+                    return Ok(());
+                }
+                say(format!(
+                    "replay: {} shards still before the replay's start",
+                    pending.len()
+                ));
+            }
+            if std::time::Instant::now() >= deadline {
+                anyhow::bail!("the replay did not catch up within {:?}", replay.timeout);
+            }
+        }
+    }
+    .await;
+    stop.cancel();
+    running
+        .await
+        .context("the replay worker panicked")?
+        .context("the replay worker failed")?;
+    outcome?;
+    let replayed = shadow.counts(&poll).await?;
+    let live_counts = live.counts(&poll).await?;
+    Ok(report(
+        &poll,
+        "stream",
+        &replay.shadow_prefix,
+        &live_counts,
+        &replayed,
+    ))
+}

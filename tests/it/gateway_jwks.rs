@@ -1,0 +1,168 @@
+//! Production tokens: RS256 and ES256 keys published as a JWKS on a local
+//! HTTP server (port 0), as Cognito or any OIDC provider publishes them.
+//! Keys are generated at test time.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::Router;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use p256::elliptic_curve::sec1::ToEncodedPoint;
+use p256::pkcs8::EncodePrivateKey;
+use rsa::pkcs1::EncodeRsaPrivateKey;
+use rsa::traits::PublicKeyParts;
+use serde_json::json;
+use tally_gateway::auth::{AuthConfig, KeySource, Verifier};
+
+struct Keys {
+    rsa_pem: String,
+    ec_pem: String,
+    jwks: serde_json::Value,
+}
+
+fn keys() -> Keys {
+    let mut rng = rand::rngs::OsRng;
+    let rsa_key = rsa::RsaPrivateKey::new(&mut rng, 2048).unwrap();
+    let rsa_pem = rsa_key
+        .to_pkcs1_pem(rsa::pkcs8::LineEnding::LF)
+        .unwrap()
+        .to_string();
+    let ec_key = p256::SecretKey::random(&mut rng);
+    let ec_pem = ec_key
+        .to_pkcs8_pem(p256::pkcs8::LineEnding::LF)
+        .unwrap()
+        .to_string();
+    let point = ec_key.public_key().to_encoded_point(false);
+    let jwks = json!({"keys": [
+        {"kty": "RSA", "kid": "rsa-1", "use": "sig", "alg": "RS256",
+         "n": URL_SAFE_NO_PAD.encode(rsa_key.n().to_bytes_be()),
+         "e": URL_SAFE_NO_PAD.encode(rsa_key.e().to_bytes_be())},
+        {"kty": "EC", "kid": "ec-1", "use": "sig", "alg": "ES256", "crv": "P-256",
+         "x": URL_SAFE_NO_PAD.encode(point.x().unwrap()),
+         "y": URL_SAFE_NO_PAD.encode(point.y().unwrap())},
+    ]});
+    Keys {
+        rsa_pem,
+        ec_pem,
+        jwks,
+    }
+}
+
+fn sign(algorithm: Algorithm, kid: &str, key: &EncodingKey, claims: serde_json::Value) -> String {
+    let mut header = Header::new(algorithm);
+    header.kid = Some(kid.into());
+    jsonwebtoken::encode(&header, &claims, key).unwrap()
+}
+
+#[tokio::test]
+async fn rs256_and_es256_tokens_from_a_jwks_url() {
+    let keys = keys();
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let app = Router::new().route(
+        "/.well-known/jwks.json",
+        get({
+            let jwks = keys.jwks.clone();
+            let fetches = fetches.clone();
+            move || async move {
+                fetches.fetch_add(1, Ordering::Relaxed);
+                axum::Json(jwks)
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/.well-known/jwks.json",
+        listener.local_addr().unwrap()
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let verifier = Verifier::new(AuthConfig {
+        keys: KeySource::Jwks(url),
+        audience: "client-123".into(),
+        issuer: "https://issuer.example".into(),
+        role_claim: "cognito:groups".into(),
+        admin_role: "admins".into(),
+        leeway: Duration::from_secs(0),
+    })
+    .unwrap();
+    assert!(!verifier.ready().await, "no keys before the first fetch");
+    verifier.refresh().await.unwrap();
+    assert!(verifier.ready().await);
+    let now = tally_contract::time::now_millis() / 1000;
+    let claims = |sub: &str| json!({"sub": sub, "aud": "client-123", "iss": "https://issuer.example", "exp": now + 60});
+    let rsa = EncodingKey::from_rsa_pem(keys.rsa_pem.as_bytes()).unwrap();
+    let ec = EncodingKey::from_ec_pem(keys.ec_pem.as_bytes()).unwrap();
+
+    let caller = verifier
+        .verify(&sign(Algorithm::RS256, "rsa-1", &rsa, claims("u-rsa")))
+        .await
+        .unwrap();
+    assert_eq!((caller.subject.as_str(), caller.admin), ("u-rsa", false));
+    let mut admin_claims = claims("ops");
+    admin_claims["cognito:groups"] = json!(["voters", "admins"]);
+    let caller = verifier
+        .verify(&sign(Algorithm::ES256, "ec-1", &ec, admin_claims))
+        .await
+        .unwrap();
+    assert_eq!((caller.subject.as_str(), caller.admin), ("ops", true));
+
+    let code =
+        |result: Result<_, tally_gateway::error::ApiError>| result.unwrap_err().status_and_code().1;
+    // A key used under another key's id, an unknown id, a wrong audience,
+    // an expired token, a symmetric token: all refused.
+    assert_eq!(
+        code(
+            verifier
+                .verify(&sign(Algorithm::RS256, "ec-1", &rsa, claims("u")))
+                .await
+        ),
+        "invalid_token"
+    );
+    assert_eq!(
+        code(
+            verifier
+                .verify(&sign(Algorithm::RS256, "rsa-9", &rsa, claims("u")))
+                .await
+        ),
+        "invalid_token"
+    );
+    let mut wrong_audience = claims("u");
+    wrong_audience["aud"] = json!("other-client");
+    assert_eq!(
+        code(
+            verifier
+                .verify(&sign(Algorithm::RS256, "rsa-1", &rsa, wrong_audience))
+                .await
+        ),
+        "invalid_token"
+    );
+    let mut expired = claims("u");
+    expired["exp"] = json!(now - 30);
+    assert_eq!(
+        code(
+            verifier
+                .verify(&sign(Algorithm::ES256, "ec-1", &ec, expired))
+                .await
+        ),
+        "token_expired"
+    );
+    let symmetric = sign(
+        Algorithm::HS256,
+        "rsa-1",
+        &EncodingKey::from_secret(&[1; 32]),
+        claims("u"),
+    );
+    assert_eq!(code(verifier.verify(&symmetric).await), "invalid_token");
+    assert!(
+        verifier.mint("u", false, Duration::from_secs(60)).is_err(),
+        "no minting without a secret"
+    );
+    assert!(
+        fetches.load(Ordering::Relaxed) <= 2,
+        "an unknown key id refreshes the set at most once per 30 s"
+    );
+}

@@ -1,0 +1,481 @@
+//! The lease library with real `tally tail` worker processes on the
+//! emulators: failover after SIGKILL, handover after SIGTERM, no
+//! redelivery after a restart (ministack), and a split and a merge
+//! mid-stream (kinesis-mock).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+use tally_lease::{DynamoStore, LeaseStore};
+use tally_testkit::emulators::{
+    create_stream, sdk_config, unique_name, wait_stream_active, Emulator, EmulatorKind,
+};
+
+/// A worker process, killed when dropped (a failing test leaves none behind).
+use tally_testkit::process::Process as Worker;
+
+struct Setup {
+    endpoint: String,
+    stream: String,
+    app: String,
+    dir: PathBuf,
+    kinesis: aws_sdk_kinesis::Client,
+    store: DynamoStore,
+}
+
+impl Setup {
+    async fn new(kind: EmulatorKind, shards: i32) -> Self {
+        let endpoint = Emulator::shared(kind).endpoint.clone();
+        let config = sdk_config(&endpoint).await;
+        let stream = unique_name("stream");
+        let app = unique_name("app");
+        let kinesis = aws_sdk_kinesis::Client::new(&config);
+        create_stream(&kinesis, &stream, shards).await;
+        let dir = std::env::temp_dir().join(unique_name("tally-lease-test"));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Leases always live in ministack's DynamoDB.
+        let dynamodb = sdk_config(&Emulator::shared(EmulatorKind::Ministack).endpoint).await;
+        let store = DynamoStore::new(
+            aws_sdk_dynamodb::Client::new(&dynamodb),
+            format!("{app}-leases"),
+        );
+        Self {
+            endpoint,
+            stream,
+            app,
+            dir,
+            kinesis,
+            store,
+        }
+    }
+
+    /// `tally` with this setup's stream, application and endpoints.
+    fn tally(&self, dynamodb_endpoint: &str) -> Command {
+        let mut command = tally_testkit::process::tally(env!("CARGO_BIN_EXE_tally"));
+        command
+            .args(["--stream", &self.stream, "--app", &self.app])
+            .env("AWS_ENDPOINT_URL_KINESIS", &self.endpoint)
+            .env("AWS_ENDPOINT_URL_DYNAMODB", dynamodb_endpoint);
+        command
+    }
+
+    /// Starts `tally tail` as a worker process.
+    fn worker(&self, id: &str, dynamodb_endpoint: &str) -> Worker {
+        let log = std::fs::File::create(self.dir.join(format!("{id}.log"))).unwrap();
+        self.tally(dynamodb_endpoint)
+            .args(["tail", "--worker-id", id, "--output"])
+            .arg(self.dir.join(format!("{id}.jsonl")))
+            .env("TALLY_SHARD_SYNC_INTERVAL_MS", "5000")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map(Worker)
+            .expect("start tally tail")
+    }
+
+    /// Every shard of the stream, as Kinesis lists it.
+    async fn shards(&self) -> Vec<aws_sdk_kinesis::types::Shard> {
+        let listed = self
+            .kinesis
+            .list_shards()
+            .stream_name(&self.stream)
+            .send()
+            .await
+            .unwrap();
+        listed.shards().to_vec()
+    }
+
+    async fn put(&self, from: usize, to: usize, keys: usize) {
+        let entries: Vec<PutRecordsRequestEntry> = (from..to)
+            .map(|index| {
+                PutRecordsRequestEntry::builder()
+                    .partition_key(format!("key-{}", index % keys))
+                    .data(Blob::new(format!("record-{index}")))
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        for chunk in entries.chunks(100) {
+            let out = self
+                .kinesis
+                .put_records()
+                .stream_name(&self.stream)
+                .set_records(Some(chunk.to_vec()))
+                .send()
+                .await
+                .expect("put records");
+            assert_eq!(out.failed_record_count(), Some(0));
+        }
+    }
+
+    /// Every record line written so far by any worker, parsed.
+    fn deliveries(&self) -> Vec<serde_json::Value> {
+        let mut all = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "jsonl") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                // A worker may be writing: only whole lines count.
+                let complete = &text[..text.rfind('\n').map_or(0, |at| at + 1)];
+                for line in complete.lines() {
+                    all.push(serde_json::from_str(line).expect("a JSON line"));
+                }
+            }
+        }
+        all
+    }
+
+    fn delivered_ids(&self) -> BTreeSet<String> {
+        self.deliveries()
+            .iter()
+            .map(|d| d["data"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    async fn wait_delivered(&self, count: usize, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let got = self.delivered_ids().len();
+            if got >= count {
+                assert_eq!(got, count, "more distinct records than were put");
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {got} of {count} records delivered after 60 s; logs in {}",
+                self.dir.display()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn owners(&self) -> BTreeMap<String, Option<String>> {
+        self.store
+            .list_leases()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|l| !l.is_finished())
+            .map(|l| (l.key.to_string(), l.owner))
+            .collect()
+    }
+
+    /// Waits until no ready lease is owned by `gone` (or free), returning how long it took.
+    async fn wait_owned_by_others(&self, gone: &str, limit: Duration) -> Duration {
+        let started = Instant::now();
+        loop {
+            let owners = self.owners().await;
+            let settled = !owners.is_empty()
+                && owners
+                    .values()
+                    .all(|owner| owner.as_deref().is_some_and(|o| o != gone));
+            if settled {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < limit,
+                "leases still with {gone} or free after {limit:?}: {owners:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn stop(child: &mut Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_share_eight_shards_through_kill_stop_and_restart() {
+    let setup = Setup::new(EmulatorKind::Ministack, 8).await;
+    let dynamodb = setup.endpoint.clone();
+    setup.put(0, 400, 50).await;
+    let mut workers: HashMap<&str, Worker> = ["w1", "w2", "w3"]
+        .into_iter()
+        .map(|id| (id, setup.worker(id, &dynamodb)))
+        .collect();
+    setup.wait_delivered(400, "initial").await;
+
+    // Balanced: 3, 3, 2.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let owners = setup.owners().await;
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for owner in owners.values().flatten() {
+            *counts.entry(owner.clone()).or_default() += 1;
+        }
+        let mut sizes: Vec<usize> = counts.values().copied().collect();
+        sizes.sort();
+        if sizes == vec![2, 3, 3] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not balanced: {owners:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // `tally leases` reads the same table: the whole of it, and one
+    // worker's leases through the owner index.
+    let table_owners = setup.owners().await;
+    let output = setup
+        .tally(&dynamodb)
+        .args(["leases", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let view: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let rows = view["leases"].as_array().unwrap();
+    assert_eq!(rows.len(), 8);
+    for row in rows {
+        assert_eq!(row["state"], "processing");
+        let shard = row["shard"].as_str().unwrap();
+        assert_eq!(row["owner"].as_str(), table_owners[shard].as_deref());
+    }
+    assert_eq!(view["workers"].as_array().unwrap().len(), 3);
+    let output = setup
+        .tally(&dynamodb)
+        .args(["leases", "--json", "--owner", "w1"])
+        .output()
+        .unwrap();
+    let mine: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let expected = table_owners
+        .values()
+        .filter(|o| o.as_deref() == Some("w1"))
+        .count();
+    let rows = mine["leases"].as_array().unwrap();
+    assert_eq!(rows.len(), expected);
+    assert!(rows.iter().all(|row| row["owner"] == "w1"));
+    let output = setup.tally(&dynamodb).arg("leases").output().unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.starts_with("SHARD"), "{text}");
+    assert_eq!(
+        text.lines()
+            .filter(|line| line.starts_with("shardId-"))
+            .count(),
+        8
+    );
+
+    // SIGKILL: the victim's shards resume on the survivors.
+    stop(workers.get_mut("w1").unwrap(), "-KILL");
+    workers.remove("w1").unwrap().wait().unwrap();
+    let took = setup
+        .wait_owned_by_others("w1", Duration::from_secs(15))
+        .await;
+    eprintln!("killed worker's leases taken after {took:?}");
+    setup.put(400, 600, 50).await;
+    setup.wait_delivered(600, "after kill").await;
+
+    // SIGTERM: leases move at once (no expiry wait).
+    stop(workers.get_mut("w2").unwrap(), "-TERM");
+    let took = setup
+        .wait_owned_by_others("w2", Duration::from_secs(3))
+        .await;
+    eprintln!("stopped worker's leases taken after {took:?}");
+    assert!(
+        workers.remove("w2").unwrap().wait().unwrap().success(),
+        "graceful stop exits 0"
+    );
+    setup.put(600, 800, 50).await;
+    setup.wait_delivered(800, "after stop").await;
+
+    // Restart: nothing before a checkpoint is delivered again.
+    stop(workers.get_mut("w3").unwrap(), "-TERM");
+    assert!(workers.remove("w3").unwrap().wait().unwrap().success());
+    let mut fresh = setup.worker("w4", &dynamodb);
+    setup.put(800, 850, 50).await;
+    setup.wait_delivered(850, "after restart").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let by_w4: Vec<String> = setup
+        .deliveries()
+        .iter()
+        .filter(|d| d["worker"] == "w4")
+        .map(|d| d["data"].as_str().unwrap().to_owned())
+        .collect();
+    let replayed: Vec<&String> = by_w4
+        .iter()
+        .filter(|id| id.trim_start_matches("record-").parse::<usize>().unwrap() < 800)
+        .collect();
+    assert!(
+        replayed.is_empty(),
+        "checkpointed records delivered again: {replayed:?}"
+    );
+    assert_eq!(by_w4.len(), 50);
+    stop(&mut fresh, "-TERM");
+    assert!(fresh.wait().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_and_merge_mid_stream_deliver_everything_parents_first() {
+    // kinesis-mock for the stream (resharding), ministack for the leases.
+    let setup = Setup::new(EmulatorKind::KinesisMock, 2).await;
+    let dynamodb = Emulator::shared(EmulatorKind::Ministack).endpoint.clone();
+    let mut workers = [setup.worker("a", &dynamodb), setup.worker("b", &dynamodb)];
+    setup.put(0, 100, 20).await;
+    setup.wait_delivered(100, "before split").await;
+
+    let shards = setup.shards().await;
+    let first = &shards[0];
+    let range = first.hash_key_range().unwrap();
+    let start: u128 = range.starting_hash_key().parse().unwrap();
+    let end: u128 = range.ending_hash_key().parse().unwrap();
+    setup
+        .kinesis
+        .split_shard()
+        .stream_name(&setup.stream)
+        .shard_to_split(first.shard_id())
+        .new_starting_hash_key((start + (end - start) / 2).to_string())
+        .send()
+        .await
+        .expect("split");
+    wait_stream_active(&setup.kinesis, &setup.stream).await;
+    setup.put(100, 200, 20).await;
+
+    // Merge the two open shards at the top of the hash space.
+    let listed = setup.shards().await;
+    let mut open: Vec<(u128, String)> = listed
+        .iter()
+        .filter(|s| {
+            s.sequence_number_range()
+                .and_then(|r| r.ending_sequence_number())
+                .is_none()
+        })
+        .map(|s| {
+            (
+                s.hash_key_range()
+                    .unwrap()
+                    .starting_hash_key()
+                    .parse()
+                    .unwrap(),
+                s.shard_id().to_owned(),
+            )
+        })
+        .collect();
+    open.sort();
+    assert_eq!(open.len(), 3);
+    setup
+        .kinesis
+        .merge_shards()
+        .stream_name(&setup.stream)
+        .shard_to_merge(&open[1].1)
+        .adjacent_shard_to_merge(&open[2].1)
+        .send()
+        .await
+        .expect("merge");
+    wait_stream_active(&setup.kinesis, &setup.stream).await;
+    setup.put(200, 300, 20).await;
+    setup.wait_delivered(300, "after split and merge").await;
+
+    // Parents finished before children started, by delivery time.
+    let listed = setup.shards().await;
+    let deliveries = setup.deliveries();
+    let times = |shard: &str| -> Vec<u64> {
+        deliveries
+            .iter()
+            .filter(|d| d["shard"] == shard)
+            .map(|d| d["delivered_ms"].as_u64().unwrap())
+            .collect()
+    };
+    let mut checked = 0;
+    for shard in &listed {
+        for parent in [shard.parent_shard_id(), shard.adjacent_parent_shard_id()]
+            .into_iter()
+            .flatten()
+        {
+            let (child_times, parent_times) = (times(shard.shard_id()), times(parent));
+            if let (Some(first_child), Some(last_parent)) =
+                (child_times.iter().min(), parent_times.iter().max())
+            {
+                assert!(
+                    first_child >= last_parent,
+                    "{} started before parent {parent} finished",
+                    shard.shard_id()
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(
+        checked >= 3,
+        "split and merge children were all checked ({checked})"
+    );
+    // Per key, records arrive in the order they were put. Deliveries are
+    // ordered by time, and within one worker's file by line (a stable sort);
+    // only two shards delivering in the same millisecond are left unordered.
+    let mut last_by_key: HashMap<String, (usize, u64, String)> = HashMap::new();
+    let mut ordered: Vec<&serde_json::Value> = deliveries.iter().collect();
+    ordered.sort_by_key(|d| d["delivered_ms"].as_u64().unwrap());
+    for delivery in ordered {
+        let index: usize = delivery["data"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("record-")
+            .parse()
+            .unwrap();
+        let key = delivery["partition_key"].as_str().unwrap().to_owned();
+        let at = delivery["delivered_ms"].as_u64().unwrap();
+        let shard = delivery["shard"].as_str().unwrap().to_owned();
+        if let Some((previous, previous_at, previous_shard)) =
+            last_by_key.insert(key.clone(), (index, at, shard.clone()))
+        {
+            let tie_across_shards = previous_at == at && previous_shard != shard;
+            assert!(
+                previous < index || tie_across_shards,
+                "key {key}: record {index} after {previous}"
+            );
+        }
+    }
+    // Parent leases end as SHARD_END (or are cleaned up once children started).
+    let leases = setup.store.list_leases().await.unwrap();
+    for lease in leases.iter().filter(|l| !l.children.is_empty()) {
+        assert!(
+            lease.is_finished(),
+            "{} has children but did not end",
+            lease.key
+        );
+    }
+    for worker in workers.iter_mut() {
+        stop(worker, "-TERM");
+        assert!(worker.wait().unwrap().success());
+    }
+}
+
+/// Bad settings fail at start-up, before any request, naming the setting.
+#[test]
+fn bad_settings_fail_naming_the_setting() {
+    let cases: [(&[&str], &str, &str); 4] = [
+        (&["tail"], "TALLY_MAX_RECORDS", "0"),
+        (&["tail"], "TALLY_LEASE_DURATION_MS", "100"),
+        (&["tail"], "TALLY_INITIAL_POSITION", "yesterday"),
+        (&["leases"], "TALLY_STREAM", "no spaces allowed"),
+    ];
+    for (args, variable, value) in cases {
+        let output = Command::new(env!("CARGO_BIN_EXE_tally"))
+            .args(args)
+            .env(variable, value)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{variable}={value} accepted");
+        assert!(stderr.contains(variable), "{variable}={value}: {stderr}");
+    }
+    let output = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["leases", "--owner", "no/slashes"])
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--owner"));
+}
