@@ -38,8 +38,8 @@ use self::error::ApiError;
 use self::limit::{Rate, RateLimiter};
 use self::metrics::GatewayMetrics;
 use self::results::ResultsHub;
+use tally_store::poll_cache::{PollCache, PollCacheConfig};
 use tally_store::VoteStore;
-use tally_worker::pipeline::{PipelineConfig, PollCache};
 
 fn boolish() -> clap::builder::BoolishValueParser {
     clap::builder::BoolishValueParser::new()
@@ -265,7 +265,7 @@ impl Gateway {
             .map_err(|error| anyhow::anyhow!("invalid auth settings: {error}"))?;
         let polls = Arc::new(PollCache::new(
             store.clone(),
-            PipelineConfig::default(),
+            PollCacheConfig::default(),
             Arc::default(),
         ));
         let hub = ResultsHub::new(

@@ -20,8 +20,8 @@ use utoipa::ToSchema;
 
 use super::error::ApiError;
 use tally_contract::time::{format_rfc3339, now_millis};
+use tally_store::poll_cache::PollCache;
 use tally_store::VoteStore;
-use tally_worker::pipeline::PollCache;
 
 /// One option's count.
 #[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]

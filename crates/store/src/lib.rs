@@ -6,7 +6,8 @@
 //! ([`dynamo`]) and the in-memory one ([`memory`]) pass the same
 //! conformance suite ([`conformance`], with the `testing` feature).
 //! [`admin`] holds the poll operations built on them (create, open, close,
-//! results, vote status), shared by the command line and the gateway.
+//! results, vote status), shared by the command line and the gateway;
+//! [`poll_cache`] the poll cache the worker and the gateway share.
 //!
 //! Tables (names are the prefix, `tally-` by default, plus the name):
 //! `polls` (one item per poll), `votes` (one item per voter and poll: the
@@ -18,6 +19,7 @@
 pub mod admin;
 pub mod dynamo;
 pub mod memory;
+pub mod poll_cache;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;

@@ -3,6 +3,7 @@
 //! [`Metrics::snapshot`] is what the worker logs and serves at `/metrics`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tally_contract::vote::Reason;
@@ -96,7 +97,8 @@ pub struct Metrics {
     /// Milliseconds per conditional put (with its retries).
     pub put_latency: Histogram,
     retries: [AtomicU64; RETRY_CAUSES.len()],
-    pub poll_reads: AtomicU64,
+    /// Reads of the polls table (shared with the poll cache).
+    pub poll_reads: Arc<AtomicU64>,
 }
 
 impl Metrics {

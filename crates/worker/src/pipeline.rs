@@ -28,7 +28,6 @@ use tally_lease::processor::ProcessorError;
 use tally_lease::{
     Batch, Checkpoint, Checkpointer, ProcessorFactory, Record, RecordProcessor, ShardId, ShardStart,
 };
-use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -36,6 +35,7 @@ use crate::metrics::Metrics;
 use tally_contract::vote::{self, Reason, Rejection, Vote};
 use tally_core::count::{self, Decided};
 use tally_core::poll::Poll;
+use tally_store::poll_cache::{PollCache, PollCacheConfig};
 use tally_store::{
     Commit, CommitOutcome, Origin, PutVote, RejectItem, VoteItem, VoteStore, VoteStoreError,
 };
@@ -62,6 +62,16 @@ pub struct PipelineConfig {
     pub max_transaction_actions: usize,
 }
 
+impl PipelineConfig {
+    /// The poll cache's part of the settings.
+    pub fn poll_cache(&self) -> PollCacheConfig {
+        PollCacheConfig {
+            max_age: self.poll_cache_max_age,
+            reread_min_age: self.poll_reread_min_age,
+        }
+    }
+}
+
 impl Default for PipelineConfig {
     fn default() -> Self {
         Self {
@@ -69,98 +79,6 @@ impl Default for PipelineConfig {
             poll_cache_max_age: Duration::from_millis(500),
             poll_reread_min_age: Duration::from_millis(50),
             max_transaction_actions: count::MAX_TRANSACTION_ACTIONS,
-        }
-    }
-}
-
-struct CachedPoll {
-    poll: Option<Arc<Poll>>,
-    fetched: Instant,
-}
-
-/// Polls by id, shared by every shard of a worker.
-/// Above this many cached polls, stale entries are dropped.
-const MAX_CACHED_POLLS: usize = 10_000;
-
-pub struct PollCache {
-    store: Arc<dyn VoteStore>,
-    entries: Mutex<HashMap<String, CachedPoll>>,
-    config: PipelineConfig,
-    metrics: Arc<Metrics>,
-}
-
-impl PollCache {
-    pub fn new(store: Arc<dyn VoteStore>, config: PipelineConfig, metrics: Arc<Metrics>) -> Self {
-        Self {
-            store,
-            entries: Mutex::default(),
-            config,
-            metrics,
-        }
-    }
-
-    /// The poll, read again if the cached copy is older than `max_age`.
-    pub async fn get(
-        &self,
-        id: &str,
-        max_age: Duration,
-    ) -> Result<Option<Arc<Poll>>, VoteStoreError> {
-        let mut entries = self.entries.lock().await;
-        if let Some(entry) = entries.get(id) {
-            if entry.fetched.elapsed() <= max_age {
-                return Ok(entry.poll.clone());
-            }
-        }
-        if entries.len() >= MAX_CACHED_POLLS {
-            // Unknown ids (from bad records or requests) must not grow the
-            // cache without bound: forget what is stale.
-            let max_age = self.config.poll_cache_max_age;
-            entries.retain(|_, entry| entry.fetched.elapsed() <= max_age);
-        }
-        Metrics::add(&self.metrics.poll_reads, 1);
-        let poll = self.store.get_poll(id).await?.map(Arc::new);
-        entries.insert(
-            id.to_owned(),
-            CachedPoll {
-                poll: poll.clone(),
-                fetched: Instant::now(),
-            },
-        );
-        Ok(poll)
-    }
-
-    /// Forgets a poll, so that the next read sees a change made here.
-    pub async fn forget(&self, id: &str) {
-        self.entries.lock().await.remove(id);
-    }
-
-    /// Decides a vote that arrived at `arrival_ms`. A reject for an unknown
-    /// poll or a poll not open is confirmed by a fresh read first.
-    pub async fn check(
-        &self,
-        vote: &Vote,
-        arrival_ms: i64,
-    ) -> Result<Result<Arc<Poll>, Rejection>, VoteStoreError> {
-        let decide = |poll: Option<Arc<Poll>>| match poll {
-            None => Err(Rejection::new(
-                Reason::UnknownPoll,
-                format!("no poll {}", vote.poll_id),
-            )),
-            Some(poll) => poll.check(vote, arrival_ms).map(|()| poll),
-        };
-        let cached = self
-            .get(&vote.poll_id, self.config.poll_cache_max_age)
-            .await?;
-        match decide(cached) {
-            Err(rejection)
-                if matches!(rejection.reason, Reason::UnknownPoll | Reason::PollNotOpen) =>
-            {
-                let fresh = self
-                    .get(&vote.poll_id, self.config.poll_reread_min_age)
-                    .await?;
-                Ok(decide(fresh))
-            }
-            decided => Ok(decided),
         }
     }
 }
@@ -182,7 +100,11 @@ impl Pipeline {
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         Arc::new(Self {
-            polls: PollCache::new(store.clone(), config.clone(), metrics.clone()),
+            polls: PollCache::new(
+                store.clone(),
+                config.poll_cache(),
+                metrics.poll_reads.clone(),
+            ),
             store,
             metrics,
             config,
@@ -514,57 +436,5 @@ impl RecordProcessor for VoteProcessor {
                 Err(Box::new(error))
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tally_store::memory::MemoryVoteStore;
-    use tally_store::PollStore;
-
-    fn vote(poll: &str, option: &str) -> Vote {
-        Vote {
-            vote_id: "v".into(),
-            poll_id: poll.into(),
-            option: option.into(),
-            voter_id: "u".into(),
-            cast_at: None,
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_reject_is_confirmed_by_a_fresh_read_and_the_cache_refreshes() {
-        let store = Arc::new(MemoryVoteStore::new(Arc::new(
-            tally_lease::MemoryStore::new(),
-        )));
-        let cache = PollCache::new(store.clone(), PipelineConfig::default(), Arc::default());
-        let unknown = cache.check(&vote("p", "a"), 10).await.unwrap().unwrap_err();
-        assert_eq!(unknown.reason, Reason::UnknownPoll);
-        // The poll is created: a fresh read finds it before the next reject,
-        // even though the cached "no such poll" is younger than its max age.
-        let mut poll = tally_core::testing::sample_poll("p");
-        poll.status = tally_core::poll::PollStatus::Draft;
-        store.create_poll(&poll).await.unwrap();
-        tokio::time::advance(Duration::from_millis(60)).await;
-        let draft = cache.check(&vote("p", "a"), 10).await.unwrap().unwrap_err();
-        assert_eq!(draft.reason, Reason::PollNotOpen);
-        // Opened: the not-open verdict is confirmed by a fresh read, and flips.
-        let mut opened = poll.clone();
-        opened.open(5).unwrap();
-        assert!(store.update_poll(&opened, poll.status).await.unwrap());
-        tokio::time::advance(Duration::from_millis(60)).await;
-        assert!(cache.check(&vote("p", "a"), 10).await.unwrap().is_ok());
-        // Closed: the cached open poll is used until it is older than the
-        // cache's max age, then read again.
-        let mut closed = opened.clone();
-        closed.close(8).unwrap();
-        assert!(store.update_poll(&closed, opened.status).await.unwrap());
-        assert!(cache.check(&vote("p", "a"), 10).await.unwrap().is_ok());
-        tokio::time::advance(Duration::from_millis(600)).await;
-        let late = cache.check(&vote("p", "a"), 10).await.unwrap().unwrap_err();
-        assert_eq!(late.reason, Reason::PollNotOpen);
-        let invalid = cache.check(&vote("p", "zz"), 7).await.unwrap().unwrap_err();
-        assert_eq!(invalid.reason, Reason::InvalidOption);
     }
 }
