@@ -4,7 +4,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use aws_sdk_kinesis::error::ProvideErrorMetadata;
 use tally_service::settings::{Clients, Common};
 use tally_store::dynamo::DynamoVoteStore;
 use tally_store::PollStore;
@@ -49,7 +48,7 @@ async fn create_stream(common: &Common, clients: &Clients, shards: i32) -> anyho
         .await;
     match created {
         Ok(_) => eprintln!("stream {}: created with {shards} shards", common.stream),
-        Err(error) if error.code() == Some("ResourceInUseException") => {
+        Err(error) if tally_aws::classify(&error) == tally_aws::ErrorClass::InUse => {
             eprintln!("stream {}: exists", common.stream)
         }
         Err(error) => {

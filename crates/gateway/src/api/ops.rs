@@ -1,0 +1,215 @@
+//! The operator endpoints: the pipeline's health, liveness, readiness,
+//! metrics, and the demo token mint.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::Json;
+
+use super::dto::{ErrorBody, Health, PipelineHealth, WorkerHealth};
+use super::extract::Admin;
+use super::Shared;
+use crate::error::ApiError;
+use tally_contract::time::{format_rfc3339, now_millis};
+
+/// The pipeline's health, from the workers' metrics (admin).
+#[utoipa::path(get, path = "/v1/pipeline", tag = "admin",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Votes per second, lag and rejects by reason", body = PipelineHealth),
+        (status = 401, description = "missing_token, invalid_token, token_expired", body = ErrorBody),
+        (status = 403, description = "forbidden: not an admin", body = ErrorBody),
+        (status = 429, description = "rate_limited", body = ErrorBody)))]
+pub async fn pipeline(
+    State(gateway): Shared,
+    Admin(_admin): Admin,
+) -> Result<Json<PipelineHealth>, ApiError> {
+    let fetches = gateway.args.worker_metrics_urls.iter().map(|url| {
+        let client = gateway.http.clone();
+        async move {
+            let answer = async {
+                let response = client.get(url).send().await.map_err(|e| e.to_string())?;
+                if !response.status().is_success() {
+                    return Err(format!("answered {}", response.status()));
+                }
+                response
+                    .json::<serde_json::Value>()
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            .await;
+            (url.clone(), answer)
+        }
+    });
+    let mut health = PipelineHealth {
+        workers: Vec::new(),
+        votes_counted_total: 0,
+        votes_duplicate_total: 0,
+        votes_per_second: 0.0,
+        millis_behind_max: 0,
+        rejected_by_reason: BTreeMap::new(),
+    };
+    for (url, answer) in futures::future::join_all(fetches).await {
+        match answer {
+            Ok(metrics) => {
+                let counted = metrics["tally_votes_counted_total"].as_u64().unwrap_or(0);
+                let behind = metrics["tally_lease_millis_behind_latest"]
+                    .as_i64()
+                    .unwrap_or(0);
+                health.votes_counted_total += counted;
+                health.votes_duplicate_total +=
+                    metrics["tally_votes_duplicate_total"].as_u64().unwrap_or(0);
+                health.millis_behind_max = health.millis_behind_max.max(behind);
+                if let Some(rejected) = metrics["tally_votes_rejected_total"].as_object() {
+                    for (reason, count) in rejected {
+                        *health.rejected_by_reason.entry(reason.clone()).or_default() +=
+                            count.as_u64().unwrap_or(0);
+                    }
+                }
+                health.workers.push(WorkerHealth {
+                    url,
+                    up: true,
+                    worker_id: metrics["worker_id"].as_str().map(str::to_owned),
+                    votes_counted: counted,
+                    millis_behind: behind,
+                    error: None,
+                });
+            }
+            Err(error) => health.workers.push(WorkerHealth {
+                url,
+                up: false,
+                worker_id: None,
+                votes_counted: 0,
+                millis_behind: 0,
+                error: Some(error),
+            }),
+        }
+    }
+    let now = Instant::now();
+    let mut sample = gateway
+        .pipeline_sample
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some((at, counted)) = *sample {
+        let seconds = now.duration_since(at).as_secs_f64();
+        if seconds > 0.0 {
+            health.votes_per_second =
+                ((health.votes_counted_total.saturating_sub(counted)) as f64 / seconds * 10.0)
+                    .round()
+                    / 10.0;
+        }
+    }
+    *sample = Some((now, health.votes_counted_total));
+    Ok(Json(health))
+}
+
+/// Liveness: the process serves requests.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Alive", body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
+}
+
+/// Readiness: the token keys, the vote tables and the stream answer, and
+/// the gateway is not stopping.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "Ready", body = Health),
+              (status = 503, description = "not_ready, with the reason", body = ErrorBody)))]
+pub async fn readyz(State(gateway): Shared) -> Result<Json<Health>, ApiError> {
+    gateway.readiness().await.map_err(ApiError::NotReady)?;
+    Ok(Json(Health {
+        status: "ready".into(),
+    }))
+}
+
+/// Metrics in the Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String)))]
+pub async fn metrics(State(gateway): Shared) -> impl IntoResponse {
+    let producer = gateway.producer.metrics();
+    // -1: the tables could not be read.
+    let mismatches = gateway
+        .recount_mismatches()
+        .await
+        .map(|count| count as f64)
+        .unwrap_or(-1.0);
+    let text = gateway.metrics.render(&[
+        (
+            "tally_recount_mismatch_polls",
+            "Closed polls whose recount differs from their tallies (see tally audit).",
+            "gauge",
+            mismatches,
+        ),
+        (
+            "tally_gateway_results_reads_total",
+            "Reads of counter items for live results.",
+            "counter",
+            gateway.hub.reads.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "tally_gateway_results_loops",
+            "Polls with a running results read loop.",
+            "gauge",
+            gateway.hub.loops.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "tally_producer_user_records_put_total",
+            "Votes put on the stream.",
+            "counter",
+            producer.user_records_put.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "tally_producer_kinesis_records_put_total",
+            "Kinesis records put (aggregates count once).",
+            "counter",
+            producer.kinesis_records_put.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "tally_producer_buffered_records",
+            "Votes waiting to be put.",
+            "gauge",
+            producer.buffered_records() as f64,
+        ),
+    ]);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}
+
+/// A demo token (local mode only; off unless TALLY_DEV_TOKENS is set).
+/// `?role=admin` mints an admin token; otherwise a token for a new random
+/// voter.
+pub async fn dev_token(
+    State(gateway): Shared,
+    axum::extract::Query(query): axum::extract::Query<BTreeMap<String, String>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let admin = match query.get("role").map(String::as_str) {
+        None | Some("voter") => false,
+        Some("admin") => true,
+        Some(other) => {
+            return Err(ApiError::InvalidParameter(format!(
+                "role {other:?}: voter or admin"
+            )))
+        }
+    };
+    let subject = if admin {
+        "demo-admin".to_owned()
+    } else {
+        format!("demo-{:016x}", rand::random::<u64>())
+    };
+    let lifetime = Duration::from_secs(12 * 3600);
+    let token = gateway
+        .verifier
+        .mint(&subject, admin, lifetime)
+        .map_err(ApiError::Internal)?;
+    Ok(Json(serde_json::json!({
+        "token": token,
+        "voter_id": subject,
+        "role": if admin { "admin" } else { "voter" },
+        "expires_at": format_rfc3339(now_millis() + lifetime.as_millis() as i64),
+    })))
+}
