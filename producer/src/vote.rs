@@ -3,7 +3,7 @@
 //! `poll_id`, `option` and `voter_id` are 1 to 128 characters of
 //! `[A-Za-z0-9._:@-]`, `vote_id` 1 to 64.
 
-use tally_contract::vote::{MAX_ID_CHARS, MAX_VOTE_ID_CHARS};
+use tally_contract::vote::{encode, Vote, MAX_ID_CHARS, MAX_VOTE_ID_CHARS};
 
 use crate::producer::Record;
 
@@ -65,19 +65,14 @@ impl VoteBuilder {
                 });
             }
         }
-        let mut object = serde_json::json!({
-            "vote_id": self.vote_id,
-            "poll_id": self.poll_id,
-            "option": self.option,
-            "voter_id": self.voter_id,
-        });
-        if let Some(cast_at) = &self.cast_at {
-            object["cast_at"] = serde_json::json!(cast_at);
-        }
-        Ok(Record::new(
-            self.voter_id.clone(),
-            object.to_string().into_bytes(),
-        ))
+        let vote = Vote {
+            vote_id: self.vote_id.clone(),
+            poll_id: self.poll_id.clone(),
+            option: self.option.clone(),
+            voter_id: self.voter_id.clone(),
+            cast_at: self.cast_at.clone(),
+        };
+        Ok(Record::new(self.voter_id.clone(), encode(&vote)))
     }
 }
 
