@@ -137,16 +137,12 @@ struct System {
 
 impl System {
     fn command(&self) -> Command {
-        let mut command = Command::new(&self.tally);
+        let mut command = tally_testkit::process::tally(&self.tally);
         command
             .args(["--stream", &self.stream, "--app", &self.app])
             .args(["--table-prefix", &self.prefix])
             .env("AWS_ENDPOINT_URL", &self.ministack)
-            .env("AWS_ENDPOINT_URL_KINESIS", &self.kinesis_endpoint)
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_ACCESS_KEY_ID", "chaos")
-            .env("AWS_SECRET_ACCESS_KEY", "chaos")
-            .env("TALLY_LOG_FORMAT", "json");
+            .env("AWS_ENDPOINT_URL_KINESIS", &self.kinesis_endpoint);
         command
     }
 }

@@ -61,20 +61,16 @@ pub async fn gateway(votes: usize, concurrency: usize, clients: usize) -> Vec<Fi
                 "--table-prefix",
                 &prefix,
             ])
-            .env("AWS_ENDPOINT_URL", &stack.endpoint)
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_ACCESS_KEY_ID", "bench")
-            .env("AWS_SECRET_ACCESS_KEY", "bench")
-            .env("TALLY_LOG_FORMAT", "json");
+            .env("AWS_ENDPOINT_URL", &stack.endpoint);
     };
-    let mut init = std::process::Command::new(&stack.tally);
+    let mut init = tally_testkit::process::tally(&stack.tally);
     env(&mut init);
     let status = init.args(["init", "--shards", "4"]).status().unwrap();
     assert!(status.success(), "tally init");
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let log = std::fs::File::create(stack.dir.join("gateway.log")).unwrap();
-    let mut command = std::process::Command::new(&stack.tally);
+    let mut command = tally_testkit::process::tally(&stack.tally);
     env(&mut command);
     let mut gateway = command
         .arg("gateway")

@@ -115,14 +115,10 @@ impl Stack {
 
     fn worker(&self, stream: &str, app: &str, id: &str, extra: &[&str]) -> Child {
         let log = std::fs::File::create(self.dir.join(format!("{app}-{id}.log"))).unwrap();
-        Command::new(&self.tally)
+        tally_testkit::process::tally(&self.tally)
             .args(["--stream", stream, "--app", app, "tail", "--worker-id", id])
             .args(extra)
             .env("AWS_ENDPOINT_URL", &self.endpoint)
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_ACCESS_KEY_ID", "bench")
-            .env("AWS_SECRET_ACCESS_KEY", "bench")
-            .env("TALLY_LOG_FORMAT", "json")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -675,7 +671,7 @@ async fn pipeline_on(votes: usize, shards: i32) -> Vec<Figure> {
     }
     eprintln!("counting");
     let log = stack.log(&app, "pipeline");
-    let worker = Command::new(&stack.tally)
+    let worker = tally_testkit::process::tally(&stack.tally)
         .args([
             "--stream",
             &stream,
@@ -686,11 +682,6 @@ async fn pipeline_on(votes: usize, shards: i32) -> Vec<Figure> {
         ])
         .args(["worker", "--worker-id", "pipeline"])
         .env("AWS_ENDPOINT_URL", &stack.endpoint)
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "bench")
-        .env("AWS_SECRET_ACCESS_KEY", "bench")
-        .env("TALLY_LOG_FORMAT", "json")
-        .env("TALLY_HEALTH_ADDR", "127.0.0.1:0")
         .env("TALLY_METRICS_INTERVAL_MS", "100")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
