@@ -18,8 +18,10 @@
 //!   in-flight batch and checkpoint.
 //!
 //! ## Layout
-//! - [`types`]: shard ids, sequence numbers (numeric order), checkpoints, leases, records.
-//! - [`kpl`]: KPL aggregation format.
+//! - [`types`]: shard ids, sequence numbers (numeric order), checkpoints,
+//!   leases, records (defined in `tally-contract`).
+//! - [`kpl`]: the KPL aggregation format (from `tally-contract`).
+//! - [`retry`]: the one retry helper (from `tally-aws`).
 //! - [`graph`], [`decide`]: the pure core (shard DAG; liveness and planning).
 //! - [`store`]: the lease table trait, DynamoDB and in-memory adapters.
 //! - [`stream`]: the Kinesis trait, AWS and in-memory adapters.
