@@ -72,7 +72,8 @@ pub struct GatewayArgs {
     #[arg(long, env = "TALLY_AUTH_ADMIN_ROLE", default_value = "admin")]
     pub auth_admin_role: String,
     /// LOCAL MODE ONLY: serve `POST /v1/dev/token`, which mints demo voter
-    /// and admin tokens for anyone (needs --auth-secret).
+    /// and admin tokens for anyone (needs --auth-secret and a loopback
+    /// --addr).
     #[arg(long, env = "TALLY_DEV_TOKENS", default_value_t = false, value_parser = boolish(), action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub dev_tokens: bool,
     /// Votes per second one voter may post (token bucket rate).
@@ -147,6 +148,12 @@ impl GatewayArgs {
                 KeySource::Jwks(url.clone())
             }
         };
+        if self.dev_tokens && !self.addr.ip().is_loopback() {
+            bail!(
+                "invalid setting TALLY_DEV_TOKENS: demo tokens are served only on a loopback address, and TALLY_GATEWAY_ADDR is {}: anyone who reaches it could mint admin tokens",
+                self.addr
+            );
+        }
         for (name, value) in [
             ("TALLY_AUTH_AUDIENCE", &self.auth_audience),
             ("TALLY_AUTH_ISSUER", &self.auth_issuer),
@@ -391,16 +398,20 @@ impl Gateway {
     }
 }
 
+/// The address the load balancer in front appended: the last entry of the
+/// last `X-Forwarded-For` header. Every earlier entry and header comes from
+/// the client, which can write anything there.
+fn forwarded_client(headers: &axum::http::HeaderMap) -> Option<String> {
+    let last = headers.get_all("x-forwarded-for").iter().next_back()?;
+    let entry = last.to_str().ok()?.rsplit(',').next()?.trim();
+    (!entry.is_empty()).then(|| entry.to_owned())
+}
+
 /// The client's address, for the per-address rate limit.
 fn client_address(gateway: &Gateway, request: &Request) -> String {
     if gateway.args.trust_forwarded_for {
-        if let Some(forwarded) = request
-            .headers()
-            .get("x-forwarded-for")
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.rsplit(',').next())
-        {
-            return forwarded.trim().to_owned();
+        if let Some(forwarded) = forwarded_client(request.headers()) {
+            return forwarded;
         }
     }
     request
@@ -615,6 +626,48 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn the_client_is_the_last_entry_of_the_last_forwarded_header() {
+        let mut headers = axum::http::HeaderMap::new();
+        headers.append("x-forwarded-for", "1.1.1.1, 2.2.2.2".parse().unwrap());
+        headers.append("x-forwarded-for", "3.3.3.3, 4.4.4.4".parse().unwrap());
+        assert_eq!(forwarded_client(&headers).as_deref(), Some("4.4.4.4"));
+        let mut spoofed = axum::http::HeaderMap::new();
+        spoofed.append("x-forwarded-for", "9.9.9.9".parse().unwrap());
+        spoofed.append("x-forwarded-for", "5.5.5.5".parse().unwrap());
+        assert_eq!(forwarded_client(&spoofed).as_deref(), Some("5.5.5.5"));
+        let mut empty = axum::http::HeaderMap::new();
+        empty.append("x-forwarded-for", "1.1.1.1, ".parse().unwrap());
+        assert_eq!(forwarded_client(&empty), None);
+        assert_eq!(forwarded_client(&axum::http::HeaderMap::new()), None);
+    }
+
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: GatewayArgs,
+    }
+
+    fn args(extra: &[&str]) -> GatewayArgs {
+        let secret = "0".repeat(32);
+        let mut argv = vec!["gateway", "--auth-secret", secret.as_str()];
+        argv.extend_from_slice(extra);
+        Wrapper::try_parse_from(argv).unwrap().args
+    }
+
+    #[test]
+    fn demo_tokens_need_a_loopback_address() {
+        let Err(error) = args(&["--addr", "0.0.0.0:8080", "--dev-tokens"]).auth_config() else {
+            panic!("demo tokens on 0.0.0.0 were accepted");
+        };
+        assert!(error.to_string().contains("TALLY_DEV_TOKENS"), "{error}");
+        assert!(args(&["--addr", "127.0.0.1:0", "--dev-tokens"])
+            .auth_config()
+            .is_ok());
+        assert!(args(&["--addr", "0.0.0.0:8080"]).auth_config().is_ok());
+    }
 
     #[tokio::test]
     async fn a_panicking_handler_answers_a_json_500() {

@@ -23,11 +23,24 @@ pub struct GatewayMetrics {
     vote_latency_sum_ms: AtomicU64,
 }
 
+/// The `method` label: the standard methods by name, any other as `other`,
+/// so that clients sending made-up methods cannot grow the metrics without
+/// bound.
+fn method_label(method: &str) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    KNOWN
+        .into_iter()
+        .find(|known| *known == method)
+        .unwrap_or("other")
+}
+
 impl GatewayMetrics {
     pub fn request(&self, route: &str, method: &str, status: u16) {
         let mut requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
         *requests
-            .entry((route.to_owned(), method.to_owned(), status))
+            .entry((route.to_owned(), method_label(method).to_owned(), status))
             .or_default() += 1;
     }
 
@@ -159,12 +172,18 @@ mod tests {
         let metrics = GatewayMetrics::default();
         metrics.request("/v1/polls/{poll}/votes", "POST", 202);
         metrics.request("/v1/polls/{poll}/votes", "POST", 202);
+        for made_up in ["BREW", "WHEN", "X-1", "X-2"] {
+            metrics.request("fallback", made_up, 405);
+        }
         metrics.refused("poll_not_open");
         metrics.vote_latency(3);
         metrics.vote_latency(7_000);
         let text = metrics.render(&[("tally_x", "An extra.", "gauge", 2.0)]);
         assert!(text.contains("tally_gateway_requests_total{route=\"/v1/polls/{poll}/votes\",method=\"POST\",status=\"202\"} 2"), "{text}");
         assert!(text.contains("tally_gateway_votes_refused_total{code=\"poll_not_open\"} 1"));
+        // Made-up methods share one label.
+        assert!(text.contains("tally_gateway_requests_total{route=\"fallback\",method=\"other\",status=\"405\"} 4"), "{text}");
+        assert!(!text.contains("BREW"), "{text}");
         assert!(text.contains("tally_gateway_vote_duration_ms_bucket{le=\"5\"} 1"));
         assert!(text.contains("tally_gateway_vote_duration_ms_bucket{le=\"+Inf\"} 2"));
         assert!(text.contains("tally_x 2"));

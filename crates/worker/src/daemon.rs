@@ -29,9 +29,12 @@ use tally_store::dynamo::DynamoVoteStore;
 pub struct WorkerArgs {
     #[command(flatten)]
     pub lease: LeaseSettings,
-    /// Address of the `/health` and `/metrics` endpoints (port 0: any free port).
-    #[arg(long, env = "TALLY_HEALTH_ADDR", default_value = "127.0.0.1:9464")]
-    pub health_addr: SocketAddr,
+    /// Address of the `/health` and `/metrics` endpoints (port 0: any free
+    /// port). Default 127.0.0.1:9464, or a free port (logged) when another
+    /// process on the host holds it; an address given here that cannot be
+    /// bound fails at start.
+    #[arg(long, env = "TALLY_HEALTH_ADDR")]
+    pub health_addr: Option<SocketAddr>,
     /// Conditional puts in flight at once per shard.
     #[arg(long, env = "TALLY_PUT_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub put_concurrency: u16,
@@ -136,6 +139,42 @@ async fn not_found() -> (StatusCode, Json<serde_json::Value>) {
     )
 }
 
+/// Where `/health` and `/metrics` listen unless `TALLY_HEALTH_ADDR` says.
+pub const DEFAULT_HEALTH_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9464);
+
+/// Binds the health endpoints: the address given (failing at start, naming
+/// the setting, when it cannot be bound), or `default`, falling back to a
+/// free port on the same interface when another process holds it, so that
+/// several workers with default settings share a host.
+async fn bind_health(
+    given: Option<SocketAddr>,
+    default: SocketAddr,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    if let Some(address) = given {
+        return tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| {
+                format!("invalid setting TALLY_HEALTH_ADDR: cannot listen on {address}")
+            });
+    }
+    match tokio::net::TcpListener::bind(default).await {
+        Ok(listener) => Ok(listener),
+        Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => {
+            let listener = tokio::net::TcpListener::bind(SocketAddr::new(default.ip(), 0))
+                .await
+                .context("listening on a free port for /health")?;
+            tracing::warn!(
+                default = %default,
+                health_addr = %listener.local_addr()?,
+                "the default health address is taken (another worker on this host?); listening on a free port"
+            );
+            Ok(listener)
+        }
+        Err(error) => Err(error).with_context(|| format!("listening on {default} for /health")),
+    }
+}
+
 /// Runs the worker until `shutdown` fires and the leases are released.
 pub async fn run(
     common: &Common,
@@ -171,14 +210,7 @@ pub async fn run(
         store,
     };
 
-    let listener = tokio::net::TcpListener::bind(args.health_addr)
-        .await
-        .with_context(|| {
-            format!(
-                "invalid setting TALLY_HEALTH_ADDR: cannot listen on {}",
-                args.health_addr
-            )
-        })?;
+    let listener = bind_health(args.health_addr, DEFAULT_HEALTH_ADDR).await?;
     let health_addr = listener.local_addr()?;
     let app = Router::new()
         .route("/health", get(health_handler))
@@ -276,4 +308,32 @@ pub async fn run(
     let _ = server.await;
     tracing::info!(worker_id = %worker_id, "worker stopped");
     result.context("worker failed")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_taken_default_health_address_falls_back_to_a_free_port() {
+        let holder = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let taken = holder.local_addr().unwrap();
+        let listener = bind_health(None, taken).await.unwrap();
+        let bound = listener.local_addr().unwrap();
+        assert_eq!(bound.ip(), taken.ip());
+        assert_ne!(bound.port(), taken.port());
+    }
+
+    #[tokio::test]
+    async fn a_taken_health_address_given_explicitly_fails_naming_the_setting() {
+        let holder = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let taken = holder.local_addr().unwrap();
+        let error = bind_health(Some(taken), DEFAULT_HEALTH_ADDR)
+            .await
+            .unwrap_err();
+        assert!(
+            format!("{error:#}").contains("TALLY_HEALTH_ADDR"),
+            "{error:#}"
+        );
+    }
 }
