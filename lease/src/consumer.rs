@@ -77,8 +77,7 @@ pub struct ConsumerContext {
     pub metrics: Arc<Metrics>,
     pub poll_interval: Duration,
     pub max_records: u32,
-    /// Poked when the shard ended: the worker announces it to the fleet and
-    /// syncs at once.
+    /// Poked when the shard ended, so the sync runs at once.
     pub shard_ended: Arc<tokio::sync::Notify>,
     /// Seed of the backoff jitter (reproducible in tests).
     pub seed: u64,
@@ -415,11 +414,11 @@ async fn finish(
         }
     }
     Metrics::add(&ctx.metrics.shards_ended_total, 1);
+    // Children waiting on this shard may start now: tell every worker.
+    crate::store::announce(ctx.store.as_ref()).await;
     info!(shard_id = %shard, children = ?child_ids, "shard ended");
-    // The worker is told, and it tells every worker (children waiting on
-    // this shard may start now) and syncs: child leases come from the
-    // (epoch-fenced) sync, so a consumer paused here never creates a lease
-    // from a stale view.
+    // Child leases come from the (epoch-fenced) sync, poked now: a consumer
+    // paused here must never create a lease from a stale view.
     ctx.shard_ended.notify_one();
     ConsumerExit::Ended
 }

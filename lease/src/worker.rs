@@ -24,7 +24,7 @@ use crate::graph::{lease_state, leases_to_create, parents_to_clean_up, LeaseStat
 use crate::metrics::Metrics;
 use crate::processor::ProcessorFactory;
 use crate::retry;
-use crate::store::{Created, Expect, LeaseStore, LeaseUpdate, StoreError, WorkerBeat};
+use crate::store::{announce, Created, Expect, LeaseStore, LeaseUpdate, StoreError, WorkerBeat};
 use crate::stream::StreamSource;
 use crate::types::{Fence, Lease, LeaseMap, ShardId};
 
@@ -567,23 +567,6 @@ impl Worker {
     }
 }
 
-/// Bumps the epoch so every worker re-reads the table, retrying briefly
-/// (the periodic refresh is the safety net if it still fails).
-pub(crate) async fn announce(store: &dyn LeaseStore) {
-    for attempt in 0..4u32 {
-        match store.bump_epoch().await {
-            Ok(()) => return,
-            Err(error) if error.is_retryable() && attempt < 3 => {
-                tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
-            }
-            Err(error) => {
-                warn!(error = %error, "could not announce a lease change; the periodic refresh will");
-                return;
-            }
-        }
-    }
-}
-
 const EPOCH_MOVED: &str = "lease table changed during sync";
 
 /// Creates leases for new shards and deletes finished parents.
@@ -659,10 +642,7 @@ async fn sync_loop(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
             _ = shard_ended.notified() => {
-                // A consumer ended its shard: children waiting on it may
-                // start now, so every worker is told; then the child
-                // leases settle before the sync.
-                announce(store.as_ref()).await;
+                // Let the child leases of a finished shard settle first.
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }

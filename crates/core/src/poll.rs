@@ -238,11 +238,21 @@ impl Poll {
     }
 
     /// Closes the poll at `at_ms` (votes that arrived before still count),
-    /// unless an earlier closing time is set.
+    /// unless an earlier closing time is set. A draft, never opened, closes
+    /// with an empty window: it counts no vote.
     pub fn close(&mut self, at_ms: i64) -> Result<(), InvalidPoll> {
         match self.status {
             PollStatus::Final => Err(invalid("status", format!("poll {} is final", self.id))),
-            _ => {
+            PollStatus::Draft => {
+                // A draft never opened, so closed it counts nothing: an
+                // empty window (without one, every vote that arrived before
+                // the close would count).
+                self.status = PollStatus::Closed;
+                self.opens_at = Some(at_ms);
+                self.closes_at = Some(at_ms);
+                Ok(())
+            }
+            PollStatus::Open | PollStatus::Closed => {
                 if self.opens_at.is_some_and(|opens| at_ms <= opens) {
                     return Err(invalid(
                         "closes_at",
@@ -280,6 +290,27 @@ mod tests {
             voter_id: "u".into(),
             cast_at: None,
         }
+    }
+
+    #[test]
+    fn a_closed_draft_counts_no_vote() {
+        let mut poll = sample("p");
+        poll.status = PollStatus::Draft;
+        poll.close(1_000).unwrap();
+        assert_eq!(poll.status, PollStatus::Closed);
+        for arrival in [i64::MIN, 0, 999, 1_000, 5_000] {
+            assert_eq!(
+                poll.check(&vote("a"), arrival).unwrap_err().reason,
+                Reason::PollNotOpen,
+                "arrival {arrival}"
+            );
+        }
+        // A scheduled draft (an opening time, never opened) too.
+        let mut scheduled = sample("q");
+        scheduled.status = PollStatus::Draft;
+        scheduled.opens_at = Some(100);
+        scheduled.close(1_000).unwrap();
+        assert!(scheduled.check(&vote("a"), 500).is_err());
     }
 
     #[test]

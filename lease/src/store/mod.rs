@@ -13,8 +13,10 @@ pub mod dynamo;
 pub mod memory;
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use async_trait::async_trait;
+use tracing::warn;
 
 use crate::types::{Checkpoint, Fence, Lease, ShardId};
 
@@ -226,5 +228,22 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// Requests sent to the table so far, for metrics and benchmarks.
     fn requests(&self) -> u64 {
         0
+    }
+}
+
+/// Bumps the epoch so every worker re-reads the table, retrying briefly
+/// (the periodic refresh is the safety net if it still fails).
+pub(crate) async fn announce(store: &dyn LeaseStore) {
+    for attempt in 0..4u32 {
+        match store.bump_epoch().await {
+            Ok(()) => return,
+            Err(error) if error.is_retryable() && attempt < 3 => {
+                tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+            }
+            Err(error) => {
+                warn!(error = %error, "could not announce a lease change; the periodic refresh will");
+                return;
+            }
+        }
     }
 }
