@@ -5,7 +5,8 @@
 //! - API Gateway's request template, rendered the way API Gateway renders
 //!   it for a sample request, makes a `PutRecord` request whose data is a
 //!   valid vote record for the worker, with the voter taken from the
-//!   authorizer, never from the body.
+//!   authorizer, never from the body;
+//! - the gateway's admin role is the Cognito admin group's name.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -327,4 +328,38 @@ fn the_mapping_template_makes_a_valid_vote_record_keyed_by_the_authorized_voter(
     assert_eq!(parsed["voter_id"], "5f2b8c1e-0d4a-4e7b-9c3f-1a2b3c4d5e6f");
     let rejected = tally_contract::vote::decode(&data).unwrap_err();
     assert_eq!(rejected.reason, tally_contract::vote::Reason::Malformed);
+}
+
+/// The first `name = "..."` of `resource "TYPE" "NAME" { ... }` in `text`.
+fn resource_name(text: &str, kind: &str, label: &str) -> Option<String> {
+    let start = text.find(&format!("resource \"{kind}\" \"{label}\""))?;
+    let body = &text[start..];
+    let name = body.find("name")?;
+    let quoted = &body[name..];
+    let open = quoted.find('"')? + 1;
+    let close = quoted[open..].find('"')? + open;
+    Some(quoted[open..close].to_owned())
+}
+
+#[test]
+fn the_gateway_admin_role_is_the_cognito_admin_group() {
+    let read = |path: &str| std::fs::read_to_string(infra().join(path)).unwrap();
+    let squeeze = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let tally = read("modules/tally/main.tf");
+    let group =
+        resource_name(&tally, "aws_cognito_user_group", "admins").expect("the Cognito admin group");
+    assert!(!group.is_empty());
+    // The group's name is what the service module gets as the admin role...
+    assert!(
+        squeeze(&tally).contains("auth_admin_role = aws_cognito_user_group.admins.name"),
+        "the tally module must pass the admin group's name as auth_admin_role"
+    );
+    // ...and what the gateway task sets as TALLY_AUTH_ADMIN_ROLE, read from
+    // the claim that holds Cognito's groups.
+    let service = squeeze(&read("modules/service/main.tf"));
+    assert!(
+        service.contains(r#"{ name = "TALLY_AUTH_ADMIN_ROLE", value = var.auth_admin_role }"#),
+        "the gateway task must set TALLY_AUTH_ADMIN_ROLE from auth_admin_role"
+    );
+    assert!(service.contains(r#"{ name = "TALLY_AUTH_ROLE_CLAIM", value = "cognito:groups" }"#));
 }

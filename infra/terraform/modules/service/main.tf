@@ -94,6 +94,7 @@ resource "aws_ecs_task_definition" "gateway" {
       { name = "TALLY_AUTH_ISSUER", value = var.auth_issuer },
       { name = "TALLY_AUTH_AUDIENCE", value = var.auth_audience },
       { name = "TALLY_AUTH_ROLE_CLAIM", value = "cognito:groups" },
+      { name = "TALLY_AUTH_ADMIN_ROLE", value = var.auth_admin_role },
       { name = "TALLY_TRUST_FORWARDED_FOR", value = "true" },
       { name = "TALLY_CORS_ORIGINS", value = join(",", var.cors_origins) },
     ])

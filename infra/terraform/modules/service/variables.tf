@@ -123,6 +123,11 @@ variable "auth_audience" {
   type = string
 }
 
+variable "auth_admin_role" {
+  description = "The Cognito group whose members may create, open and close polls (TALLY_AUTH_ADMIN_ROLE)."
+  type        = string
+}
+
 variable "cors_origins" {
   description = "Origins allowed to call the API from browsers."
   type        = list(string)

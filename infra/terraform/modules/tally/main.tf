@@ -141,6 +141,7 @@ module "service" {
   auth_jwks_url      = "https://cognito-idp.${var.region}.amazonaws.com/${aws_cognito_user_pool.voters.id}/.well-known/jwks.json"
   auth_issuer        = "https://cognito-idp.${var.region}.amazonaws.com/${aws_cognito_user_pool.voters.id}"
   auth_audience      = aws_cognito_user_pool_client.web.id
+  auth_admin_role    = aws_cognito_user_group.admins.name
   cors_origins       = var.cors_origins
   tags               = var.tags
 }
