@@ -23,6 +23,7 @@ use crate::pipeline::{Pipeline, PipelineConfig, VoteProcessorFactory};
 use tally_service::faults::Faults;
 use tally_service::settings::{Clients, Common, LeaseSettings};
 use tally_store::dynamo::DynamoVoteStore;
+use tally_store::poll_cache::PollCacheConfig;
 
 /// The worker's settings.
 #[derive(Args, Clone, Debug)]
@@ -76,9 +77,11 @@ impl WorkerArgs {
     fn pipeline_config(&self) -> PipelineConfig {
         PipelineConfig {
             put_concurrency: usize::from(self.put_concurrency),
-            poll_cache_max_age: Duration::from_millis(self.poll_cache_ms),
+            poll_cache: PollCacheConfig {
+                max_age: Duration::from_millis(self.poll_cache_ms),
+                ..PollCacheConfig::default()
+            },
             max_transaction_actions: usize::from(self.max_transaction_actions),
-            ..PipelineConfig::default()
         }
     }
 }

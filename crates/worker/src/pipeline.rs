@@ -20,7 +20,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -53,31 +52,17 @@ fn crash_point(_point: &'static str) {}
 pub struct PipelineConfig {
     /// Conditional puts in flight at once, per shard.
     pub put_concurrency: usize,
-    /// A cached poll older than this is read again before use.
-    pub poll_cache_max_age: Duration,
-    /// A poll is read again to confirm a reject only if its cached copy is
-    /// older than this (so a flood of late votes costs few reads).
-    pub poll_reread_min_age: Duration,
+    /// How long cached polls are used.
+    pub poll_cache: PollCacheConfig,
     /// Actions per `TransactWriteItems`.
     pub max_transaction_actions: usize,
-}
-
-impl PipelineConfig {
-    /// The poll cache's part of the settings.
-    pub fn poll_cache(&self) -> PollCacheConfig {
-        PollCacheConfig {
-            max_age: self.poll_cache_max_age,
-            reread_min_age: self.poll_reread_min_age,
-        }
-    }
 }
 
 impl Default for PipelineConfig {
     fn default() -> Self {
         Self {
             put_concurrency: 64,
-            poll_cache_max_age: Duration::from_millis(500),
-            poll_reread_min_age: Duration::from_millis(50),
+            poll_cache: PollCacheConfig::default(),
             max_transaction_actions: count::MAX_TRANSACTION_ACTIONS,
         }
     }
@@ -100,11 +85,7 @@ impl Pipeline {
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         Arc::new(Self {
-            polls: PollCache::new(
-                store.clone(),
-                config.poll_cache(),
-                metrics.poll_reads.clone(),
-            ),
+            polls: PollCache::new(store.clone(), config.poll_cache, metrics.poll_reads.clone()),
             store,
             metrics,
             config,
