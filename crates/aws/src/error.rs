@@ -50,6 +50,19 @@ pub enum ErrorClass {
 }
 
 impl ErrorClass {
+    /// Every class.
+    pub const ALL: [ErrorClass; 9] = [
+        ErrorClass::ConditionFailed,
+        ErrorClass::Throttled,
+        ErrorClass::Conflict,
+        ErrorClass::Transient,
+        ErrorClass::NotFound,
+        ErrorClass::InUse,
+        ErrorClass::ExpiredIterator,
+        ErrorClass::TokenReused,
+        ErrorClass::Other,
+    ];
+
     /// Tells whether the same call may succeed if tried again later.
     pub fn is_retryable(self) -> bool {
         matches!(
@@ -385,20 +398,10 @@ mod tests {
 
     #[test]
     fn retryable_classes() {
-        let retryable: Vec<ErrorClass> = [
-            ConditionFailed,
-            Throttled,
-            Conflict,
-            Transient,
-            NotFound,
-            InUse,
-            ExpiredIterator,
-            TokenReused,
-            Other,
-        ]
-        .into_iter()
-        .filter(|class| class.is_retryable())
-        .collect();
+        let retryable: Vec<ErrorClass> = ErrorClass::ALL
+            .into_iter()
+            .filter(|class| class.is_retryable())
+            .collect();
         assert_eq!(retryable, [Throttled, Conflict, Transient]);
     }
 
