@@ -174,7 +174,9 @@ async fn bind_health(
             );
             Ok(listener)
         }
-        Err(error) => Err(error).with_context(|| format!("listening on {default} for /health")),
+        Err(error) => Err(error).with_context(|| {
+            format!("listening on the default health address {default} (TALLY_HEALTH_ADDR chooses another)")
+        }),
     }
 }
 
@@ -325,6 +327,18 @@ mod tests {
         let bound = listener.local_addr().unwrap();
         assert_eq!(bound.ip(), taken.ip());
         assert_ne!(bound.port(), taken.port());
+    }
+
+    #[tokio::test]
+    async fn a_default_health_address_that_cannot_be_bound_names_the_setting() {
+        // 192.0.2.1 (TEST-NET-1) is no address of this host: binding fails
+        // at once, with another error than "in use".
+        let unusable: SocketAddr = "192.0.2.1:9464".parse().unwrap();
+        let error = bind_health(None, unusable).await.unwrap_err();
+        assert!(
+            format!("{error:#}").contains("TALLY_HEALTH_ADDR"),
+            "{error:#}"
+        );
     }
 
     #[tokio::test]
