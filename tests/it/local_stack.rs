@@ -58,15 +58,9 @@ impl Stack {
             )),
             kinesis: aws_sdk_kinesis::Client::new(&config),
         };
-        let init = stack
-            .tally()
-            .args(["init", "--shards", "2"])
-            .output()
-            .unwrap();
-        assert!(
-            init.status.success(),
-            "tally init: {}",
-            String::from_utf8_lossy(&init.stderr)
+        tally_testkit::process::succeed(
+            stack.tally().args(["init", "--shards", "2"]),
+            "tally init",
         );
         stack
     }

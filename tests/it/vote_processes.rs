@@ -124,16 +124,7 @@ impl Run {
             store,
             leases,
         };
-        let init = run
-            .tally()
-            .args(["init", "--shards", "4"])
-            .output()
-            .unwrap();
-        assert!(
-            init.status.success(),
-            "tally init: {}",
-            String::from_utf8_lossy(&init.stderr)
-        );
+        tally_testkit::process::succeed(run.tally().args(["init", "--shards", "4"]), "tally init");
         for poll in &loaded.workload.polls {
             assert!(run.store.create_poll(poll).await.unwrap());
         }

@@ -3,7 +3,7 @@
 //! local emulator with the settings every test process needs.
 
 use std::ffi::OsStr;
-use std::process::{Child, Command, ExitStatus};
+use std::process::{Child, Command, ExitStatus, Output};
 use std::time::{Duration, Instant};
 
 /// A child process, killed when dropped.
@@ -69,4 +69,19 @@ pub fn tally(binary: impl AsRef<OsStr>) -> Command {
         .env("TALLY_LOG_FORMAT", "json")
         .env("TALLY_HEALTH_ADDR", "127.0.0.1:0");
     command
+}
+
+/// Runs `command` to its end and panics, with its stderr, unless it
+/// succeeded; `what` names it in the message.
+pub fn succeed(command: &mut Command, what: &str) -> Output {
+    let output = command
+        .output()
+        .unwrap_or_else(|error| panic!("{what}: could not start: {error}"));
+    assert!(
+        output.status.success(),
+        "{what}: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
 }

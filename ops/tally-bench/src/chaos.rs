@@ -854,15 +854,9 @@ pub async fn chaos(options: Options) -> bool {
         store: DynamoVoteStore::new(dynamodb.clone(), names.clone()),
         leases: DynamoStore::new(dynamodb, names.leases.clone()),
     });
-    let init = system
-        .command()
-        .args(["init", "--shards", "4"])
-        .output()
-        .expect("run tally init");
-    assert!(
-        init.status.success(),
-        "tally init: {}",
-        String::from_utf8_lossy(&init.stderr)
+    tally_testkit::process::succeed(
+        system.command().args(["init", "--shards", "4"]),
+        "tally init",
     );
 
     // The producer's workload, sized to the rate and the time.
