@@ -10,6 +10,7 @@ use axum::routing::get;
 use axum::Router;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use futures::StreamExt;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use p256::elliptic_curve::sec1::ToEncodedPoint;
 use p256::pkcs8::EncodePrivateKey;
@@ -84,6 +85,7 @@ async fn rs256_and_es256_tokens_from_a_jwks_url() {
         keys: KeySource::Jwks(url),
         audience: "client-123".into(),
         issuer: "https://issuer.example".into(),
+        voter_claim: "sub".into(),
         role_claim: "cognito:groups".into(),
         admin_role: "admins".into(),
         leeway: Duration::from_secs(0),
@@ -164,5 +166,154 @@ async fn rs256_and_es256_tokens_from_a_jwks_url() {
     assert!(
         fetches.load(Ordering::Relaxed) <= 2,
         "an unknown key id refreshes the set at most once per 30 s"
+    );
+}
+
+/// Serves `app` on a free loopback port; the key set's URL.
+async fn serve(app: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/.well-known/jwks.json",
+        listener.local_addr().unwrap()
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+fn jwks_verifier(url: String) -> Verifier {
+    Verifier::new(AuthConfig {
+        keys: KeySource::Jwks(url),
+        audience: "client-123".into(),
+        issuer: "https://issuer.example".into(),
+        voter_claim: "sub".into(),
+        role_claim: "cognito:groups".into(),
+        admin_role: "admins".into(),
+        leeway: Duration::from_secs(0),
+    })
+    .unwrap()
+}
+
+/// An RS256 token naming key `kid` (its signature is never reached: the
+/// key is looked up first).
+fn token_with_kid(kid: &str) -> String {
+    let part = |value: serde_json::Value| URL_SAFE_NO_PAD.encode(value.to_string());
+    format!(
+        "{}.{}.c2lnbmF0dXJl",
+        part(json!({"alg": "RS256", "typ": "JWT", "kid": kid})),
+        part(
+            json!({"sub": "u", "aud": "client-123", "iss": "https://issuer.example", "exp": 4_000_000_000u64})
+        )
+    )
+}
+
+#[tokio::test]
+async fn tokens_with_random_key_ids_fetch_the_key_set_once() {
+    let keys = keys();
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let url = serve(Router::new().route(
+        "/.well-known/jwks.json",
+        get({
+            let (jwks, fetches) = (keys.jwks.clone(), fetches.clone());
+            move || async move {
+                fetches.fetch_add(1, Ordering::Relaxed);
+                // Slow enough that the callers below all arrive during it.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                axum::Json(jwks)
+            }
+        }),
+    ))
+    .await;
+    let verifier = Arc::new(jwks_verifier(url));
+    let callers: Vec<_> = (0..50)
+        .map(|i| {
+            let verifier = verifier.clone();
+            tokio::spawn(async move {
+                verifier
+                    .verify(&token_with_kid(&format!("random-{i}")))
+                    .await
+            })
+        })
+        .collect();
+    for caller in callers {
+        assert!(caller.await.unwrap().is_err());
+    }
+    assert_eq!(
+        fetches.load(Ordering::Relaxed),
+        1,
+        "50 unknown key ids at once make one fetch, not one each"
+    );
+    assert!(verifier.ready().await, "the one fetch loaded the set");
+}
+
+#[tokio::test]
+async fn a_failing_key_set_is_asked_for_again_only_after_a_backoff() {
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let url = serve(Router::new().route(
+        "/.well-known/jwks.json",
+        get({
+            let fetches = fetches.clone();
+            move || async move {
+                fetches.fetch_add(1, Ordering::Relaxed);
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }),
+    ))
+    .await;
+    let verifier = jwks_verifier(url);
+    for i in 0..20 {
+        assert!(verifier
+            .verify(&token_with_kid(&format!("k{i}")))
+            .await
+            .is_err());
+    }
+    assert!(verifier.refresh().await.is_err());
+    assert_eq!(
+        fetches.load(Ordering::Relaxed),
+        1,
+        "no retry within the backoff"
+    );
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let error = verifier.refresh().await.unwrap_err();
+    assert!(error.contains("500"), "{error}");
+    assert_eq!(
+        fetches.load(Ordering::Relaxed),
+        2,
+        "one retry after a second"
+    );
+    assert!(verifier.verify(&token_with_kid("k-late")).await.is_err());
+    assert_eq!(
+        fetches.load(Ordering::Relaxed),
+        2,
+        "the backoff doubles after a second failure"
+    );
+}
+
+#[tokio::test]
+async fn a_huge_key_set_is_abandoned_while_it_is_read() {
+    // 64 MiB streamed without a length, counting what the server produced.
+    let produced = Arc::new(AtomicUsize::new(0));
+    let url = serve(Router::new().route(
+        "/.well-known/jwks.json",
+        get({
+            let produced = produced.clone();
+            move || async move {
+                let chunk = bytes::Bytes::from(vec![b' '; 64 * 1024]);
+                let body = futures::stream::iter(0..1024).map(move |_| {
+                    produced.fetch_add(chunk.len(), Ordering::Relaxed);
+                    Ok::<_, std::io::Error>(chunk.clone())
+                });
+                axum::body::Body::from_stream(body)
+            }
+        }),
+    ))
+    .await;
+    let verifier = jwks_verifier(url);
+    let error = verifier.refresh().await.unwrap_err();
+    assert!(error.contains("larger than"), "{error}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let produced = produced.load(Ordering::Relaxed);
+    assert!(
+        produced < 16 << 20,
+        "the client stopped reading early; the server produced {produced} bytes of 64 MiB"
     );
 }

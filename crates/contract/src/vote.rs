@@ -102,6 +102,17 @@ pub fn valid_id(text: &str, max: usize) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'@' | b'-'))
 }
 
+/// The voter id a token's voter claim stands for: the claim's value with
+/// every `+` removed, so an E.164 phone number (`+447700900123`) becomes
+/// `447700900123`, then held to the id rule. Both vote paths apply exactly
+/// this: `tally gateway` here, API Gateway's mapping template with
+/// `.replace('+', '')` (the infra tests render the template and compare).
+/// `None` when what is left is not a valid id.
+pub fn voter_from_claim(value: &str) -> Option<String> {
+    let voter = value.replace('+', "");
+    valid_id(&voter, MAX_ID_CHARS).then_some(voter)
+}
+
 /// Decodes one record's bytes as a vote.
 pub fn decode(data: &[u8]) -> Result<Vote, Rejection> {
     if data.len() > MAX_VOTE_BYTES {
@@ -176,6 +187,21 @@ pub fn encode(vote: &Vote) -> Vec<u8> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_voter_claim_becomes_an_id_without_its_plus_signs() {
+        assert_eq!(
+            voter_from_claim("+447700900123").as_deref(),
+            Some("447700900123")
+        );
+        assert_eq!(
+            voter_from_claim("5f2b8c1e-0d4a").as_deref(),
+            Some("5f2b8c1e-0d4a")
+        );
+        assert_eq!(voter_from_claim("+"), None);
+        assert_eq!(voter_from_claim("+44 7700 900123"), None);
+        assert_eq!(voter_from_claim(&"9".repeat(MAX_ID_CHARS + 1)), None);
+    }
 
     fn sample() -> Vote {
         Vote {

@@ -1,9 +1,17 @@
 //! Who is calling: JSON Web Tokens, HS256 with a shared secret (local
 //! mode) or RS256/ES256 with keys from a JWKS URL (Cognito or any OIDC
 //! provider). The audience, the issuer and the expiry are always checked.
-//! The voter is the token's subject; an admin carries the admin role in the
-//! role claim (a string or a list of strings; Cognito's groups claim works).
-//! Nothing here ever reads an identity from a request body.
+//! The voter is the token's voter claim (`sub` unless configured: on AWS the
+//! verified phone number, see `voter_from_claim`); an admin carries the
+//! admin role in the role claim (a string or a list of strings; Cognito's
+//! groups claim works). Nothing here ever reads an identity from a request
+//! body.
+//!
+//! A key set is fetched by one caller at a time (single flight), never more
+//! often than [`JWKS_MIN_REFRESH`] after a success or the backoff after a
+//! failure, however many tokens name unknown keys; its body is capped while
+//! it is read; and it is fetched over `https` (plain `http` only from a
+//! loopback host, for local runs and tests).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,7 +22,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use tokio::sync::RwLock;
 
 use super::error::ApiError;
-use tally_contract::vote::{valid_id, MAX_ID_CHARS};
+use tally_contract::vote::{voter_from_claim, MAX_ID_CHARS};
 
 /// How tokens are checked.
 #[derive(Clone, Debug)]
@@ -22,6 +30,10 @@ pub struct AuthConfig {
     pub keys: KeySource,
     pub audience: String,
     pub issuer: String,
+    /// The claim holding the voter id (`sub`, or `phone_number` with
+    /// Cognito's phone sign-in). `phone_number` and `email` count only when
+    /// the token also says `<claim>_verified: true`.
+    pub voter_claim: String,
     /// The claim holding the caller's roles.
     pub role_claim: String,
     pub admin_role: String,
@@ -49,7 +61,7 @@ impl std::fmt::Debug for KeySource {
 /// A verified caller.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Caller {
-    /// The token's subject: the voter.
+    /// The voter id, from the configured voter claim.
     pub subject: String,
     pub admin: bool,
 }
@@ -62,18 +74,96 @@ struct JwksKeys {
     url: String,
     client: reqwest::Client,
     keys: RwLock<KeysById>,
+    /// Held for the whole of a fetch: one fetch at a time.
+    fetching: tokio::sync::Mutex<Attempts>,
+}
+
+/// When the key set was last asked for, and how many asks in a row failed.
+#[derive(Default)]
+struct Attempts {
+    last: Option<Instant>,
+    failures: u32,
+}
+
+impl Attempts {
+    /// How long after the last attempt the next may be made.
+    fn wait(&self) -> Duration {
+        match self.failures {
+            0 => JWKS_MIN_REFRESH,
+            n => (JWKS_FIRST_BACKOFF * 2u32.saturating_pow(n - 1)).min(JWKS_MAX_BACKOFF),
+        }
+    }
 }
 
 /// A key set is read again at most this often when a token names an
 /// unknown key (key rotation), and at least this often in the background.
-const JWKS_MIN_REFRESH: Duration = Duration::from_secs(30);
+pub const JWKS_MIN_REFRESH: Duration = Duration::from_secs(30);
 pub const JWKS_REFRESH: Duration = Duration::from_secs(600);
-/// Largest key set accepted.
-const MAX_JWKS_BYTES: usize = 256 * 1024;
+/// After a failed fetch the next waits this long, doubling with each
+/// failure in a row up to [`JWKS_MAX_BACKOFF`].
+const JWKS_FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const JWKS_MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Largest key set accepted; a larger body is abandoned while it is read.
+pub const MAX_JWKS_BYTES: usize = 256 * 1024;
+
+/// True for an `https` URL, or an `http` one whose host is loopback.
+pub fn acceptable_key_set_url(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    let host = parsed.host_str().unwrap_or_default();
+    let loopback = host == "localhost"
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => Err(format!(
+            "{url:?} must be https: keys fetched over plain http could be swapped on the way (http is accepted only from a loopback host)"
+        )),
+        _ => Err(format!("{url:?} is not an https URL")),
+    }
+}
 
 impl JwksKeys {
-    async fn fetch(&self) -> Result<(), String> {
-        let response = self
+    /// Fetches the key set unless another caller is fetching it (then this
+    /// waits for that fetch) or the last attempt was too recent. With
+    /// `wanted`, a fetch that has already brought that key id is enough.
+    async fn refresh(&self, wanted: Option<&str>) -> Result<(), String> {
+        let mut attempts = self.fetching.lock().await;
+        if let Some(kid) = wanted {
+            if self.keys.read().await.1.contains_key(kid) {
+                return Ok(());
+            }
+        }
+        if let Some(last) = attempts.last {
+            let wait = attempts.wait();
+            if last.elapsed() < wait {
+                return Err(format!(
+                    "the key set {} was asked for {} ms ago; the next fetch is due in {} ms",
+                    self.url,
+                    last.elapsed().as_millis(),
+                    (wait - last.elapsed()).as_millis()
+                ));
+            }
+        }
+        attempts.last = Some(Instant::now());
+        match self.fetch().await {
+            Ok(keys) => {
+                attempts.failures = 0;
+                tracing::info!(url = %self.url, keys = keys.len(), "key set loaded");
+                *self.keys.write().await = (Some(Instant::now()), keys);
+                Ok(())
+            }
+            Err(error) => {
+                attempts.failures = attempts.failures.saturating_add(1);
+                Err(error)
+            }
+        }
+    }
+
+    async fn fetch(&self) -> Result<HashMap<String, (DecodingKey, Algorithm)>, String> {
+        let mut response = self
             .client
             .get(&self.url)
             .send()
@@ -86,12 +176,28 @@ impl JwksKeys {
                 response.status()
             ));
         }
-        let bytes = response
-            .bytes()
+        let too_large = || {
+            format!(
+                "the key set {} is larger than {MAX_JWKS_BYTES} bytes",
+                self.url
+            )
+        };
+        if response
+            .content_length()
+            .is_some_and(|length| length > MAX_JWKS_BYTES as u64)
+        {
+            return Err(too_large());
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
             .await
-            .map_err(|e| format!("cannot read the key set {}: {e}", self.url))?;
-        if bytes.len() > MAX_JWKS_BYTES {
-            return Err(format!("the key set {} is too large", self.url));
+            .map_err(|e| format!("cannot read the key set {}: {e}", self.url))?
+        {
+            if bytes.len() + chunk.len() > MAX_JWKS_BYTES {
+                return Err(too_large());
+            }
+            bytes.extend_from_slice(&chunk);
         }
         let set: jsonwebtoken::jwk::JwkSet = serde_json::from_slice(&bytes)
             .map_err(|e| format!("the key set {} is not a JWKS: {e}", self.url))?;
@@ -113,26 +219,24 @@ impl JwksKeys {
                 keys.insert(kid, (key, algorithm));
             }
         }
-        tracing::info!(url = %self.url, keys = keys.len(), "key set loaded");
-        *self.keys.write().await = (Some(Instant::now()), keys);
-        Ok(())
+        Ok(keys)
     }
 
     async fn key(&self, kid: &str) -> Option<(DecodingKey, Algorithm)> {
-        let stale = {
-            let keys = self.keys.read().await;
-            if let Some(found) = keys.1.get(kid) {
-                return Some(found.clone());
-            }
-            keys.0.is_none_or(|at| at.elapsed() >= JWKS_MIN_REFRESH)
-        };
-        if stale {
-            if let Err(error) = self.fetch().await {
-                tracing::warn!(error = %error, "key set refresh failed");
-            }
+        if let Some(found) = self.keys.read().await.1.get(kid) {
+            return Some(found.clone());
+        }
+        if let Err(error) = self.refresh(Some(kid)).await {
+            tracing::debug!(error = %error, kid, "no key set refresh for an unknown key id");
         }
         self.keys.read().await.1.get(kid).cloned()
     }
+}
+
+/// The standard OpenID claim saying whether `claim` was verified, for the
+/// claims that have one.
+fn verified_claim(claim: &str) -> Option<String> {
+    matches!(claim, "phone_number" | "email").then(|| format!("{claim}_verified"))
 }
 
 /// Checks tokens.
@@ -149,9 +253,7 @@ impl Verifier {
             }
             KeySource::Secret(_) => None,
             KeySource::Jwks(url) => {
-                if !(url.starts_with("https://") || url.starts_with("http://")) {
-                    return Err(format!("{url:?} is not an http(s) URL"));
-                }
+                acceptable_key_set_url(url)?;
                 let client = reqwest::Client::builder()
                     .timeout(Duration::from_secs(5))
                     .build()
@@ -160,16 +262,18 @@ impl Verifier {
                     url: url.clone(),
                     client,
                     keys: RwLock::new((None, HashMap::new())),
+                    fetching: Default::default(),
                 }))
             }
         };
         Ok(Self { config, jwks })
     }
 
-    /// Loads the key set (a no-op for a shared secret).
+    /// Loads the key set (a no-op for a shared secret), unless it was
+    /// asked for too recently (see [`JWKS_MIN_REFRESH`] and the backoff).
     pub async fn refresh(&self) -> Result<(), String> {
         match &self.jwks {
-            Some(jwks) => jwks.fetch().await,
+            Some(jwks) => jwks.refresh(None).await,
             None => Ok(()),
         }
     }
@@ -253,16 +357,7 @@ impl Verifier {
             _ => ApiError::InvalidToken(error.to_string()),
         })?;
         let claims = data.claims;
-        let subject = claims
-            .get("sub")
-            .and_then(|sub| sub.as_str())
-            .unwrap_or_default()
-            .to_owned();
-        if !valid_id(&subject, MAX_ID_CHARS) {
-            return Err(ApiError::InvalidToken(format!(
-                "the subject must be 1 to {MAX_ID_CHARS} characters of [A-Za-z0-9._:@-]"
-            )));
-        }
+        let subject = self.voter(&claims)?;
         let admin = match claims.get(&self.config.role_claim) {
             Some(serde_json::Value::String(roles)) => roles
                 .split_whitespace()
@@ -273,6 +368,32 @@ impl Verifier {
             _ => false,
         };
         Ok(Caller { subject, admin })
+    }
+
+    /// The voter id the token's voter claim stands for.
+    fn voter(
+        &self,
+        claims: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<String, ApiError> {
+        let claim = self.config.voter_claim.as_str();
+        let value = claims
+            .get(claim)
+            .and_then(|value| value.as_str())
+            .ok_or_else(|| ApiError::InvalidToken(format!("claim {claim} is missing")))?;
+        if let Some(flag) = verified_claim(claim) {
+            let verified = matches!(claims.get(&flag), Some(serde_json::Value::Bool(true)))
+                || claims.get(&flag).and_then(|v| v.as_str()) == Some("true");
+            if !verified {
+                return Err(ApiError::InvalidToken(format!(
+                    "claim {claim} is not verified ({flag} is not true)"
+                )));
+            }
+        }
+        voter_from_claim(value).ok_or_else(|| {
+            ApiError::InvalidToken(format!(
+                "the voter claim {claim} must be 1 to {MAX_ID_CHARS} characters of [A-Za-z0-9._:@-] once '+' signs are removed"
+            ))
+        })
     }
 
     /// Mints an HS256 token (local mode's demo tokens and tests).
@@ -288,6 +409,10 @@ impl Verifier {
             "iat": now,
             "exp": now + lifetime.as_secs() as i64,
         });
+        claims[&self.config.voter_claim] = serde_json::json!(subject);
+        if let Some(flag) = verified_claim(&self.config.voter_claim) {
+            claims[flag] = serde_json::Value::Bool(true);
+        }
         if admin {
             claims[&self.config.role_claim] = serde_json::json!([self.config.admin_role]);
         }
@@ -325,6 +450,7 @@ mod tests {
             keys: KeySource::Secret(secret.to_vec()),
             audience: "tally".into(),
             issuer: "tally-local".into(),
+            voter_claim: "sub".into(),
             role_claim: "roles".into(),
             admin_role: "admin".into(),
             leeway: Duration::from_secs(0),
@@ -356,6 +482,94 @@ mod tests {
             .unwrap();
         assert!(verifier.verify(&bad_subject).await.is_err());
         assert!(Verifier::new(config(b"short")).is_err());
+    }
+
+    /// An HS256 token with exactly these claims (plus audience, issuer and
+    /// expiry), signed with the test secret.
+    fn signed(claims: serde_json::Value) -> String {
+        let mut all = serde_json::json!({"aud": "tally", "iss": "tally-local",
+            "exp": tally_contract::time::now_millis() / 1000 + 60});
+        all.as_object_mut()
+            .unwrap()
+            .extend(claims.as_object().unwrap().clone());
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &all,
+            &EncodingKey::from_secret(&[7; 32]),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_voter_is_the_configured_claim_and_a_phone_number_must_be_verified() {
+        let verifier = Verifier::new(AuthConfig {
+            voter_claim: "phone_number".into(),
+            ..config(&[7; 32])
+        })
+        .unwrap();
+        let caller = verifier
+            .verify(&signed(serde_json::json!({"sub": "5f2b-account",
+                "phone_number": "+447700900123", "phone_number_verified": true})))
+            .await
+            .unwrap();
+        assert_eq!(
+            caller.subject, "447700900123",
+            "the number, not the account"
+        );
+        for (claims, why) in [
+            (
+                serde_json::json!({"sub": "a", "phone_number": "+447700900123", "phone_number_verified": false}),
+                "not verified",
+            ),
+            (
+                serde_json::json!({"sub": "a", "phone_number": "+447700900123"}),
+                "not verified",
+            ),
+            (serde_json::json!({"sub": "a"}), "phone_number is missing"),
+            (
+                serde_json::json!({"sub": "a", "phone_number": "+44 7700", "phone_number_verified": true}),
+                "voter claim",
+            ),
+        ] {
+            let error = verifier.verify(&signed(claims)).await.unwrap_err();
+            assert_eq!(error.status_and_code().1, "invalid_token");
+            assert!(error.to_string().contains(why), "{error}");
+        }
+        // A minted token carries the configured claim, verified.
+        let token = verifier
+            .mint("447700900123", false, Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(
+            verifier.verify(&token).await.unwrap().subject,
+            "447700900123"
+        );
+    }
+
+    #[test]
+    fn a_key_set_is_fetched_over_https_or_from_a_loopback_host() {
+        for url in [
+            "https://cognito-idp.eu-west-1.amazonaws.com/pool/.well-known/jwks.json",
+            "http://127.0.0.1:8080/jwks.json",
+            "http://localhost/jwks.json",
+            "http://[::1]:9/jwks.json",
+        ] {
+            assert!(acceptable_key_set_url(url).is_ok(), "{url}");
+        }
+        for url in [
+            "http://issuer.example/jwks.json",
+            "http://10.0.0.8/jwks.json",
+            "ftp://issuer.example/jwks.json",
+            "issuer.example/jwks.json",
+        ] {
+            assert!(acceptable_key_set_url(url).is_err(), "{url}");
+        }
+        let error = Verifier::new(AuthConfig {
+            keys: KeySource::Jwks("http://issuer.example/jwks.json".into()),
+            ..config(&[7; 32])
+        })
+        .err()
+        .unwrap();
+        assert!(error.contains("must be https"), "{error}");
     }
 
     #[test]

@@ -65,6 +65,11 @@ pub struct GatewayArgs {
     /// The issuer (`iss`) tokens must name.
     #[arg(long, env = "TALLY_AUTH_ISSUER", default_value = "tally-local")]
     pub auth_issuer: String,
+    /// The claim holding the voter id. `phone_number` (Cognito's phone
+    /// sign-in) or `email` count only with `<claim>_verified: true`; every
+    /// `+` is removed, as API Gateway's mapping template does.
+    #[arg(long, env = "TALLY_AUTH_VOTER_CLAIM", default_value = "sub")]
+    pub auth_voter_claim: String,
     /// The claim listing the caller's roles (Cognito: cognito:groups).
     #[arg(long, env = "TALLY_AUTH_ROLE_CLAIM", default_value = "roles")]
     pub auth_role_claim: String,
@@ -145,6 +150,9 @@ impl GatewayArgs {
                 if self.dev_tokens {
                     bail!("invalid setting TALLY_DEV_TOKENS: demo tokens need TALLY_AUTH_SECRET, not a key set");
                 }
+                if let Err(error) = auth::acceptable_key_set_url(url) {
+                    bail!("invalid setting TALLY_AUTH_JWKS_URL: {error}");
+                }
                 KeySource::Jwks(url.clone())
             }
         };
@@ -157,6 +165,7 @@ impl GatewayArgs {
         for (name, value) in [
             ("TALLY_AUTH_AUDIENCE", &self.auth_audience),
             ("TALLY_AUTH_ISSUER", &self.auth_issuer),
+            ("TALLY_AUTH_VOTER_CLAIM", &self.auth_voter_claim),
             ("TALLY_AUTH_ROLE_CLAIM", &self.auth_role_claim),
             ("TALLY_AUTH_ADMIN_ROLE", &self.auth_admin_role),
         ] {
@@ -199,6 +208,7 @@ impl GatewayArgs {
             keys,
             audience: self.auth_audience.clone(),
             issuer: self.auth_issuer.clone(),
+            voter_claim: self.auth_voter_claim.clone(),
             role_claim: self.auth_role_claim.clone(),
             admin_role: self.auth_admin_role.clone(),
             leeway: Duration::from_secs(5),

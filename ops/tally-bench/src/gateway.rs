@@ -30,6 +30,7 @@ pub fn local_verifier(secret: &str) -> Verifier {
         keys: KeySource::Secret(secret.as_bytes().to_vec()),
         audience: "tally".into(),
         issuer: "tally-local".into(),
+        voter_claim: "sub".into(),
         role_claim: "roles".into(),
         admin_role: "admin".into(),
         leeway: Duration::from_secs(5),
