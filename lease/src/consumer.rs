@@ -478,6 +478,22 @@ mod tests {
     }
 
     #[test]
+    fn an_aggregate_over_the_limits_is_delivered_once_whole_and_flagged() {
+        let one = kpl::UserRecord {
+            partition_key: "k".into(),
+            explicit_hash_key: None,
+            data: Bytes::new(),
+        };
+        let too_many = kpl::aggregate(&vec![one; kpl::MAX_SUB_RECORDS + 1]);
+        let metrics = Metrics::default();
+        let out = user_records(&[raw("9", too_many.clone())], &metrics);
+        assert_eq!(out.len(), 1, "one record, not one per sub-record");
+        assert_eq!(out[0].data.as_ref(), too_many.as_slice(), "kept whole");
+        let reason = out[0].bad_aggregate.as_deref().unwrap();
+        assert!(reason.contains("more than"), "{reason}");
+    }
+
+    #[test]
     fn resumes_after_the_checkpointed_sub_record() {
         let position = ExtendedSequence {
             sequence: SequenceNumber::parse("7").unwrap(),

@@ -23,7 +23,8 @@ pub const MAX_PARTITION_KEY_CHARS: usize = 256;
 pub struct Aggregation {
     /// Most bytes of one aggregate (KPL's default is 51,200).
     pub max_bytes: usize,
-    /// Most user records in one aggregate.
+    /// Most user records in one aggregate (capped at
+    /// `tally_contract::kpl::MAX_SUB_RECORDS`, the most a reader accepts).
     pub max_records: usize,
 }
 
@@ -130,7 +131,11 @@ pub fn build_entries(
             .or_insert(AGGREGATE_OVERHEAD);
         let members = open.entry(shard.clone()).or_default();
         if !members.is_empty()
-            && (*bytes + size > aggregation.max_bytes || members.len() >= aggregation.max_records)
+            && (*bytes + size > aggregation.max_bytes
+                || members.len()
+                    >= aggregation
+                        .max_records
+                        .min(tally_contract::kpl::MAX_SUB_RECORDS))
         {
             groups.push((shard.clone(), std::mem::take(members)));
             *bytes = AGGREGATE_OVERHEAD;

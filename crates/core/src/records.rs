@@ -12,6 +12,15 @@ use crate::count::Deltas;
 /// How many bytes of a rejected record are kept.
 pub const MAX_REJECT_RAW_BYTES: usize = 4096;
 
+/// Longest `detail` and `partition_key` a reject keeps, in bytes (cut at a
+/// character boundary). Kinesis keys are at most 256 characters (1 KiB).
+pub const MAX_REJECT_TEXT_BYTES: usize = 1024;
+
+/// DynamoDB's item size limit (names and values together). Unlike the
+/// emulators, AWS refuses a larger item with a `ValidationException`,
+/// which no retry fixes: a reject that large would stall its shard.
+pub const MAX_ITEM_BYTES: usize = 400 * 1024;
+
 /// Where a record sits in the stream.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Origin {
@@ -79,6 +88,56 @@ pub struct RejectItem {
 }
 
 impl RejectItem {
+    /// The reject of the record `data` under `partition_key`, each field cut
+    /// to its limit, so that [`RejectItem::item_bytes`] stays a few KiB
+    /// whatever the record held.
+    pub fn new(
+        origin: Origin,
+        rejection: &tally_contract::vote::Rejection,
+        data: &[u8],
+        partition_key: &str,
+        arrival_ms: i64,
+        vote: Option<&tally_contract::vote::Vote>,
+    ) -> Self {
+        let (raw, raw_len) = Self::truncate_raw(data);
+        Self {
+            origin,
+            reason: rejection.reason,
+            detail: clip(&rejection.detail, MAX_REJECT_TEXT_BYTES),
+            raw,
+            raw_len,
+            partition_key: clip(partition_key, MAX_REJECT_TEXT_BYTES),
+            arrival_ms,
+            poll_id: vote.map(|v| clip(&v.poll_id, MAX_REJECT_TEXT_BYTES)),
+            voter_id: vote.map(|v| clip(&v.voter_id, MAX_REJECT_TEXT_BYTES)),
+            vote_id: vote.map(|v| clip(&v.vote_id, MAX_REJECT_TEXT_BYTES)),
+        }
+    }
+
+    /// The item's size as DynamoDB counts it (attribute names plus values;
+    /// a number counted at its 21-byte maximum), over the attributes the
+    /// DynamoDB adapter writes.
+    pub fn item_bytes(&self) -> usize {
+        const NUMBER: usize = 21;
+        let text = |name: &str, value: &str| name.len() + value.len();
+        let optional = |name: &str, value: &Option<String>| {
+            value.as_deref().map_or(0, |value| text(name, value))
+        };
+        text("position", &self.origin.key())
+            + text("reason", self.reason.as_str())
+            + text("detail", &self.detail)
+            + "raw".len()
+            + self.raw.len()
+            + "raw_len".len()
+            + NUMBER
+            + text("partition_key", &self.partition_key)
+            + "arrival_ms".len()
+            + NUMBER
+            + optional("poll_id", &self.poll_id)
+            + optional("voter_id", &self.voter_id)
+            + optional("vote_id", &self.vote_id)
+    }
+
     /// Keeps the first [`MAX_REJECT_RAW_BYTES`] of `data`.
     pub fn truncate_raw(data: &[u8]) -> (Vec<u8>, u64) {
         (
@@ -86,6 +145,16 @@ impl RejectItem {
             data.len() as u64,
         )
     }
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a
+/// character boundary.
+pub fn clip(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
 }
 
 /// One commit: counter deltas and a checkpoint, fenced by the lease.
@@ -130,4 +199,38 @@ pub struct VotePage {
     pub scanned: u64,
     /// Where the segment goes on; `None`: the segment is done.
     pub next: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tally_contract::vote::Rejection;
+
+    #[test]
+    fn a_reject_of_any_record_stays_far_below_the_item_limit() {
+        let origin = Origin {
+            shard: "shardId-000000000000".into(),
+            sequence: "9".repeat(56),
+            sub_sequence: u64::MAX,
+        };
+        let huge = "é".repeat(300_000);
+        let rejection = Rejection::new(Reason::Malformed, huge.clone());
+        let vote = tally_contract::vote::Vote {
+            vote_id: huge.clone(),
+            poll_id: huge.clone(),
+            option: huge.clone(),
+            voter_id: huge.clone(),
+            cast_at: None,
+        };
+        let reject = RejectItem::new(origin, &rejection, &[7; 1 << 20], &huge, 0, Some(&vote));
+        assert!(reject.item_bytes() < 10 * 1024, "{}", reject.item_bytes());
+        assert!(reject.item_bytes() < MAX_ITEM_BYTES);
+        assert_eq!(reject.raw_len, 1 << 20);
+        assert_eq!(
+            reject.detail.len(),
+            MAX_REJECT_TEXT_BYTES,
+            "cut between characters"
+        );
+        assert_eq!(clip("aé", 2), "a");
+    }
 }

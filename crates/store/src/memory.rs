@@ -12,7 +12,7 @@ use tokio::sync::Mutex;
 
 use super::{
     counter_keys, AuditStore, Commit, CommitOutcome, CountStore, Counts, PollStore, PutVote,
-    RejectItem, VoteItem, VotePage, VoteReads, VoteStoreError,
+    RejectItem, VoteItem, VotePage, VoteReads, VoteStoreError, MAX_ITEM_BYTES,
 };
 use tally_core::count::CounterKey;
 use tally_core::poll::{Poll, PollStatus};
@@ -113,6 +113,14 @@ impl CountStore for MemoryVoteStore {
     }
 
     async fn put_reject(&self, reject: &RejectItem) -> Result<(), VoteStoreError> {
+        // As DynamoDB does (the emulators do not): an item over 400 KB is
+        // refused, and no retry helps.
+        if reject.item_bytes() > MAX_ITEM_BYTES {
+            return Err(VoteStoreError::Other(format!(
+                "ValidationException: item size {} has exceeded the maximum allowed size",
+                reject.item_bytes()
+            )));
+        }
         self.tables
             .lock()
             .await

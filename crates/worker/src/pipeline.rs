@@ -229,21 +229,14 @@ impl VoteProcessor {
             .iter()
             .zip(&verdicts)
             .filter_map(|(record, verdict)| match verdict {
-                Verdict::Rejected { rejection, vote } => {
-                    let (raw, raw_len) = RejectItem::truncate_raw(&record.data);
-                    Some(RejectItem {
-                        origin: self.origin(record),
-                        reason: rejection.reason,
-                        detail: rejection.detail.clone(),
-                        raw,
-                        raw_len,
-                        partition_key: record.partition_key.clone(),
-                        arrival_ms: tally_contract::time::millis(record.arrival),
-                        poll_id: vote.as_ref().map(|v| v.poll_id.clone()),
-                        voter_id: vote.as_ref().map(|v| v.voter_id.clone()),
-                        vote_id: vote.as_ref().map(|v| v.vote_id.clone()),
-                    })
-                }
+                Verdict::Rejected { rejection, vote } => Some(RejectItem::new(
+                    self.origin(record),
+                    rejection,
+                    &record.data,
+                    &record.partition_key,
+                    tally_contract::time::millis(record.arrival),
+                    vote.as_ref(),
+                )),
                 Verdict::Valid { .. } => None,
             })
             .collect();

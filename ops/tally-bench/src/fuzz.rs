@@ -5,7 +5,10 @@
 //! flips, byte changes, insertions, deletions, splices, interesting
 //! values), and runs the target under `catch_unwind`. For `kpl`, half of
 //! the mutants get their MD5 trailer fixed up so that the protobuf parser
-//! behind the checksum is reached. A panic saves the input to
+//! behind the checksum is reached, and one in 32 has a short slice of its
+//! body repeated up to past 1 MiB, so that the limits on records, key
+//! tables and key lengths are reached; a de-aggregation that breaks one of
+//! those limits counts as a crash. A panic saves the input to
 //! `ops/fuzz-corpus/<target>/crash-*` and exits 1; inputs that reach a new
 //! outcome are added to the in-memory corpus.
 
@@ -33,7 +36,25 @@ fn run_kpl(input: &[u8]) -> Outcome {
     let aggregate = tally_contract::kpl::is_aggregate(input);
     match tally_contract::kpl::deaggregate(input) {
         Ok(records) => {
+            use tally_contract::kpl::{
+                MAX_AGGREGATE_BYTES, MAX_EXPLICIT_HASH_KEY_CHARS, MAX_PARTITION_KEY_CHARS,
+                MAX_SUB_RECORDS,
+            };
+            assert!(
+                input.len() <= MAX_AGGREGATE_BYTES,
+                "an oversized aggregate was split"
+            );
+            assert!(
+                records.len() <= MAX_SUB_RECORDS,
+                "{} records",
+                records.len()
+            );
             for record in &records {
+                assert!(record.partition_key.chars().count() <= MAX_PARTITION_KEY_CHARS);
+                assert!(record
+                    .explicit_hash_key
+                    .as_ref()
+                    .is_none_or(|key| key.chars().count() <= MAX_EXPLICIT_HASH_KEY_CHARS));
                 let _ = tally_contract::vote::decode(&record.data);
             }
             format!("ok:{aggregate}:{}", records.len().min(4))
@@ -135,6 +156,22 @@ fn mutate(rng: &mut rand::rngs::StdRng, corpus: &[Vec<u8>], input: &[u8]) -> Vec
     data
 }
 
+/// Repeats a short slice of a KPL record's body many times, up to a
+/// little past the largest aggregate, to reach the limits.
+fn amplify(rng: &mut impl Rng, data: &mut Vec<u8>) {
+    if data.len() < MAGIC.len() + 16 + 1 {
+        return;
+    }
+    let body_end = data.len() - 16;
+    let from = rng.gen_range(MAGIC.len()..body_end);
+    let take = rng.gen_range(1..=(body_end - from).min(64));
+    let slice = data[from..from + take].to_vec();
+    let budget = tally_contract::kpl::MAX_AGGREGATE_BYTES + 64 * 1024 - data.len().min(1 << 20);
+    let times = rng.gen_range(1..=(budget / take).max(1));
+    let at = rng.gen_range(MAGIC.len()..=body_end);
+    data.splice(at..at, slice.iter().copied().cycle().take(take * times));
+}
+
 /// Recomputes a KPL record's MD5 trailer (and puts the magic back).
 fn fix_kpl(data: &mut [u8]) {
     if data.len() < MAGIC.len() + 16 {
@@ -194,13 +231,19 @@ pub fn fuzz(target: &str, seconds: u64, seed: u64) {
     while started.elapsed() < limit {
         let input = corpus[rng.gen_range(0..corpus.len())].clone();
         let mut mutant = mutate(&mut rng, &corpus, &input);
-        if target == "kpl" && rng.gen_bool(0.5) {
-            fix_kpl(&mut mutant);
+        if target == "kpl" {
+            let amplified = rng.gen_ratio(1, 32);
+            if amplified {
+                amplify(&mut rng, &mut mutant);
+            }
+            if amplified || rng.gen_bool(0.5) {
+                fix_kpl(&mut mutant);
+            }
         }
         runs += 1;
         match std::panic::catch_unwind(|| run(&mutant)) {
             Ok(outcome) => {
-                if outcomes.insert(outcome) && corpus.len() < 10_000 {
+                if outcomes.insert(outcome) && corpus.len() < 10_000 && mutant.len() <= MAX_INPUT {
                     corpus.push(mutant);
                 }
             }

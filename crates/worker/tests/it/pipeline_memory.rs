@@ -266,3 +266,51 @@ async fn batches_offered_again_after_a_failed_commit_part_count_once() {
         "some commits failed after earlier parts of their batch committed"
     );
 }
+
+/// A hostile aggregate (a sub-record under a 0.5 MB key) and a record of
+/// 1 MiB become rejects small enough for DynamoDB (the memory store
+/// refuses items over 400 KB as DynamoDB does), and the shard moves on.
+#[tokio::test]
+async fn hostile_records_become_rejects_within_the_item_limit() {
+    let (memory, leases) = stores();
+    let stream = Arc::new(MemoryStream::with_shards(1));
+    let hostile = tally_contract::kpl::aggregate(&[tally_contract::kpl::UserRecord {
+        partition_key: "k".repeat(500_000),
+        explicit_hash_key: None,
+        data: bytes::Bytes::from_static(b"{}"),
+    }]);
+    stream.put("p1", bytes::Bytes::from(hostile));
+    stream.put("p2", bytes::Bytes::from(vec![b'x'; 1 << 20]));
+    let pipeline = Pipeline::new(
+        Arc::new(memory.clone()),
+        PipelineConfig::default(),
+        Arc::new(Metrics::default()),
+    );
+    let mut config = WorkerConfig::new("w1");
+    config.poll_interval = Duration::from_millis(20);
+    let worker = Worker::new(
+        config,
+        leases,
+        stream,
+        Arc::new(VoteProcessorFactory { pipeline }),
+    )
+    .unwrap();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(worker.run(stop.clone()));
+    let mut rejects = Vec::new();
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        rejects = memory.all_rejects().await;
+        if rejects.len() == 2 {
+            break;
+        }
+    }
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    let reasons: Vec<_> = rejects.iter().map(|r| r.reason.as_str()).collect();
+    assert_eq!(reasons, ["bad_aggregate", "malformed"], "{rejects:?}");
+    for reject in &rejects {
+        assert!(reject.item_bytes() < 8 * 1024, "{}", reject.item_bytes());
+    }
+    assert_eq!(rejects[1].raw_len, 1 << 20, "the full length is recorded");
+}
