@@ -38,6 +38,9 @@ metrics! {
     heartbeat_failures_total: AtomicU64,
     /// Gauge: latency of the last heartbeat, milliseconds.
     renew_latency_ms: AtomicI64,
+    /// Gauge: items of the lease table that are not leases, skipped by the
+    /// last full read (fix or delete them; `tally leases` lists them).
+    lease_table_skipped_items: AtomicI64,
     /// Lease-table requests sent by the coordinator, the sync and checkpoints.
     lease_table_requests_total: AtomicU64,
     /// Kinesis records read (before de-aggregation).

@@ -191,9 +191,25 @@ impl Worker {
             .last_full_refresh
             .is_none_or(|last| now.duration_since(last) >= self.config.full_refresh_interval);
         if suspect || newly_dead || periodic || self.last_epoch != Some(view.epoch) {
-            match self.store.list_leases().await {
-                Ok(leases) => {
-                    self.leases = leases.into_iter().map(|l| (l.key.clone(), l)).collect();
+            match self.store.scan_leases().await {
+                Ok(table) => {
+                    let skipped = table.skipped.len() as i64;
+                    if skipped
+                        != self
+                            .metrics
+                            .lease_table_skipped_items
+                            .load(Ordering::Relaxed)
+                    {
+                        for item in &table.skipped {
+                            warn!(key = %item.key, reason = %item.reason, "skipping an item of the lease table that is not a lease");
+                        }
+                    }
+                    Metrics::set(&self.metrics.lease_table_skipped_items, skipped);
+                    self.leases = table
+                        .leases
+                        .into_iter()
+                        .map(|l| (l.key.clone(), l))
+                        .collect();
                     self.last_epoch = Some(view.epoch);
                     self.last_full_refresh = Some(now);
                 }

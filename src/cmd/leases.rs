@@ -3,6 +3,7 @@
 use anyhow::Context;
 use serde::Serialize;
 use tally_lease::graph::{lease_state, LeaseState};
+use tally_lease::store::LeaseTable;
 use tally_lease::{DynamoStore, Lease, LeaseMap, LeaseStore};
 
 use tally_service::settings::{Clients, Common};
@@ -105,10 +106,14 @@ pub async fn show(
 ) -> anyhow::Result<()> {
     let store = DynamoStore::new(clients.dynamodb.clone(), common.lease_table());
     let read = match owner {
-        Some(owner) => store.leases_owned_by(owner).await,
-        None => store.list_leases().await,
+        Some(owner) => store.leases_owned_by(owner).await.map(|leases| LeaseTable {
+            leases,
+            skipped: Vec::new(),
+        }),
+        None => store.scan_leases().await,
     };
-    let leases = read.with_context(|| format!("reading lease table {}", common.lease_table()))?;
+    let LeaseTable { leases, skipped } =
+        read.with_context(|| format!("reading lease table {}", common.lease_table()))?;
     let fleet = store.fleet().await?;
     let rows = rows(&leases);
     if json {
@@ -119,10 +124,17 @@ pub async fn show(
             .collect();
         println!(
             "{}",
-            serde_json::json!({"leases": rows, "workers": workers, "epoch": fleet.epoch})
+            serde_json::json!({"leases": rows, "skipped": skipped, "workers": workers, "epoch": fleet.epoch})
         );
     } else {
         print!("{}", render(&rows));
+        if !skipped.is_empty() {
+            println!();
+            println!("items that are not leases (every worker skips them; fix or delete them):");
+            for item in &skipped {
+                println!("  {}: {}", item.key, item.reason);
+            }
+        }
         println!();
         println!("workers (heartbeat counter, leases reported):");
         for (id, beat) in &fleet.workers {

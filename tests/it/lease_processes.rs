@@ -450,6 +450,100 @@ async fn split_and_merge_mid_stream_deliver_everything_parents_first() {
     }
 }
 
+/// An operator's broken script writes an item that is not a lease just
+/// after two workers started: they skip it (a warning, a gauge), take every
+/// shard and deliver everything, and `tally leases` lists the item.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_that_is_not_a_lease_is_skipped_not_fatal() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let setup = Setup::new(EmulatorKind::Ministack, 4).await;
+    let dynamodb = setup.endpoint.clone();
+    let workers: Vec<Worker> = ["a", "b"]
+        .iter()
+        .map(|id| {
+            let log = std::fs::File::create(setup.dir.join(format!("{id}.log"))).unwrap();
+            setup
+                .tally(&dynamodb)
+                .args(["tail", "--worker-id", id, "--output"])
+                .arg(setup.dir.join(format!("{id}.jsonl")))
+                .env("TALLY_METRICS_INTERVAL_MS", "500")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .map(Worker)
+                .expect("start tally tail")
+        })
+        .collect();
+    // As soon as the workers have made the table, the broken item.
+    let client =
+        aws_sdk_dynamodb::Client::new(&tally_testkit::emulators::sdk_config(&dynamodb).await);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let put = client
+            .put_item()
+            .table_name(setup.store.table_name())
+            .item("leaseKey", AttributeValue::S("shardId-typo".into()))
+            .item("leaseCounter", AttributeValue::S("seven".into()))
+            .item("checkpoint", AttributeValue::S("TRIM_HORIZON".into()))
+            .send()
+            .await;
+        if put.is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no lease table after 30 s: {put:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    setup.put(0, 200, 40).await;
+    setup
+        .wait_delivered(200, "with an item that is not a lease")
+        .await;
+    let owners = setup.owners().await;
+    assert_eq!(owners.len(), 4, "{owners:?}");
+    assert!(owners.values().all(Option::is_some), "{owners:?}");
+
+    let output = setup
+        .tally(&dynamodb)
+        .args(["leases", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(listed["skipped"][0]["key"], "shardId-typo", "{listed}");
+    assert!(
+        listed["skipped"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("leaseCounter"),
+        "{listed}"
+    );
+    // Each worker says so, and its gauge counts it.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for id in ["a", "b"] {
+        loop {
+            let log = std::fs::read_to_string(setup.dir.join(format!("{id}.log"))).unwrap();
+            if log.contains("not a lease")
+                && (log.contains(r#"lease_table_skipped_items\":1"#)
+                    || log.contains(r#"lease_table_skipped_items":1"#))
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker {id} did not report the item:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    drop(workers);
+}
+
 /// Bad settings fail at start-up, before any request, naming the setting.
 #[test]
 fn bad_settings_fail_naming_the_setting() {

@@ -21,8 +21,8 @@ use tally_aws::table::TableError;
 use tally_aws::{classify_cancellation, classify_code, AwsError, ErrorClass};
 
 use super::{
-    Created, Expect, FleetView, LeaseStore, LeaseUpdate, OwnerChange, StoreError, WorkerBeat,
-    FLEET_KEY,
+    Created, Expect, FleetView, LeaseStore, LeaseTable, LeaseUpdate, OwnerChange, SkippedItem,
+    StoreError, WorkerBeat, FLEET_KEY,
 };
 use crate::types::{Checkpoint, Lease, ShardId};
 
@@ -78,20 +78,25 @@ impl DynamoStore {
     }
 
     /// Runs a Scan or Query page by page and returns every lease, in key
-    /// order (the fleet item skipped).
-    async fn paged<F, Fut>(&self, mut page: F) -> Result<Vec<Lease>, StoreError>
+    /// order (the fleet item skipped), and the items that are not leases.
+    async fn paged<F, Fut>(&self, mut page: F) -> Result<LeaseTable, StoreError>
     where
         F: FnMut(Option<Item>) -> Fut,
         Fut: std::future::Future<Output = Result<(Vec<Item>, Option<Item>), StoreError>>,
     {
-        let mut leases = Vec::new();
+        let mut table = LeaseTable::default();
         let mut start = None;
         loop {
             self.count();
             let (items, next) = page(start).await?;
             for item in &items {
-                if let Some(lease) = lease_from_item(item)? {
-                    leases.push(lease);
+                match lease_from_item(item) {
+                    Ok(Some(lease)) => table.leases.push(lease),
+                    Ok(None) => {}
+                    Err(StoreError::Malformed { key, reason }) => {
+                        table.skipped.push(SkippedItem { key, reason })
+                    }
+                    Err(other) => return Err(other),
                 }
             }
             start = next;
@@ -99,8 +104,8 @@ impl DynamoStore {
                 break;
             }
         }
-        leases.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(leases)
+        table.leases.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(table)
     }
 }
 
@@ -588,7 +593,7 @@ impl LeaseStore for DynamoStore {
         Ok(())
     }
 
-    async fn list_leases(&self) -> Result<Vec<Lease>, StoreError> {
+    async fn scan_leases(&self) -> Result<LeaseTable, StoreError> {
         self.paged(|start| async move {
             let page = self
                 .client
@@ -621,6 +626,7 @@ impl LeaseStore for DynamoStore {
             Ok((page.items().to_vec(), page.last_evaluated_key().cloned()))
         })
         .await
+        .map(|table| table.leases)
     }
 
     async fn get_lease(&self, key: &ShardId) -> Result<Option<Lease>, StoreError> {

@@ -93,8 +93,13 @@ impl LeaseStore for MemoryStore {
         })
     }
 
-    async fn list_leases(&self) -> Result<Vec<Lease>, StoreError> {
-        self.with(|table| Ok(table.leases.values().cloned().collect()))
+    async fn scan_leases(&self) -> Result<super::LeaseTable, StoreError> {
+        self.with(|table| {
+            Ok(super::LeaseTable {
+                leases: table.leases.values().cloned().collect(),
+                skipped: Vec::new(),
+            })
+        })
     }
 
     async fn leases_owned_by(&self, owner: &str) -> Result<Vec<Lease>, StoreError> {

@@ -192,6 +192,24 @@ pub fn meets(lease: &Lease, expect: &Expect) -> bool {
             .is_none_or(|checkpoint| &lease.checkpoint == checkpoint)
 }
 
+/// An item of the lease table that is not a lease (an operator's broken
+/// script, a half-written migration): skipped by every reader, reported.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct SkippedItem {
+    /// Its `leaseKey`, or `?` when it has none.
+    pub key: String,
+    pub reason: String,
+}
+
+/// A full read of the lease table.
+#[derive(Clone, Debug, Default)]
+pub struct LeaseTable {
+    /// Every lease, in key order.
+    pub leases: Vec<Lease>,
+    /// Items that did not read as leases, skipped.
+    pub skipped: Vec<SkippedItem>,
+}
+
 /// The lease table.
 #[async_trait]
 pub trait LeaseStore: Send + Sync + 'static {
@@ -206,9 +224,16 @@ pub trait LeaseStore: Send + Sync + 'static {
     async fn leave(&self, worker: &str, beat: Option<u64>) -> Result<(), StoreError>;
     /// Tells every worker that the lease set changed.
     async fn bump_epoch(&self) -> Result<(), StoreError>;
-    /// Every lease (a full read; only on changes, never per cycle).
-    async fn list_leases(&self) -> Result<Vec<Lease>, StoreError>;
-    /// The leases one worker owns (through the `leaseOwner` index).
+    /// Every lease, and the items that are not leases (a full read; only
+    /// on changes, never per cycle). One malformed item never makes the
+    /// read fail: every worker would stop taking and balancing leases.
+    async fn scan_leases(&self) -> Result<LeaseTable, StoreError>;
+    /// Every lease, skipping items that are not leases.
+    async fn list_leases(&self) -> Result<Vec<Lease>, StoreError> {
+        Ok(self.scan_leases().await?.leases)
+    }
+    /// The leases one worker owns (through the `leaseOwner` index),
+    /// skipping items that are not leases.
     async fn leases_owned_by(&self, owner: &str) -> Result<Vec<Lease>, StoreError>;
     async fn get_lease(&self, key: &ShardId) -> Result<Option<Lease>, StoreError>;
     /// Creates a lease unless one exists, and bumps the epoch, in one

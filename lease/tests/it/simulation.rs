@@ -202,8 +202,8 @@ impl LeaseStore for SimStore {
     async fn bump_epoch(&self) -> Result<(), StoreError> {
         self.faulty(self.inner.bump_epoch()).await
     }
-    async fn list_leases(&self) -> Result<Vec<Lease>, StoreError> {
-        self.faulty(self.inner.list_leases()).await
+    async fn scan_leases(&self) -> Result<tally_lease::store::LeaseTable, StoreError> {
+        self.faulty(self.inner.scan_leases()).await
     }
     async fn leases_owned_by(&self, owner: &str) -> Result<Vec<Lease>, StoreError> {
         self.faulty(self.inner.leases_owned_by(owner)).await

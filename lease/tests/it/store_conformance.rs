@@ -21,30 +21,52 @@ mod dynamo {
     tally_lease::lease_store_conformance!(fresh().await);
 
     #[tokio::test]
-    async fn malformed_items_are_reported_with_their_key() {
+    async fn items_that_are_not_leases_are_skipped_and_reported_with_their_key() {
         use aws_sdk_dynamodb::types::AttributeValue;
-        use tally_lease::store::StoreError;
-        use tally_lease::LeaseStore;
+        use tally_lease::{Checkpoint, Lease, LeaseStore, ShardId};
         let store = fresh().await;
         store.ensure_table().await.unwrap();
         let emulator = Emulator::shared(EmulatorKind::Ministack);
         let client = aws_sdk_dynamodb::Client::new(&sdk_config(&emulator.endpoint).await);
-        client
-            .put_item()
-            .table_name(store.table_name())
-            .item("leaseKey", AttributeValue::S("shardId-bad".into()))
-            .item("leaseCounter", AttributeValue::N("1".into()))
-            .item("checkpoint", AttributeValue::S("not-a-number".into()))
-            .send()
-            .await
-            .unwrap();
-        match store.list_leases().await {
-            Err(StoreError::Malformed { key, reason }) => {
-                assert_eq!(key, "shardId-bad");
-                assert!(reason.contains("checkpoint"), "{reason}");
-            }
-            other => panic!("expected a malformed-item error, got {other:?}"),
+        for (key, counter, checkpoint) in [
+            ("shardId-bad", AttributeValue::N("1".into()), "not-a-number"),
+            (
+                "shardId-typo",
+                AttributeValue::S("seven".into()),
+                "TRIM_HORIZON",
+            ),
+        ] {
+            client
+                .put_item()
+                .table_name(store.table_name())
+                .item("leaseKey", AttributeValue::S(key.into()))
+                .item("leaseCounter", counter)
+                .item("checkpoint", AttributeValue::S(checkpoint.into()))
+                .item("leaseOwner", AttributeValue::S("w1".into()))
+                .send()
+                .await
+                .unwrap();
         }
+        let good = Lease::new(ShardId::new("shardId-good"), Checkpoint::TrimHorizon);
+        let epoch = store.fleet().await.unwrap().epoch;
+        store.create_lease(&good, epoch).await.unwrap();
+
+        let table = store.scan_leases().await.unwrap();
+        assert_eq!(table.leases.len(), 1);
+        assert_eq!(table.leases[0].key, good.key);
+        let mut skipped: Vec<(String, String)> = table
+            .skipped
+            .into_iter()
+            .map(|item| (item.key, item.reason))
+            .collect();
+        skipped.sort();
+        assert_eq!(skipped.len(), 2, "{skipped:?}");
+        assert_eq!(skipped[0].0, "shardId-bad");
+        assert!(skipped[0].1.contains("checkpoint"), "{skipped:?}");
+        assert_eq!(skipped[1].0, "shardId-typo");
+        assert!(skipped[1].1.contains("leaseCounter"), "{skipped:?}");
+        assert_eq!(store.list_leases().await.unwrap().len(), 1);
+        assert!(store.leases_owned_by("w1").await.unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -92,9 +92,9 @@ impl LeaseStore for GatedStore {
         self.pass().await;
         self.inner.bump_epoch().await
     }
-    async fn list_leases(&self) -> Result<Vec<Lease>, StoreError> {
+    async fn scan_leases(&self) -> Result<tally_lease::store::LeaseTable, StoreError> {
         self.pass().await;
-        self.inner.list_leases().await
+        self.inner.scan_leases().await
     }
     async fn leases_owned_by(&self, owner: &str) -> Result<Vec<Lease>, StoreError> {
         self.pass().await;
