@@ -207,7 +207,16 @@ async fn poll_routes_and_their_errors() {
         .unwrap();
     expect_error(response, 400, "invalid_body").await;
 
-    let (status, list) = body(client.get(gateway.url("/v1/polls")).send().await.unwrap()).await;
+    // A draft: listed to the admin only.
+    let (status, list) = body(
+        client
+            .get(gateway.url("/v1/polls"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(list["polls"].as_array().unwrap().len(), 1);
     let (status, shown) = body(
@@ -701,6 +710,88 @@ async fn rate_limits_answer_429_with_retry_after() {
     );
 }
 
+/// Drafts are listed to admins only; everyone else reads a list scanned at
+/// most once a second, however many ask at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drafts_are_listed_to_admins_only_and_the_public_list_is_shared() {
+    let stack = Stack::new().await;
+    let gateway = stack.gateway(&[]).await;
+    let client = Client::new();
+    let draft = client
+        .post(gateway.url("/v1/polls"))
+        .bearer_auth(gateway.admin_token())
+        .json(&json!({"poll_id": "secret-final", "question": "Who wins?",
+            "options": [{"id": "a", "label": "A"}, {"id": "b", "label": "B"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(draft.status(), 201);
+    gateway.open_poll("public", &["x", "y"]).await;
+    let listed = |token: Option<String>| {
+        let client = client.clone();
+        let url = gateway.url("/v1/polls");
+        async move {
+            let mut request = client.get(url);
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let (status, list) = body(request.send().await.unwrap()).await;
+            assert_eq!(status, 200, "{list}");
+            list["polls"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|poll| poll["poll_id"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    let admin = listed(Some(gateway.admin_token())).await;
+    assert!(admin.contains(&"secret-final".to_owned()), "{admin:?}");
+    for caller in [None, Some(gateway.token("v1"))] {
+        let ids = listed(caller).await;
+        assert!(!ids.contains(&"secret-final".to_owned()), "{ids:?}");
+        assert!(ids.contains(&"public".to_owned()), "{ids:?}");
+    }
+    let refused = client
+        .get(gateway.url("/v1/polls"))
+        .bearer_auth("not-a-token")
+        .send()
+        .await
+        .unwrap();
+    expect_error(refused, 401, "invalid_token").await;
+
+    let requests = || tally_store::CountStore::usage(stack.store.as_ref()).requests;
+    let before = requests();
+    let lists: Vec<_> = (0..50).map(|_| listed(None)).collect();
+    futures::future::join_all(lists).await;
+    let scans = requests() - before;
+    assert!(scans <= 2, "50 anonymous lists made {scans} table requests");
+
+    // With a metrics address, /metrics is served there and not here.
+    let private = stack.gateway(&["--metrics-addr", "127.0.0.1:9"]).await;
+    let response = client.get(private.url("/metrics")).send().await.unwrap();
+    expect_error(response, 404, "not_found").await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_url = format!("http://{}/metrics", listener.local_addr().unwrap());
+    tokio::spawn(tally_gateway::serve_metrics(
+        private.gateway.clone(),
+        listener,
+        private.stop.clone(),
+    ));
+    let text = client
+        .get(metrics_url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("# TYPE tally_gateway_requests_total counter"),
+        "{text}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operations_endpoints_openapi_cors_and_readiness() {
     let stack = Stack::new().await;
@@ -724,10 +815,12 @@ async fn operations_endpoints_openapi_cors_and_readiness() {
         .await;
     let response = client.get(missing.url("/readyz")).send().await.unwrap();
     let answer = expect_error(response, 503, "not_ready").await;
-    assert!(answer["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("no-such-stream"));
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(message.contains("stream"), "{message}");
+    assert!(
+        !message.contains("no-such-stream") && !message.contains(&stack.prefix),
+        "internal names stay out of public answers: {message}"
+    );
 
     let metrics = client.get(gateway.url("/metrics")).send().await.unwrap();
     assert!(metrics.headers()["content-type"]

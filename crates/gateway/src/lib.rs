@@ -51,6 +51,10 @@ pub struct GatewayArgs {
     /// Address to listen on (port 0: any free port; the address is logged).
     #[arg(long, env = "TALLY_GATEWAY_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
+    /// Serve `/metrics` on this address only, not on the public one
+    /// (unset: `/metrics` is served on TALLY_GATEWAY_ADDR).
+    #[arg(long, env = "TALLY_GATEWAY_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
     /// HS256 secret of the voters' and admins' tokens (local mode; at least
     /// 32 bytes). Set this or --auth-jwks-url, not both.
     #[arg(long, env = "TALLY_AUTH_SECRET", hide_env_values = true)]
@@ -245,7 +249,7 @@ struct Remembered {
 const IDEMPOTENCY_TTL: Duration = Duration::from_secs(600);
 const MAX_REMEMBERED: usize = 200_000;
 /// A readiness answer is reused this long.
-const READY_CACHE: Duration = Duration::from_secs(1);
+const READY_CACHE: Duration = Duration::from_secs(5);
 
 /// The gateway's shared state.
 pub struct Gateway {
@@ -266,10 +270,13 @@ pub struct Gateway {
     http: reqwest::Client,
     pipeline_sample: Mutex<Option<(Instant, u64)>>,
     mismatches: tokio::sync::Mutex<Option<(Instant, u64)>>,
+    public_polls: tokio::sync::Mutex<Option<(Instant, Arc<Vec<tally_core::poll::Poll>>)>>,
 }
 
 /// The count of polls with a recount mismatch is read again after this.
 const MISMATCH_CACHE: Duration = Duration::from_secs(10);
+/// The poll list anyone may read is scanned again after this.
+const POLL_LIST_CACHE: Duration = Duration::from_secs(1);
 
 impl Gateway {
     pub fn new(
@@ -316,7 +323,24 @@ impl Gateway {
                 .context("HTTP client")?,
             pipeline_sample: Mutex::default(),
             mismatches: tokio::sync::Mutex::new(None),
+            public_polls: tokio::sync::Mutex::new(None),
         }))
+    }
+
+    /// Every poll, scanned at most once per [`POLL_LIST_CACHE`] however
+    /// many ask: callers wait for the one scan in flight.
+    pub async fn public_polls(
+        &self,
+    ) -> Result<Arc<Vec<tally_core::poll::Poll>>, tally_store::VoteStoreError> {
+        let mut cached = self.public_polls.lock().await;
+        if let Some((at, polls)) = cached.as_ref() {
+            if at.elapsed() < POLL_LIST_CACHE {
+                return Ok(polls.clone());
+            }
+        }
+        let polls = Arc::new(self.store.list_polls().await?);
+        *cached = Some((Instant::now(), polls.clone()));
+        Ok(polls)
     }
 
     /// How many closed polls carry a recount mismatch report (cached).
@@ -377,28 +401,30 @@ impl Gateway {
                 return answer.clone();
             }
         }
+        // The detail (table and stream names, AWS errors) goes to the log;
+        // the public answer only says which part is not ready.
         let answer = async {
             if !self.verifier.ready().await {
-                self.verifier.refresh().await?;
+                if let Err(error) = self.verifier.refresh().await {
+                    tracing::warn!(error = %error, "not ready: the token keys");
+                    return Err("the token keys are not loaded".to_owned());
+                }
             }
-            self.store
-                .get_poll("tally-readiness-probe")
-                .await
-                .map_err(|e| format!("vote tables: {e}"))?;
+            if let Err(error) = self.store.get_poll("tally-readiness-probe").await {
+                tracing::warn!(error = %error, "not ready: the vote tables");
+                return Err("the vote tables do not answer".to_owned());
+            }
             if let Some(probe) = &self.probe {
-                probe
+                if let Err(error) = probe
                     .kinesis
                     .describe_stream_summary()
                     .stream_name(&probe.stream)
                     .send()
                     .await
-                    .map_err(|e| {
-                        format!(
-                            "stream {}: {}",
-                            probe.stream,
-                            aws_sdk_kinesis::error::DisplayErrorContext(e)
-                        )
-                    })?;
+                {
+                    tracing::warn!(stream = %probe.stream, error = %aws_sdk_kinesis::error::DisplayErrorContext(error), "not ready: the stream");
+                    return Err("the stream does not answer".to_owned());
+                }
             }
             Ok(())
         }
@@ -494,9 +520,9 @@ fn catch_panics() -> tower_http::catch_panic::CatchPanicLayer<
     })
 }
 
-/// The whole HTTP surface.
+/// The whole HTTP surface (`/metrics` only without a metrics listener).
 pub fn router(gateway: Arc<Gateway>) -> axum::Router {
-    api::routes(gateway.args.dev_tokens)
+    api::routes(gateway.args.dev_tokens, gateway.args.metrics_addr.is_none())
         .merge(pages::routes())
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
@@ -507,6 +533,27 @@ pub fn router(gateway: Arc<Gateway>) -> axum::Router {
             gateway.args.max_body_bytes as usize,
         ))
         .with_state(gateway)
+}
+
+/// `/metrics` alone, for the separate metrics listener.
+pub fn metrics_router(gateway: Arc<Gateway>) -> axum::Router {
+    axum::Router::new()
+        .route("/metrics", axum::routing::get(api::metrics))
+        .fallback(api::not_found)
+        .with_state(gateway)
+}
+
+/// Serves [`metrics_router`] on `listener` until `shutdown` fires.
+pub async fn serve_metrics(
+    gateway: Arc<Gateway>,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    tracing::info!(address = %listener.local_addr()?, "metrics listening");
+    axum::serve(listener, metrics_router(gateway))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .context("metrics server failed")
 }
 
 /// Runs the gateway on `listener` until `shutdown` fires: it then answers
@@ -583,6 +630,12 @@ pub async fn run(
                 args.addr
             )
         })?;
+    let metrics_listener = match args.metrics_addr {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("invalid setting TALLY_GATEWAY_METRICS_ADDR: cannot listen on {addr}")
+        })?),
+        None => None,
+    };
     let cloudwatch = args.cloudwatch.clone();
     if cloudwatch.cloudwatch {
         tally_service::cloudwatch::validate(&cloudwatch)?;
@@ -619,7 +672,14 @@ pub async fn run(
             publisher_stop.clone(),
         ))
     });
+    let metrics_server = metrics_listener
+        .map(|listener| tokio::spawn(serve_metrics(gateway.clone(), listener, shutdown.clone())));
     let served = serve(gateway, listener, shutdown).await;
+    if let Some(server) = metrics_server {
+        if let Ok(Err(error)) = server.await {
+            tracing::warn!(error = %error, "metrics listener");
+        }
+    }
     if let Some(faults) = &faults {
         tracing::warn!(
             injected = %faults.injected_json(),

@@ -28,6 +28,25 @@ impl FromRequestParts<Arc<Gateway>> for Voter {
     }
 }
 
+/// The verified caller when the request carries a token (a token that
+/// does not verify is refused), `None` without one.
+pub struct MaybeCaller(pub Option<Caller>);
+
+impl FromRequestParts<Arc<Gateway>> for MaybeCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        gateway: &Arc<Gateway>,
+    ) -> Result<Self, Self::Rejection> {
+        if !parts.headers.contains_key(header::AUTHORIZATION) {
+            return Ok(MaybeCaller(None));
+        }
+        let Voter(caller) = Voter::from_request_parts(parts, gateway).await?;
+        Ok(MaybeCaller(Some(caller)))
+    }
+}
+
 /// A verified caller with the admin role.
 pub struct Admin(pub Caller);
 

@@ -32,7 +32,7 @@ pub use self::dto::{
     PipelineHealth, PollList, PollView, RejectedVote, VoteAccepted, VoteRequest, VoteStatus,
     WorkerHealth,
 };
-pub use self::extract::{Admin, OptionalJson, PollId, StrictJson, Voter};
+pub use self::extract::{Admin, MaybeCaller, OptionalJson, PollId, StrictJson, Voter};
 pub use self::openapi::{openapi, spec};
 pub use self::ops::{dev_token, healthz, metrics, pipeline, readyz};
 pub use self::polls::{close_poll, create_poll, get_poll, list_polls, open_poll};
@@ -41,8 +41,9 @@ pub use self::votes::{cast_vote, my_vote};
 
 type Shared = State<Arc<Gateway>>;
 
-/// The API and operator routes (`dev_tokens`: also the demo token mint).
-pub fn routes(dev_tokens: bool) -> Router<Arc<Gateway>> {
+/// The API and operator routes (`dev_tokens`: also the demo token mint;
+/// `metrics`: also `/metrics`, when no separate metrics listener serves it).
+pub fn routes(dev_tokens: bool, metrics: bool) -> Router<Arc<Gateway>> {
     let router = Router::new()
         .route("/v1/polls", get(list_polls).post(create_poll))
         .route("/v1/polls/{poll}", get(get_poll))
@@ -55,8 +56,12 @@ pub fn routes(dev_tokens: bool) -> Router<Arc<Gateway>> {
         .route("/v1/pipeline", get(pipeline))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi));
+    let router = if metrics {
+        router.route("/metrics", get(self::ops::metrics))
+    } else {
+        router
+    };
     if dev_tokens {
         router.route("/v1/dev/token", post(dev_token))
     } else {

@@ -1,27 +1,44 @@
 //! Reading polls, and creating, opening and closing them (admin).
 
+use std::sync::Arc;
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 
 use super::dto::{CloseRequest, CreatePoll, ErrorBody, PollList, PollView};
-use super::extract::{Admin, OptionalJson, PollId, StrictJson};
+use super::extract::{Admin, MaybeCaller, OptionalJson, PollId, StrictJson};
 use super::{existing_poll, poll_view, Shared};
 use crate::error::ApiError;
 use tally_contract::time::{format_rfc3339, now_millis, parse_rfc3339};
 use tally_core::poll::{Poll, PollOption, PollStatus};
 use tally_store::admin::PollOpError;
 
-/// Every poll.
+/// Every poll: drafts only to admins (with an admin token, read fresh);
+/// to everyone else, the list read at most once a second per process.
 #[utoipa::path(get, path = "/v1/polls", tag = "polls",
+    security((), ("bearer" = [])),
     responses(
         (status = 200, description = "The polls", body = PollList),
+        (status = 401, description = "invalid_token (a token was sent and does not verify)", body = ErrorBody),
         (status = 429, description = "rate_limited", body = ErrorBody),
         (status = 503, description = "unavailable", body = ErrorBody)))]
-pub async fn list_polls(State(gateway): Shared) -> Result<Json<PollList>, ApiError> {
-    let polls = gateway.store.list_polls().await?;
+pub async fn list_polls(
+    State(gateway): Shared,
+    MaybeCaller(caller): MaybeCaller,
+) -> Result<Json<PollList>, ApiError> {
+    let admin = caller.is_some_and(|caller| caller.admin);
+    let polls = if admin {
+        Arc::new(gateway.store.list_polls().await?)
+    } else {
+        gateway.public_polls().await?
+    };
     Ok(Json(PollList {
-        polls: polls.iter().map(poll_view).collect(),
+        polls: polls
+            .iter()
+            .filter(|poll| admin || poll.status != PollStatus::Draft)
+            .map(poll_view)
+            .collect(),
     }))
 }
 
