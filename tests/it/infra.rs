@@ -2,11 +2,22 @@
 //! - every metric of Tally's namespace named in the Terraform dashboards,
 //!   alarms and autoscaling policy is one the code publishes, under that
 //!   namespace;
-//! - API Gateway's request template, rendered the way API Gateway renders
-//!   it for a sample request, makes a `PutRecord` request whose data is a
-//!   valid vote record for the worker, with the voter taken from the
-//!   authorizer, never from the body;
+//! - API Gateway's request template, with its placeholders filled in the
+//!   way Terraform does and rendered the way API Gateway renders it for a
+//!   sample request, makes a `PutRecord` request whose data is a valid vote
+//!   record for the worker, with the voter taken from the authorizer's
+//!   verified claim exactly as the gateway takes it, never from the body;
+//! - both vote paths read the voter from the same configured claim;
+//! - the Cognito pool keys voters on a verified phone number that they
+//!   cannot change, and allows self sign-up only through its check;
+//! - WAF limits each token, the roles allow what the code calls and no
+//!   more, `/metrics` stays off the public listener, and every setting the
+//!   task definitions give is one the code reads;
 //! - the gateway's admin role is the Cognito admin group's name.
+//!
+//! The Terraform is read as text with the small helpers below (`blocks`,
+//! `attr`, `strings`), which rely on `terraform fmt`'s layout: one
+//! attribute per line, blocks opened at the end of a line.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -138,18 +149,22 @@ fn every_metric_in_dashboards_alarms_and_scaling_is_published_by_the_code() {
     }
 }
 
-/// A request as API Gateway sees it.
+/// A request as API Gateway sees it: `$context` (the authorizer's claims
+/// under `authorizer.claims.<name>`), the path parameters, the body and the
+/// stage variables.
 struct Request {
-    context: BTreeMap<&'static str, String>,
+    context: BTreeMap<String, String>,
     path: BTreeMap<&'static str, String>,
     body: serde_json::Value,
     stage: BTreeMap<&'static str, String>,
 }
 
 /// The subset of API Gateway's template language the template uses:
-/// `##` comments, `#set($x = "..."|'...'|$ref)`, `$x`, `${x}`,
-/// `$context.a.b`, `$stageVariables.x`, `$input.params('x')`,
-/// `$input.path('$.x')`, `$util.escapeJavaScript(..)`, `$util.base64Encode(..)`.
+/// `##` comments, `#set($x = "..."|'...'|$ref)`, `#if(a == b && c != d)`
+/// ... `#end`, `$x`, `$!x` (empty when unset), `${x}`, `$context.a.b`,
+/// `$context.a.b['c']`, `$stageVariables.x`, `$input.params('x')`,
+/// `$input.path('$.x')`, `$util.escapeJavaScript(..)`,
+/// `$util.base64Encode(..)` and `$x.replace('a', 'b')`.
 struct Renderer<'a> {
     request: &'a Request,
     vars: BTreeMap<String, String>,
@@ -162,6 +177,13 @@ impl Renderer<'_> {
             at += 1;
         }
         (text[start..at].iter().collect(), at)
+    }
+
+    fn skip_spaces(text: &[char], mut at: usize) -> usize {
+        while at < text.len() && text[at] == ' ' {
+            at += 1;
+        }
+        at
     }
 
     /// An argument: a quoted literal or a reference.
@@ -181,9 +203,28 @@ impl Renderer<'_> {
         }
     }
 
+    /// Comma-separated arguments up to the closing parenthesis at or after
+    /// `at`; returns them and the position after the parenthesis.
+    fn arguments(&self, text: &[char], mut at: usize) -> (Vec<String>, usize) {
+        let mut arguments = Vec::new();
+        loop {
+            at = Self::skip_spaces(text, at);
+            let (argument, after) = self.argument(text, at);
+            arguments.push(argument);
+            at = Self::skip_spaces(text, after);
+            match text[at] {
+                ',' => at += 1,
+                ')' => return (arguments, at + 1),
+                other => panic!("unexpected {other:?} in an argument list"),
+            }
+        }
+    }
+
     /// A `$` reference at `at`; returns its value and the end.
     fn reference(&self, text: &[char], at: usize) -> (String, usize) {
         assert_eq!(text[at], '$');
+        let quiet = text.get(at + 1) == Some(&'!');
+        let at = if quiet { at + 1 } else { at };
         if text.get(at + 1) == Some(&'{') {
             let (name, end) = Self::ident(text, at + 2);
             assert_eq!(text[end], '}');
@@ -191,44 +232,67 @@ impl Renderer<'_> {
         }
         let (root, mut end) = Self::ident(text, at + 1);
         let mut path = vec![root];
-        while end + 1 < text.len() && text[end] == '.' && text[end + 1].is_ascii_alphabetic() {
-            let (part, next) = Self::ident(text, end + 1);
-            path.push(part);
-            end = next;
+        loop {
+            if end + 1 < text.len() && text[end] == '.' && text[end + 1].is_ascii_alphabetic() {
+                let (part, next) = Self::ident(text, end + 1);
+                path.push(part);
+                end = next;
+            } else if text.get(end) == Some(&'[') {
+                // An index: `claims['cognito:groups']`.
+                let (key, next) = self.argument(text, end + 1);
+                assert_eq!(text[next], ']', "one key in an index");
+                path.push(key);
+                end = next + 1;
+            } else {
+                break;
+            }
         }
-        let call = text.get(end) == Some(&'(');
-        let joined = path.join(".");
-        if call {
-            let (argument, after) = self.argument(text, end + 1);
-            assert_eq!(text[after], ')', "one argument in {joined}");
+        if text.get(end) == Some(&'(') {
+            let (arguments, after) = self.arguments(text, end + 1);
+            let joined = path.join(".");
+            let one = || {
+                assert_eq!(arguments.len(), 1, "one argument in {joined}");
+                arguments[0].clone()
+            };
             let value = match joined.as_str() {
-                "util.escapeJavaScript" => argument
+                "util.escapeJavaScript" => one()
                     .replace('\\', "\\\\")
                     .replace('"', "\\\"")
                     .replace('\'', "\\'"),
-                "util.base64Encode" => base64::engine::general_purpose::STANDARD.encode(argument),
-                "input.params" => self.request.path[argument.as_str()].clone(),
+                "util.base64Encode" => base64::engine::general_purpose::STANDARD.encode(one()),
+                "input.params" => self.request.path[one().as_str()].clone(),
                 "input.path" => {
+                    let argument = one();
                     let field = argument.strip_prefix("$.").unwrap();
                     match &self.request.body[field] {
                         serde_json::Value::String(text) => text.clone(),
                         other => other.to_string(),
                     }
                 }
+                _ if path.last().map(String::as_str) == Some("replace") => {
+                    assert_eq!(arguments.len(), 2, "replace(target, replacement)");
+                    let receiver = self.lookup(&path[..path.len() - 1], quiet);
+                    receiver.replace(&arguments[0], &arguments[1])
+                }
                 other => panic!("unsupported call {other}"),
             };
-            return (value, after + 1);
+            return (value, after);
         }
+        (self.lookup(&path, quiet), end)
+    }
+
+    /// The value of a reference path; unset is empty when `quiet`.
+    fn lookup(&self, path: &[String], quiet: bool) -> String {
         let value = match path[0].as_str() {
-            "context" => self.request.context[path[1..].join(".").as_str()].clone(),
-            "stageVariables" => self.request.stage[path[1].as_str()].clone(),
-            name => self
-                .vars
-                .get(name)
-                .cloned()
-                .unwrap_or_else(|| panic!("unset ${name}")),
+            "context" => self.request.context.get(&path[1..].join(".")).cloned(),
+            "stageVariables" => self.request.stage.get(path[1].as_str()).cloned(),
+            name => self.vars.get(name).cloned(),
         };
-        (value, end)
+        match value {
+            Some(value) => value,
+            None if quiet => String::new(),
+            None => panic!("unset ${}", path.join(".")),
+        }
     }
 
     fn interpolate(&self, text: &str) -> String {
@@ -239,7 +303,7 @@ impl Renderer<'_> {
             if chars[at] == '$'
                 && chars
                     .get(at + 1)
-                    .is_some_and(|c| c.is_ascii_alphabetic() || *c == '{')
+                    .is_some_and(|c| c.is_ascii_alphabetic() || *c == '{' || *c == '!')
             {
                 let (value, end) = self.reference(&chars, at);
                 out.push_str(&value);
@@ -252,11 +316,51 @@ impl Renderer<'_> {
         out
     }
 
+    /// `a == b`, `a != b`, joined by `&&`.
+    fn condition(&self, text: &str) -> bool {
+        let chars: Vec<char> = text.chars().collect();
+        let mut at = 0;
+        let mut holds = true;
+        loop {
+            let (left, after) = self.argument(&chars, Self::skip_spaces(&chars, at));
+            at = Self::skip_spaces(&chars, after);
+            let operator: String = chars[at..at + 2].iter().collect();
+            let (right, after) = self.argument(&chars, Self::skip_spaces(&chars, at + 2));
+            holds &= match operator.as_str() {
+                "==" => left == right,
+                "!=" => left != right,
+                other => panic!("unsupported operator {other}"),
+            };
+            at = Self::skip_spaces(&chars, after);
+            if at == chars.len() {
+                return holds;
+            }
+            let and: String = chars[at..at + 2].iter().collect();
+            assert_eq!(and, "&&", "conditions are joined by &&");
+            at += 2;
+        }
+    }
+
     fn render(mut self, template: &str) -> String {
         let mut out = String::new();
+        // One entry per open #if: whether its branch is taken.
+        let mut branches: Vec<bool> = Vec::new();
         for line in template.lines() {
             let trimmed = line.trim();
+            let active = branches.iter().all(|taken| *taken);
             if trimmed.starts_with("##") {
+                continue;
+            }
+            if let Some(rest) = trimmed.strip_prefix("#if(") {
+                let condition = rest.strip_suffix(')').unwrap();
+                branches.push(active && self.condition(condition));
+                continue;
+            }
+            if trimmed == "#end" {
+                branches.pop().expect("an #end closes an #if");
+                continue;
+            }
+            if !active {
                 continue;
             }
             if let Some(rest) = trimmed.strip_prefix("#set(") {
@@ -268,26 +372,53 @@ impl Renderer<'_> {
                 self.vars.insert(name, value);
                 continue;
             }
+            assert!(!trimmed.starts_with('#'), "unsupported directive {trimmed}");
             out.push_str(&self.interpolate(line));
             out.push('\n');
         }
+        assert!(branches.is_empty(), "every #if is closed");
         out
     }
 }
 
-fn render(body: serde_json::Value) -> serde_json::Value {
-    let template = std::fs::read_to_string(infra().join("modules/api/vote-request.vm")).unwrap();
+/// The claim that says `claim` is verified, as modules/api/main.tf and the
+/// gateway decide it: phone numbers and email addresses have one.
+fn verified_claim(claim: &str) -> String {
+    if ["phone_number", "email"].contains(&claim) {
+        format!("{claim}_verified")
+    } else {
+        String::new()
+    }
+}
+
+/// `vote-request.vm` with its placeholders filled in for `claim`, as
+/// modules/api/main.tf does it (`the_template_and_the_gateway_read_the_same_claim`
+/// checks that it does it this way).
+fn terraform_template(claim: &str) -> String {
+    std::fs::read_to_string(infra().join("modules/api/vote-request.vm"))
+        .unwrap()
+        .replace("__VOTER_CLAIM__", claim)
+        .replace("__VERIFIED_CLAIM__", &verified_claim(claim))
+}
+
+const REQUEST_ID: &str = "c0ffee00-1234-4abc-8def-0123456789ab";
+const SUB: &str = "5f2b8c1e-0d4a-4e7b-9c3f-1a2b3c4d5e6f";
+const PHONE: &str = "+447700900123";
+
+/// Renders the template configured for `claim`, for a request whose token
+/// carries `claims`, and returns the `PutRecord` request and the decoded
+/// bytes of its record.
+fn render(
+    claim: &str,
+    claims: &[(&str, &str)],
+    body: serde_json::Value,
+) -> (serde_json::Value, Vec<u8>) {
+    let mut context = BTreeMap::from([("requestId".to_owned(), REQUEST_ID.to_owned())]);
+    for (name, value) in claims {
+        context.insert(format!("authorizer.claims.{name}"), (*value).to_owned());
+    }
     let request = Request {
-        context: BTreeMap::from([
-            (
-                "requestId",
-                "c0ffee00-1234-4abc-8def-0123456789ab".to_owned(),
-            ),
-            (
-                "authorizer.claims.sub",
-                "5f2b8c1e-0d4a-4e7b-9c3f-1a2b3c4d5e6f".to_owned(),
-            ),
-        ]),
+        context,
         path: BTreeMap::from([("poll", "f1-2026".to_owned())]),
         body,
         stage: BTreeMap::from([("stream", "tally-votes".to_owned())]),
@@ -296,38 +427,287 @@ fn render(body: serde_json::Value) -> serde_json::Value {
         request: &request,
         vars: BTreeMap::new(),
     }
-    .render(&template);
-    serde_json::from_str(&rendered).unwrap_or_else(|e| panic!("not JSON ({e}):\n{rendered}"))
+    .render(&terraform_template(claim));
+    let request: serde_json::Value =
+        serde_json::from_str(&rendered).unwrap_or_else(|e| panic!("not JSON ({e}):\n{rendered}"));
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(request["Data"].as_str().unwrap())
+        .unwrap();
+    (request, data)
+}
+
+/// A Cognito ID token's claims for a voter with a verified phone number.
+fn verified_phone() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("sub", SUB),
+        ("phone_number", PHONE),
+        ("phone_number_verified", "true"),
+    ]
 }
 
 #[test]
 fn the_mapping_template_makes_a_valid_vote_record_keyed_by_the_authorized_voter() {
-    let request = render(serde_json::json!({"option": "verstappen"}));
-    assert_eq!(request["StreamName"], "tally-votes");
-    assert_eq!(
-        request["PartitionKey"],
-        "5f2b8c1e-0d4a-4e7b-9c3f-1a2b3c4d5e6f"
+    let (request, data) = render(
+        "phone_number",
+        &verified_phone(),
+        serde_json::json!({"option": "verstappen"}),
     );
-    let data = base64::engine::general_purpose::STANDARD
-        .decode(request["Data"].as_str().unwrap())
-        .unwrap();
+    let voter = tally_contract::vote::voter_from_claim(PHONE).unwrap();
+    assert_eq!(request["StreamName"], "tally-votes");
+    assert_eq!(request["PartitionKey"], voter.as_str());
     let vote = tally_contract::vote::decode(&data).expect("a valid vote record for the worker");
-    assert_eq!(vote.voter_id, "5f2b8c1e-0d4a-4e7b-9c3f-1a2b3c4d5e6f");
+    assert_eq!(vote.voter_id, voter);
     assert_eq!(vote.poll_id, "f1-2026");
     assert_eq!(vote.option, "verstappen");
-    assert_eq!(vote.vote_id, "c0ffee00-1234-4abc-8def-0123456789ab");
+    assert_eq!(vote.vote_id, REQUEST_ID);
 
-    // A hostile option cannot smuggle another voter into the record: it is
-    // escaped, and the worker rejects the record as malformed (and keeps it).
-    let request = render(serde_json::json!({"option": "x\",\"voter_id\":\"someone-else"}));
-    let data = base64::engine::general_purpose::STANDARD
-        .decode(request["Data"].as_str().unwrap())
-        .unwrap();
+    // A body field cannot name the voter, and a hostile option cannot
+    // smuggle another voter into the record: it is escaped, and the worker
+    // rejects the record as malformed (and keeps it).
+    let (_, data) = render(
+        "phone_number",
+        &verified_phone(),
+        serde_json::json!({"option": "x\",\"voter_id\":\"someone-else"}),
+    );
     let text = String::from_utf8(data.clone()).unwrap();
     let parsed: serde_json::Value = serde_json::from_str(&text).expect("still one JSON object");
-    assert_eq!(parsed["voter_id"], "5f2b8c1e-0d4a-4e7b-9c3f-1a2b3c4d5e6f");
+    assert_eq!(parsed["voter_id"], voter.as_str());
     let rejected = tally_contract::vote::decode(&data).unwrap_err();
     assert_eq!(rejected.reason, tally_contract::vote::Reason::Malformed);
+
+    // Nor can a hostile claim value (a custom attribute as the voter claim).
+    let (request, data) = render(
+        "custom:voter",
+        &[("custom:voter", "x\",\"voter_id\":\"someone-else")],
+        serde_json::json!({"option": "verstappen"}),
+    );
+    let text = String::from_utf8(data.clone()).unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(&text).expect("still one JSON object");
+    assert_eq!(parsed["voter_id"], "x\",\"voter_id\":\"someone-else");
+    assert!(request["PartitionKey"].is_string());
+    let rejected = tally_contract::vote::decode(&data).unwrap_err();
+    assert_eq!(rejected.reason, tally_contract::vote::Reason::Malformed);
+}
+
+#[test]
+fn the_template_takes_the_voter_from_the_verified_claim_as_the_gateway_does() {
+    // The default claim, a verified phone number: the gateway's own rule.
+    let (request, data) = render(
+        "phone_number",
+        &verified_phone(),
+        serde_json::json!({"option": "hamilton"}),
+    );
+    let vote = tally_contract::vote::decode(&data).unwrap();
+    assert_eq!(
+        Some(vote.voter_id.clone()),
+        tally_contract::vote::voter_from_claim(PHONE)
+    );
+    assert_eq!(vote.voter_id, "447700900123", "every '+' is removed");
+    assert_eq!(request["PartitionKey"], "447700900123");
+
+    // A claim without a verification flag (here the subject) is taken as is.
+    let (request, data) = render("sub", &verified_phone(), serde_json::json!({"option": "x"}));
+    let vote = tally_contract::vote::decode(&data).unwrap();
+    assert_eq!(
+        Some(vote.voter_id),
+        tally_contract::vote::voter_from_claim(SUB)
+    );
+    assert_eq!(request["PartitionKey"], SUB);
+
+    // A verified email address.
+    let (_, data) = render(
+        "email",
+        &[("email", "voter@example.com"), ("email_verified", "true")],
+        serde_json::json!({"option": "x"}),
+    );
+    assert_eq!(
+        tally_contract::vote::decode(&data).unwrap().voter_id,
+        "voter@example.com"
+    );
+}
+
+#[test]
+fn an_unverified_phone_number_makes_a_record_the_worker_rejects() {
+    for verified in [Some("false"), None] {
+        let mut claims = vec![("sub", SUB), ("phone_number", PHONE)];
+        claims.extend(verified.map(|flag| ("phone_number_verified", flag)));
+        let (request, data) = render("phone_number", &claims, serde_json::json!({"option": "x"}));
+        let parsed: serde_json::Value = serde_json::from_slice(&data).unwrap();
+        assert_eq!(parsed["voter_id"], "", "no voter for {verified:?}");
+        let rejected = tally_contract::vote::decode(&data).unwrap_err();
+        assert_eq!(rejected.reason, tally_contract::vote::Reason::Malformed);
+        // Kinesis refuses an empty partition key: the request id stands in,
+        // so the record reaches the worker, which keeps it.
+        assert_eq!(request["PartitionKey"], REQUEST_ID);
+    }
+    // Unverified email alike.
+    let (_, data) = render(
+        "email",
+        &[("email", "voter@example.com"), ("email_verified", "false")],
+        serde_json::json!({"option": "x"}),
+    );
+    assert!(tally_contract::vote::decode(&data).is_err());
+}
+
+/// The `.tf` files of `modules/<module>`, one after another.
+fn module_text(module: &str) -> String {
+    let mut files = Vec::new();
+    terraform_files(&infra().join("modules").join(module), &mut files);
+    files.sort();
+    files
+        .iter()
+        .map(|file| std::fs::read_to_string(file).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `text` without its comment lines (`#` or `//` first on the line).
+fn without_comments(text: &str) -> String {
+    text.lines()
+        .filter(|line| !line.trim_start().starts_with('#') && !line.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Runs of whitespace as one space.
+fn squeeze(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The bodies of the blocks at the top level of `text` whose opening line
+/// starts with `header` (`resource "aws_lb" "gateway"`, `statement`,
+/// `dynamic "rule"`), in order.
+fn blocks<'a>(text: &'a str, header: &str) -> Vec<&'a str> {
+    let mut found = Vec::new();
+    let mut depth = 0i32;
+    let mut open: Option<usize> = None;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let start = offset;
+        offset += line.len();
+        let trimmed = line.trim();
+        if trimmed.starts_with('#') || trimmed.starts_with("//") {
+            continue;
+        }
+        let before = depth;
+        depth += trimmed.matches('{').count() as i32 - trimmed.matches('}').count() as i32;
+        if before == 0 && trimmed.starts_with(header) && trimmed.ends_with('{') {
+            open = Some(offset);
+        }
+        if depth == 0 {
+            if let Some(body) = open.take() {
+                found.push(&text[body..start.max(body)]);
+            }
+        }
+    }
+    found
+}
+
+/// The one block of `text` opened by `header`.
+fn block<'a>(text: &'a str, header: &str) -> &'a str {
+    let found = blocks(text, header);
+    assert_eq!(found.len(), 1, "one block {header}");
+    found[0]
+}
+
+/// The value of `name = value` at the top level of a block's body (to the
+/// end of the line, without a trailing comment).
+fn attr<'a>(body: &'a str, name: &str) -> Option<&'a str> {
+    let mut depth = 0i32;
+    for line in body.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('#') {
+            continue;
+        }
+        if depth == 0 {
+            if let Some(rest) = trimmed.strip_prefix(name) {
+                if let Some(value) = rest.trim_start().strip_prefix('=') {
+                    let value = value.split(" # ").next().unwrap();
+                    return Some(value.trim());
+                }
+            }
+        }
+        depth += trimmed.matches('{').count() as i32 - trimmed.matches('}').count() as i32;
+    }
+    None
+}
+
+/// The quoted strings of a one-line value (`["a", "b"]`).
+fn strings(value: &str) -> Vec<&str> {
+    value.split('"').skip(1).step_by(2).collect()
+}
+
+/// The value of `name` in any `locals` block of `text`.
+fn local<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    blocks(text, "locals")
+        .into_iter()
+        .find_map(|body| attr(body, name))
+}
+
+/// The `condition` of a variable's `validation`.
+fn validation<'a>(text: &'a str, variable: &str) -> &'a str {
+    let body = block(text, &format!("variable \"{variable}\""));
+    attr(block(body, "validation"), "condition").expect("a validation condition")
+}
+
+/// One statement of an `aws_iam_policy_document`.
+#[derive(Debug)]
+struct Statement<'a> {
+    sid: String,
+    effect: String,
+    actions: BTreeSet<String>,
+    /// As written: `[var.stream_arn]`, `local.leases_arns`, ...
+    resources: String,
+    body: &'a str,
+}
+
+/// The statements of `data "aws_iam_policy_document" "<label>"` in `text`.
+fn statements<'a>(text: &'a str, label: &str) -> Vec<Statement<'a>> {
+    let document = block(
+        text,
+        &format!("data \"aws_iam_policy_document\" \"{label}\""),
+    );
+    let mut found: Vec<&str> = blocks(document, "statement");
+    // Statements made by `dynamic "statement"` (their `content`).
+    for dynamic in blocks(document, "dynamic \"statement\"") {
+        found.extend(blocks(dynamic, "content"));
+    }
+    found
+        .into_iter()
+        .map(|body| Statement {
+            sid: attr(body, "sid")
+                .map(|v| v.trim_matches('"').to_owned())
+                .unwrap_or_default(),
+            effect: attr(body, "effect")
+                .map(|v| v.trim_matches('"').to_owned())
+                .unwrap_or_else(|| "Allow".into()),
+            actions: strings(attr(body, "actions").expect("actions"))
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+            resources: attr(body, "resources").unwrap_or_default().to_owned(),
+            body,
+        })
+        .collect()
+}
+
+/// The actions an Allow statement grants on exactly `resources`.
+fn granted(statements: &[Statement], resources: &str) -> BTreeSet<String> {
+    statements
+        .iter()
+        .filter(|s| s.effect == "Allow" && s.resources == resources)
+        .flat_map(|s| s.actions.iter().cloned())
+        .collect()
+}
+
+/// The owned set of `items`.
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|item| (*item).to_owned()).collect()
+}
+
+/// `resource "<kind>" "<label>"` in `text`: its body.
+fn resource<'a>(text: &'a str, kind: &str, label: &str) -> &'a str {
+    block(text, &format!("resource \"{kind}\" \"{label}\""))
 }
 
 /// The first `name = "..."` of `resource "TYPE" "NAME" { ... }` in `text`.
@@ -343,9 +723,7 @@ fn resource_name(text: &str, kind: &str, label: &str) -> Option<String> {
 
 #[test]
 fn the_gateway_admin_role_is_the_cognito_admin_group() {
-    let read = |path: &str| std::fs::read_to_string(infra().join(path)).unwrap();
-    let squeeze = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
-    let tally = read("modules/tally/main.tf");
+    let tally = module_text("tally");
     let group =
         resource_name(&tally, "aws_cognito_user_group", "admins").expect("the Cognito admin group");
     assert!(!group.is_empty());
@@ -356,10 +734,545 @@ fn the_gateway_admin_role_is_the_cognito_admin_group() {
     );
     // ...and what the gateway task sets as TALLY_AUTH_ADMIN_ROLE, read from
     // the claim that holds Cognito's groups.
-    let service = squeeze(&read("modules/service/main.tf"));
+    let service = squeeze(&module_text("service"));
     assert!(
         service.contains(r#"{ name = "TALLY_AUTH_ADMIN_ROLE", value = var.auth_admin_role }"#),
         "the gateway task must set TALLY_AUTH_ADMIN_ROLE from auth_admin_role"
     );
     assert!(service.contains(r#"{ name = "TALLY_AUTH_ROLE_CLAIM", value = "cognito:groups" }"#));
+}
+
+#[test]
+fn the_template_and_the_gateway_read_the_same_claim() {
+    let tally = module_text("tally");
+    let service_call = block(&tally, "module \"service\"");
+    let api_call = block(&tally, "module \"api\"");
+    // One setting, var.voter_claim, feeds both vote paths...
+    assert_eq!(
+        attr(service_call, "auth_voter_claim"),
+        Some("var.voter_claim")
+    );
+    assert_eq!(attr(api_call, "voter_claim"), Some("var.voter_claim"));
+    let variable = block(&tally, "variable \"voter_claim\"");
+    assert_eq!(attr(variable, "default"), Some("\"phone_number\""));
+    assert!(
+        validation(&tally, "voter_claim").contains("^[A-Za-z0-9_:.-]{1,64}$"),
+        "the claim is validated: it goes into the template between quotes"
+    );
+    // ...the gateway reads it as TALLY_AUTH_VOTER_CLAIM...
+    let service = squeeze(&module_text("service"));
+    assert!(
+        service.contains(r#"{ name = "TALLY_AUTH_VOTER_CLAIM", value = var.auth_voter_claim }"#),
+        "the gateway task must set TALLY_AUTH_VOTER_CLAIM from auth_voter_claim"
+    );
+    // ...and API Gateway's template gets it through its placeholders,
+    // filled in as terraform_template() does.
+    let api = module_text("api");
+    let locals = squeeze(block(&api, "locals"));
+    assert!(locals.contains(
+        r#"verified_claim = contains(["phone_number", "email"], var.voter_claim) ? "${var.voter_claim}_verified" : """#
+    ));
+    assert!(locals.contains(
+        r#"vote_request_template = replace(replace(file("${path.module}/vote-request.vm"), "__VOTER_CLAIM__", var.voter_claim), "__VERIFIED_CLAIM__", local.verified_claim)"#
+    ));
+    let integration = resource(&api, "aws_api_gateway_integration", "kinesis");
+    assert!(squeeze(integration).contains(r#""application/json" = local.vote_request_template"#));
+    let template = std::fs::read_to_string(infra().join("modules/api/vote-request.vm")).unwrap();
+    let code: Vec<&str> = template.lines().filter(|l| !l.starts_with("##")).collect();
+    let code = code.join("\n");
+    assert!(code.contains("claims['__VOTER_CLAIM__']"));
+    assert!(code.contains("claims['__VERIFIED_CLAIM__']"));
+    assert!(
+        !code.contains("claims.sub"),
+        "the voter is the configured claim"
+    );
+    // Both paths agree on which claims need a verification flag.
+    assert_eq!(verified_claim("phone_number"), "phone_number_verified");
+    assert_eq!(verified_claim("email"), "email_verified");
+    assert_eq!(verified_claim("sub"), "");
+}
+
+#[test]
+fn the_cognito_pool_keys_voters_on_a_verified_phone_number() {
+    let tally = module_text("tally");
+    let pool = resource(&tally, "aws_cognito_user_pool", "voters");
+    assert_eq!(
+        attr(pool, "username_attributes"),
+        Some(r#"["phone_number"]"#)
+    );
+    assert_eq!(
+        attr(pool, "auto_verified_attributes"),
+        Some(r#"["phone_number"]"#)
+    );
+    let updates = block(pool, "user_attribute_update_settings");
+    assert_eq!(
+        attr(updates, "attributes_require_verification_before_update"),
+        Some(r#"["phone_number"]"#)
+    );
+    // SMS through the pool's own role, assumed with an external id.
+    let sms = block(pool, "sms_configuration");
+    assert_eq!(
+        attr(sms, "sns_caller_arn"),
+        Some("aws_iam_role.cognito_sms.arn")
+    );
+    assert_eq!(attr(sms, "external_id"), Some("local.sms_external_id"));
+    let assume = statements(&tally, "cognito_sms_assume");
+    assert!(assume[0].body.contains("\"sts:ExternalId\""));
+    assert!(assume[0]
+        .body
+        .contains("values   = [local.sms_external_id]"));
+    let send = statements(&tally, "cognito_sms");
+    assert!(send.iter().all(|s| s.actions == set(&["sns:Publish"])));
+    assert!(send
+        .iter()
+        .any(|s| s.effect == "Deny" && s.resources == r#"["arn:aws:sns:*:*:*"]"#));
+    // Email through SES, never Cognito's default sender.
+    let email = block(pool, "email_configuration");
+    assert_eq!(attr(email, "email_sending_account"), Some(r#""DEVELOPER""#));
+    assert_eq!(attr(email, "source_arn"), Some("var.ses_identity_arn"));
+    // Voters recover their account through their number.
+    assert!(squeeze(block(pool, "account_recovery_setting"))
+        .contains(r#"name = "verified_phone_number""#));
+}
+
+#[test]
+fn no_self_sign_up_without_the_pre_sign_up_check() {
+    let tally = module_text("tally");
+    let squeezed = squeeze(&without_comments(&tally));
+    let pool = resource(&tally, "aws_cognito_user_pool", "voters");
+    // Three ways to register, validated.
+    assert_eq!(
+        validation(&tally, "voter_registration"),
+        r#"contains(["self", "preregistered", "oidc"], var.voter_registration)"#
+    );
+    assert!(squeezed.contains(r#"self_signup = var.voter_registration == "self""#));
+    // Self sign-up is open only when the check is wired...
+    let admin = block(pool, "admin_create_user_config");
+    assert_eq!(
+        attr(admin, "allow_admin_create_user_only"),
+        Some("!local.self_signup")
+    );
+    let lambda_config = block(pool, "dynamic \"lambda_config\"");
+    assert_eq!(
+        attr(lambda_config, "for_each"),
+        Some("local.self_signup ? [1] : []")
+    );
+    assert_eq!(
+        attr(block(lambda_config, "content"), "pre_sign_up"),
+        Some("aws_lambda_function.pre_sign_up[0].arn")
+    );
+    // ...which exists exactly then, may be called by this pool only, and
+    // may only list this pool's users.
+    let function = resource(&tally, "aws_lambda_function", "pre_sign_up");
+    assert_eq!(attr(function, "count"), Some("local.self_signup ? 1 : 0"));
+    assert!(attr(function, "reserved_concurrent_executions").is_some());
+    assert_eq!(
+        attr(block(function, "tracing_config"), "mode"),
+        Some(r#""Active""#)
+    );
+    let permission = resource(&tally, "aws_lambda_permission", "pre_sign_up");
+    assert_eq!(
+        attr(permission, "source_arn"),
+        Some("aws_cognito_user_pool.voters.arn")
+    );
+    let policy = statements(&tally, "pre_sign_up");
+    assert_eq!(
+        granted(&policy, "[aws_cognito_user_pool.voters.arn]"),
+        set(&["cognito-idp:ListUsers"])
+    );
+    assert!(policy
+        .iter()
+        .all(|s| !s.actions.iter().any(|a| a.starts_with("cognito-idp:"))
+            || s.resources == "[aws_cognito_user_pool.voters.arn]"));
+    // The check refuses a number another account holds, and a number not
+    // in E.164 form.
+    let check = std::fs::read_to_string(infra().join("modules/tally/pre_sign_up.py")).unwrap();
+    assert!(check.contains(r#"Filter='phone_number = "%s"' % phone"#));
+    assert!(check.contains(r#"E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")"#));
+}
+
+#[test]
+fn voters_cannot_change_their_number_or_get_user_admin_tokens() {
+    let tally = module_text("tally");
+    let client = resource(&tally, "aws_cognito_user_pool_client", "web");
+    assert_eq!(attr(client, "generate_secret"), Some("false"));
+    // The tokens carry the voter claim and its verification flag.
+    let read = local(&tally, "voter_read_attributes").unwrap();
+    for name in ["phone_number", "phone_number_verified"] {
+        assert!(strings(read).contains(&name), "{name} is readable");
+    }
+    assert_eq!(
+        attr(client, "read_attributes"),
+        Some("local.voter_read_attributes")
+    );
+    // A voter may not write their number. Only in "oidc" mode, where Cognito
+    // itself writes the provider's mapped attributes through the client,
+    // is it writable; that client has no password sign-in, so its tokens
+    // come from the OAuth flow, whose scopes leave the user admin scope out.
+    let voter_writes = local(&tally, "voter_write_attributes").unwrap();
+    assert!(!voter_writes.contains("phone_number"));
+    assert_eq!(
+        attr(client, "write_attributes"),
+        Some("local.oidc ? concat(local.voter_write_attributes, local.federated_write_attributes) : local.voter_write_attributes")
+    );
+    assert_eq!(
+        attr(client, "explicit_auth_flows"),
+        Some(
+            r#"local.oidc ? ["ALLOW_REFRESH_TOKEN_AUTH"] : ["ALLOW_USER_SRP_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"]"#
+        )
+    );
+    assert_eq!(
+        attr(client, "allowed_oauth_scopes"),
+        Some(r#"local.oidc ? ["openid", "phone"] : []"#)
+    );
+    // No OAuth client anywhere grants the scope that updates or deletes users.
+    let mut files = Vec::new();
+    terraform_files(&infra(), &mut files);
+    for file in files {
+        let text = without_comments(&std::fs::read_to_string(&file).unwrap());
+        assert!(
+            !text.contains("aws.cognito.signin.user.admin"),
+            "{} grants aws.cognito.signin.user.admin",
+            file.display()
+        );
+    }
+    // "oidc": the provider's verified phone claims become the voter's.
+    let provider = resource(&tally, "aws_cognito_identity_provider", "oidc");
+    assert_eq!(attr(provider, "provider_type"), Some(r#""OIDC""#));
+    let mapping = block(provider, "attribute_mapping");
+    assert_eq!(attr(mapping, "phone_number"), Some("var.oidc_phone_claim"));
+    assert_eq!(
+        attr(mapping, "phone_number_verified"),
+        Some("var.oidc_phone_verified_claim")
+    );
+    let details = block(provider, "provider_details");
+    assert_eq!(attr(details, "oidc_issuer"), Some("var.oidc_issuer"));
+    assert_eq!(attr(details, "client_id"), Some("var.oidc_client_id"));
+}
+
+#[test]
+fn the_waf_limits_each_token_on_the_authorization_header() {
+    let waf = module_text("waf");
+    let acl = resource(&waf, "aws_wafv2_web_acl", "this");
+    let rule = blocks(acl, "rule")
+        .into_iter()
+        .find(|rule| attr(rule, "name") == Some(r#""rate-per-token""#))
+        .expect("a rate-per-token rule");
+    assert!(squeeze(block(rule, "action")).contains("block {}"));
+    let rate = block(block(rule, "statement"), "rate_based_statement");
+    assert_eq!(attr(rate, "aggregate_key_type"), Some(r#""CUSTOM_KEYS""#));
+    assert_eq!(attr(rate, "limit"), Some("var.token_rate_limit_per_5_min"));
+    let keys = blocks(rate, "custom_key");
+    assert_eq!(keys.len(), 1, "the token alone is the key");
+    let header = block(keys[0], "header");
+    assert_eq!(
+        attr(header, "name").map(|n| n.to_ascii_lowercase()),
+        Some(r#""authorization""#.to_owned())
+    );
+    // The key is a credential: WAF's logs leave it out.
+    let logging = resource(&waf, "aws_wafv2_web_acl_logging_configuration", "this");
+    let redacted = block(block(logging, "redacted_fields"), "single_header");
+    assert_eq!(attr(redacted, "name"), Some(r#""authorization""#));
+    // The limit is the tally module's setting, with a justified default.
+    let variable = block(&waf, "variable \"token_rate_limit_per_5_min\"");
+    assert_eq!(attr(variable, "default"), Some("300"));
+    let tally = module_text("tally");
+    assert_eq!(
+        attr(
+            block(&tally, "module \"waf\""),
+            "token_rate_limit_per_5_min"
+        ),
+        Some("var.waf_token_rate_limit_per_5_min")
+    );
+}
+
+#[test]
+fn the_worker_deletes_only_leases_and_never_writes_polls() {
+    let iam = module_text("service");
+    let worker = statements(&iam, "worker");
+    let writes = [
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:DeleteItem",
+    ];
+    // Per table, what the worker calls (crates/store/src/dynamo.rs,
+    // lease/src/store/dynamo.rs, lease/src/worker.rs), and nothing else.
+    assert_eq!(
+        granted(&worker, "local.leases_arns"),
+        set(&[
+            "dynamodb:CreateTable",
+            "dynamodb:DescribeTable",
+            "dynamodb:GetItem",
+            "dynamodb:Scan",
+            "dynamodb:Query",
+            "dynamodb:PutItem",
+            "dynamodb:UpdateItem",
+            "dynamodb:DeleteItem",
+        ])
+    );
+    assert_eq!(
+        granted(&worker, r#"[var.table_arns["polls"]]"#),
+        set(&["dynamodb:GetItem"])
+    );
+    assert_eq!(
+        granted(&worker, r#"[var.table_arns["votes"]]"#),
+        set(&["dynamodb:PutItem"])
+    );
+    assert_eq!(
+        granted(&worker, r#"[var.table_arns["tallies"]]"#),
+        set(&["dynamodb:UpdateItem"])
+    );
+    assert_eq!(
+        granted(&worker, r#"[var.table_arns["rejects"]]"#),
+        set(&["dynamodb:PutItem"])
+    );
+    let leases = local(&iam, "leases_arns").unwrap();
+    assert!(leases.starts_with(r#"[var.table_arns["leases"],"#));
+    // Every DynamoDB grant is one of those; DeleteItem only on leases.
+    for statement in &worker {
+        if statement.actions.iter().any(|a| a.starts_with("dynamodb:")) {
+            assert!(
+                [
+                    "local.leases_arns",
+                    r#"[var.table_arns["polls"]]"#,
+                    r#"[var.table_arns["votes"]]"#,
+                    r#"[var.table_arns["tallies"]]"#,
+                    r#"[var.table_arns["rejects"]]"#,
+                ]
+                .contains(&statement.resources.as_str()),
+                "{} grants on {}",
+                statement.sid,
+                statement.resources
+            );
+        }
+        if statement.actions.contains("dynamodb:DeleteItem") {
+            assert_eq!(statement.resources, "local.leases_arns");
+        }
+        if statement.resources.contains("polls") {
+            assert!(writes.iter().all(|w| !statement.actions.contains(*w)));
+        }
+    }
+    // The finalizer keeps what `tally finalize` needs.
+    let finalizer = statements(&iam, "finalizer");
+    assert!(granted(&finalizer, "local.table_and_index_arns").contains("dynamodb:Scan"));
+    assert_eq!(
+        granted(
+            &finalizer,
+            r#"[var.table_arns["polls"], var.table_arns["tallies"]]"#
+        ),
+        set(&["dynamodb:UpdateItem", "dynamodb:PutItem"])
+    );
+    assert!(finalizer.iter().any(|s| s.actions.contains("s3:PutObject")));
+}
+
+#[test]
+fn the_gateway_reads_ballots_by_key_only() {
+    let iam = module_text("service");
+    let gateway = statements(&iam, "gateway");
+    assert_eq!(
+        granted(&gateway, r#"[var.table_arns["votes"]]"#),
+        set(&["dynamodb:GetItem"])
+    );
+    assert_eq!(
+        granted(&gateway, r#"[var.table_arns["polls"]]"#),
+        set(&[
+            "dynamodb:GetItem",
+            "dynamodb:Scan",
+            "dynamodb:PutItem",
+            "dynamodb:UpdateItem"
+        ])
+    );
+    assert_eq!(
+        granted(&gateway, r#"[var.table_arns["tallies"]]"#),
+        set(&["dynamodb:BatchGetItem"])
+    );
+    assert_eq!(
+        granted(
+            &gateway,
+            r#"["${var.table_arns["rejects"]}/index/voter-index"]"#
+        ),
+        set(&["dynamodb:Query"])
+    );
+    assert_eq!(tally_store::dynamo::VOTER_INDEX, "voter-index");
+    // Scan is granted on polls alone, and nothing on the lease table.
+    for statement in &gateway {
+        if statement.actions.contains("dynamodb:Scan") {
+            assert_eq!(statement.resources, r#"[var.table_arns["polls"]]"#);
+        }
+        assert!(!statement.resources.contains("leases"));
+        assert!(!statement.resources.contains("table_and_index_arns"));
+    }
+}
+
+#[test]
+fn the_tasks_pull_from_the_one_image_repository() {
+    let iam = module_text("service");
+    let execution = statements(&iam, "execution");
+    let pull = execution.iter().find(|s| s.sid == "PullLayers").unwrap();
+    assert_eq!(pull.resources, "[local.ecr_repository_arn]");
+    assert!(!iam.contains("repository/*"));
+    // Only GetAuthorizationToken, which has no resource-level permission, is on "*".
+    for statement in &execution {
+        if statement.resources == r#"["*"]"# {
+            assert_eq!(statement.actions, set(&["ecr:GetAuthorizationToken"]));
+        }
+    }
+    assert_eq!(
+        local(&iam, "ecr_repository_arn"),
+        Some(
+            r#""arn:aws:ecr:${local.image_parts[1]}:${local.image_parts[0]}:repository/${local.image_parts[2]}""#
+        )
+    );
+    // The image must be an ECR image, so the repository is known.
+    for module in ["service", "tally"] {
+        let text = module_text(module);
+        assert!(
+            validation(&text, "image").contains(r"\\.dkr\\.ecr\\."),
+            "{module} validates the image"
+        );
+    }
+}
+
+#[test]
+fn the_key_lets_only_this_accounts_alarms_use_it() {
+    let tally = module_text("tally");
+    let key = statements(&tally, "key");
+    let alarms = key.iter().find(|s| s.sid == "AlarmsPublish").unwrap();
+    assert!(alarms
+        .body
+        .contains("identifiers = [\"cloudwatch.amazonaws.com\"]"));
+    let conditions = blocks(alarms.body, "condition");
+    assert!(conditions.iter().any(|c| {
+        attr(c, "test") == Some(r#""StringEquals""#)
+            && attr(c, "variable") == Some(r#""aws:SourceAccount""#)
+            && attr(c, "values") == Some("[local.account_id]")
+    }));
+    // Every service principal of the key policy is held by a condition.
+    for statement in &key {
+        if statement.body.contains("type        = \"Service\"") {
+            assert!(
+                !blocks(statement.body, "condition").is_empty(),
+                "{} has no condition",
+                statement.sid
+            );
+        }
+    }
+}
+
+#[test]
+fn metrics_stay_off_the_public_listener() {
+    let service = module_text("service");
+    let gateway = resource(&service, "aws_ecs_task_definition", "gateway");
+    assert!(squeeze(gateway).contains(
+        r#"{ name = "TALLY_GATEWAY_METRICS_ADDR", value = "0.0.0.0:${local.gateway_metrics_port}" }"#
+    ));
+    assert_eq!(local(&service, "gateway_metrics_port"), Some("9465"));
+    // The load balancer forwards to 8080 only...
+    assert_eq!(
+        attr(resource(&service, "aws_lb_target_group", "gateway"), "port"),
+        Some("8080")
+    );
+    let ecs = resource(&service, "aws_ecs_service", "gateway");
+    assert_eq!(
+        attr(block(ecs, "load_balancer"), "container_port"),
+        Some("8080")
+    );
+    // ...may only reach 8080 on the tasks, and the metrics port is open to
+    // the scrapers the operator names, never to the load balancer.
+    for (label, body) in [
+        (
+            "alb_to_gateway",
+            resource(
+                &service,
+                "aws_vpc_security_group_egress_rule",
+                "alb_to_gateway",
+            ),
+        ),
+        (
+            "gateway_from_alb",
+            resource(
+                &service,
+                "aws_vpc_security_group_ingress_rule",
+                "gateway_from_alb",
+            ),
+        ),
+    ] {
+        assert_eq!(attr(body, "from_port"), Some("8080"), "{label}");
+        assert_eq!(attr(body, "to_port"), Some("8080"), "{label}");
+    }
+    let metrics = resource(
+        &service,
+        "aws_vpc_security_group_ingress_rule",
+        "gateway_metrics",
+    );
+    assert_eq!(
+        attr(metrics, "referenced_security_group_id"),
+        Some("each.value")
+    );
+    assert_eq!(
+        attr(metrics, "for_each"),
+        Some("toset(var.metrics_scraper_security_group_ids)")
+    );
+    // Defence in depth: the listener answers /metrics itself with a 404.
+    let rule = resource(&service, "aws_lb_listener_rule", "no_metrics");
+    assert_eq!(
+        attr(rule, "listener_arn"),
+        Some("aws_lb_listener.https.arn")
+    );
+    let action = block(rule, "action");
+    assert_eq!(attr(action, "type"), Some(r#""fixed-response""#));
+    assert_eq!(
+        attr(block(action, "fixed_response"), "status_code"),
+        Some(r#""404""#)
+    );
+    let path = block(block(rule, "condition"), "path_pattern");
+    assert_eq!(attr(path, "values"), Some(r#"["/metrics*"]"#));
+}
+
+/// The environment variables a clap argument set reads.
+fn env_names(command: clap::Command) -> BTreeSet<String> {
+    command
+        .get_arguments()
+        .filter_map(|arg| arg.get_env())
+        .map(|env| env.to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn every_setting_the_task_definitions_give_is_read_by_the_code() {
+    use clap::Args;
+    let common = env_names(tally_service::settings::Common::augment_args(
+        clap::Command::new("c"),
+    ));
+    let worker = env_names(tally_worker::daemon::WorkerArgs::augment_args(
+        clap::Command::new("w"),
+    ));
+    let gateway = env_names(tally_gateway::GatewayArgs::augment_args(
+        clap::Command::new("g"),
+    ));
+    let service = module_text("service");
+    let names = |body: &str| -> Vec<String> {
+        body.split("name = \"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .filter(|name| name.starts_with("TALLY_"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let shared: Vec<String> = blocks(&service, "locals")
+        .into_iter()
+        .flat_map(&names)
+        .collect();
+    assert!(shared.contains(&"TALLY_STREAM".to_owned()));
+    for (task, reads) in [("worker", &worker), ("gateway", &gateway)] {
+        let body = resource(&service, "aws_ecs_task_definition", task);
+        let set_here = names(body);
+        assert!(!set_here.is_empty());
+        for name in shared.iter().chain(&set_here) {
+            assert!(
+                common.contains(name) || reads.contains(name),
+                "the {task} task sets {name}, which `tally {task}` does not read"
+            );
+        }
+    }
 }

@@ -1,4 +1,5 @@
-# The dev environment: sizes only; everything else is ../../modules/tally.
+# The dev environment: sizes and identity settings only; everything else is
+# ../../modules/tally.
 
 terraform {
   required_version = ">= 1.6"
@@ -6,6 +7,10 @@ terraform {
     aws = {
       source  = "hashicorp/aws"
       version = "~> 5.80"
+    }
+    archive = {
+      source  = "hashicorp/archive"
+      version = "~> 2.4"
     }
   }
   # Keep the state in S3 with locking, e.g.:
@@ -46,6 +51,17 @@ variable "alarm_email" {
   default = ""
 }
 
+variable "ses_identity_arn" {
+  description = "Verified SES identity the voters' email is sent from."
+  type        = string
+}
+
+variable "voter_registration" {
+  description = "\"self\", \"preregistered\" or \"oidc\" (see modules/tally/identity.tf)."
+  type        = string
+  default     = "self"
+}
+
 # Small: 4 shards, 1 to 4 workers, one gateway, deletable tables.
 module "tally" {
   source              = "../../modules/tally"
@@ -57,6 +73,8 @@ module "tally" {
   public_subnet_ids   = var.public_subnet_ids
   certificate_arn     = var.certificate_arn
   alarm_email         = var.alarm_email
+  ses_identity_arn    = var.ses_identity_arn
+  voter_registration  = var.voter_registration
   shard_count         = 4
   workers_min         = 1
   workers_max         = 4

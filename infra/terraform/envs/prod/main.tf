@@ -1,4 +1,5 @@
-# The prod environment: sizes only; everything else is ../../modules/tally.
+# The prod environment: sizes and identity settings only; everything else is
+# ../../modules/tally.
 
 terraform {
   required_version = ">= 1.6"
@@ -6,6 +7,10 @@ terraform {
     aws = {
       source  = "hashicorp/aws"
       version = "~> 5.80"
+    }
+    archive = {
+      source  = "hashicorp/archive"
+      version = "~> 2.4"
     }
   }
   # Keep the state in S3 with locking, e.g.:
@@ -46,6 +51,17 @@ variable "alarm_email" {
   default = ""
 }
 
+variable "ses_identity_arn" {
+  description = "Verified SES identity the voters' email is sent from."
+  type        = string
+}
+
+variable "voter_registration" {
+  description = "\"self\", \"preregistered\" or \"oidc\" (see modules/tally/identity.tf)."
+  type        = string
+  default     = "self"
+}
+
 # The design point (docs/DESIGN.md section 3): 250,000 votes/s peak. 334
 # shards carry plain records (64 with KPL aggregation through the gateway);
 # about 102 vCPUs of workers: 4 shards per 1-vCPU worker, 84 at most.
@@ -59,6 +75,8 @@ module "tally" {
   public_subnet_ids        = var.public_subnet_ids
   certificate_arn          = var.certificate_arn
   alarm_email              = var.alarm_email
+  ses_identity_arn         = var.ses_identity_arn
+  voter_registration       = var.voter_registration
   shard_count              = 334
   workers_min              = 8
   workers_max              = 128

@@ -29,6 +29,17 @@ variable "user_pool_arn" {
   type        = string
 }
 
+variable "voter_claim" {
+  description = "The authorizer claim the voter id is taken from (the gateway's TALLY_AUTH_VOTER_CLAIM)."
+  type        = string
+  default     = "phone_number"
+  validation {
+    # It is put into the mapping template between quotes: no quotes, no $ or #.
+    condition     = can(regex("^[A-Za-z0-9_:.-]{1,64}$", var.voter_claim))
+    error_message = "voter_claim must be 1 to 64 of [A-Za-z0-9_:.-]."
+  }
+}
+
 variable "rate_limit" {
   description = "Usage plan: steady requests per second across the API."
   type        = number
@@ -48,6 +59,15 @@ variable "log_retention_days" {
 variable "tags" {
   type    = map(string)
   default = {}
+}
+
+locals {
+  # The claim that says the voter claim is verified: a phone number or an
+  # email address counts only when Cognito verified it (the gateway applies
+  # the same rule). Other claims (sub, a custom attribute) have none.
+  verified_claim = contains(["phone_number", "email"], var.voter_claim) ? "${var.voter_claim}_verified" : ""
+  # vote-request.vm with its two placeholders filled in.
+  vote_request_template = replace(replace(file("${path.module}/vote-request.vm"), "__VOTER_CLAIM__", var.voter_claim), "__VERIFIED_CLAIM__", local.verified_claim)
 }
 
 resource "aws_api_gateway_rest_api" "votes" {
@@ -178,7 +198,7 @@ resource "aws_api_gateway_integration" "kinesis" {
     "integration.request.header.Content-Type" = "'application/x-amz-json-1.1'"
   }
   request_templates = {
-    "application/json" = file("${path.module}/vote-request.vm")
+    "application/json" = local.vote_request_template
   }
 }
 

@@ -11,10 +11,11 @@ data "aws_iam_policy_document" "assume_ecs_tasks" {
 }
 
 locals {
+  leases_arns          = [var.table_arns["leases"], "${var.table_arns["leases"]}/index/*"]
   table_and_index_arns = flatten([for arn in values(var.table_arns) : [arn, "${arn}/index/*"]])
-  vote_table_arns = flatten([
-    for role, arn in var.table_arns : [arn, "${arn}/index/*"] if role != "leases"
-  ])
+  # The image's one ECR repository: <account>.dkr.ecr.<region>.amazonaws.com/<repository>[:tag|@digest].
+  image_parts        = regex("^([0-9]{12})\\.dkr\\.ecr\\.([a-z0-9-]+)\\.amazonaws\\.com/([^:@]+)", var.image)
+  ecr_repository_arn = "arn:aws:ecr:${local.image_parts[1]}:${local.image_parts[0]}:repository/${local.image_parts[2]}"
 }
 
 # Pulling the image and writing logs.
@@ -33,7 +34,7 @@ data "aws_iam_policy_document" "execution" {
   statement {
     sid       = "PullLayers"
     actions   = ["ecr:BatchCheckLayerAvailability", "ecr:GetDownloadUrlForLayer", "ecr:BatchGetImage"]
-    resources = ["arn:aws:ecr:${var.region}:${data.aws_caller_identity.current.account_id}:repository/*"]
+    resources = [local.ecr_repository_arn] # the image's repository only
   }
   statement {
     sid       = "Logs"
@@ -48,9 +49,10 @@ resource "aws_iam_role_policy" "execution" {
   policy = data.aws_iam_policy_document.execution.json
 }
 
-data "aws_caller_identity" "current" {}
-
 # The worker: reads the stream, owns leases, writes votes, tallies, rejects.
+# Each table gets the operations the code calls on it, no more (DynamoDB
+# checks a TransactWriteItems action by action: an Update in a transaction
+# needs UpdateItem on its table, a Put PutItem).
 resource "aws_iam_role" "worker" {
   name               = "${var.app}-worker"
   assume_role_policy = data.aws_iam_policy_document.assume_ecs_tasks.json
@@ -63,10 +65,40 @@ data "aws_iam_policy_document" "worker" {
     actions   = ["kinesis:DescribeStreamSummary", "kinesis:ListShards", "kinesis:GetShardIterator", "kinesis:GetRecords"]
     resources = [var.stream_arn]
   }
+  # lease/src/store/dynamo.rs: at start CreateTable (the table exists, so
+  # it answers ResourceInUse) and DescribeTable; leases are read by GetItem,
+  # Scan and Query on the owner index, created by Put (with an Update of the
+  # fleet item), renewed, taken and checkpointed by UpdateItem, and the
+  # leases of finished parent shards deleted by DeleteItem: the only table
+  # the worker deletes in.
   statement {
-    sid       = "Tables"
-    actions   = ["dynamodb:DescribeTable", "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Query", "dynamodb:BatchGetItem", "dynamodb:TransactWriteItems", "dynamodb:ConditionCheckItem"]
-    resources = local.table_and_index_arns
+    sid       = "Leases"
+    actions   = ["dynamodb:CreateTable", "dynamodb:DescribeTable", "dynamodb:GetItem", "dynamodb:Scan", "dynamodb:Query", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"]
+    resources = local.leases_arns
+  }
+  # crates/store/src/dynamo.rs: the poll cache reads polls; the worker
+  # never writes them.
+  statement {
+    sid       = "ReadPolls"
+    actions   = ["dynamodb:GetItem"]
+    resources = [var.table_arns["polls"]]
+  }
+  # The dedupe: one conditional PutItem per vote.
+  statement {
+    sid       = "PutVotes"
+    actions   = ["dynamodb:PutItem"]
+    resources = [var.table_arns["votes"]]
+  }
+  # The commit: counter deltas as Updates in TransactWriteItems.
+  statement {
+    sid       = "CountTallies"
+    actions   = ["dynamodb:UpdateItem"]
+    resources = [var.table_arns["tallies"]]
+  }
+  statement {
+    sid       = "KeepRejects"
+    actions   = ["dynamodb:PutItem"]
+    resources = [var.table_arns["rejects"]]
   }
   statement {
     sid       = "Decrypt"
@@ -91,7 +123,8 @@ resource "aws_iam_role_policy" "worker" {
   policy = data.aws_iam_policy_document.worker.json
 }
 
-# The gateway: puts votes, reads polls, votes, tallies and rejects, writes polls.
+# The gateway: puts votes; reads and writes polls (the admin API), reads
+# one voter's ballot at a time, the counters and the voter's rejects.
 resource "aws_iam_role" "gateway" {
   name               = "${var.app}-gateway"
   assume_role_policy = data.aws_iam_policy_document.assume_ecs_tasks.json
@@ -104,15 +137,29 @@ data "aws_iam_policy_document" "gateway" {
     actions   = ["kinesis:DescribeStreamSummary", "kinesis:ListShards", "kinesis:PutRecords", "kinesis:PutRecord"]
     resources = [var.stream_arn]
   }
+  # Listing (Scan), reading, creating, opening and closing polls.
   statement {
-    sid       = "ReadTables"
-    actions   = ["dynamodb:DescribeTable", "dynamodb:GetItem", "dynamodb:Query", "dynamodb:Scan", "dynamodb:BatchGetItem"]
-    resources = local.vote_table_arns
+    sid       = "Polls"
+    actions   = ["dynamodb:GetItem", "dynamodb:Scan", "dynamodb:PutItem", "dynamodb:UpdateItem"]
+    resources = [var.table_arns["polls"]]
+  }
+  # The caller's own ballot, by key: never a scan of everyone's.
+  statement {
+    sid       = "ReadBallot"
+    actions   = ["dynamodb:GetItem"]
+    resources = [var.table_arns["votes"]]
   }
   statement {
-    sid       = "ManagePolls"
-    actions   = ["dynamodb:PutItem", "dynamodb:UpdateItem"]
-    resources = [var.table_arns["polls"]]
+    sid       = "ReadTallies"
+    actions   = ["dynamodb:BatchGetItem"]
+    resources = [var.table_arns["tallies"]]
+  }
+  # The caller's rejected votes, through the voter index (VOTER_INDEX in
+  # crates/store/src/dynamo.rs).
+  statement {
+    sid       = "ReadRejects"
+    actions   = ["dynamodb:Query"]
+    resources = ["${var.table_arns["rejects"]}/index/voter-index"]
   }
   statement {
     sid       = "Encrypt"

@@ -25,6 +25,8 @@ resource "aws_ecs_cluster" "this" {
 }
 
 locals {
+  # The gateway's /metrics listener (in-VPC scraping only).
+  gateway_metrics_port = 9465
   common_environment = [
     { name = "TALLY_STREAM", value = var.stream_name },
     { name = "TALLY_APP", value = var.app },
@@ -95,10 +97,17 @@ resource "aws_ecs_task_definition" "gateway" {
       { name = "TALLY_AUTH_AUDIENCE", value = var.auth_audience },
       { name = "TALLY_AUTH_ROLE_CLAIM", value = "cognito:groups" },
       { name = "TALLY_AUTH_ADMIN_ROLE", value = var.auth_admin_role },
+      { name = "TALLY_AUTH_VOTER_CLAIM", value = var.auth_voter_claim },
+      # /metrics only on its own listener, which the load balancer cannot
+      # reach (the security group below opens 8080 to it, not this port).
+      { name = "TALLY_GATEWAY_METRICS_ADDR", value = "0.0.0.0:${local.gateway_metrics_port}" },
       { name = "TALLY_TRUST_FORWARDED_FOR", value = "true" },
       { name = "TALLY_CORS_ORIGINS", value = join(",", var.cors_origins) },
     ])
-    portMappings = [{ containerPort = 8080, protocol = "tcp" }]
+    portMappings = [
+      { containerPort = 8080, protocol = "tcp" },
+      { containerPort = local.gateway_metrics_port, protocol = "tcp" },
+    ]
     healthCheck = {
       command     = ["CMD", "/usr/local/bin/tally", "probe", "http://127.0.0.1:8080/healthz"]
       interval    = 15
@@ -189,6 +198,18 @@ resource "aws_vpc_security_group_ingress_rule" "gateway_from_alb" {
   ip_protocol                  = "tcp"
 }
 
+# /metrics (TALLY_GATEWAY_METRICS_ADDR) from the scrapers named by the
+# operator only; never from the load balancer.
+resource "aws_vpc_security_group_ingress_rule" "gateway_metrics" {
+  for_each                     = toset(var.metrics_scraper_security_group_ids)
+  security_group_id            = aws_security_group.gateway.id
+  description                  = "Metrics scraping from inside the VPC"
+  referenced_security_group_id = each.value
+  from_port                    = local.gateway_metrics_port
+  to_port                      = local.gateway_metrics_port
+  ip_protocol                  = "tcp"
+}
+
 resource "aws_vpc_security_group_egress_rule" "gateway_https" {
   security_group_id = aws_security_group.gateway.id
   description       = "AWS APIs (Kinesis, DynamoDB, CloudWatch) and the key set over HTTPS"
@@ -258,6 +279,28 @@ resource "aws_lb_listener" "https" {
   default_action {
     type             = "forward"
     target_group_arn = aws_lb_target_group.gateway.arn
+  }
+  tags = var.tags
+}
+
+# Defence in depth: the gateway serves /metrics on its own listener only
+# (TALLY_GATEWAY_METRICS_ADDR), and the load balancer answers any /metrics
+# path itself, without forwarding it.
+resource "aws_lb_listener_rule" "no_metrics" {
+  listener_arn = aws_lb_listener.https.arn
+  priority     = 1
+  action {
+    type = "fixed-response"
+    fixed_response {
+      content_type = "application/json"
+      status_code  = "404"
+      message_body = jsonencode({ error = { code = "not_found", message = "no such route" } })
+    }
+  }
+  condition {
+    path_pattern {
+      values = ["/metrics*"]
+    }
   }
   tags = var.tags
 }

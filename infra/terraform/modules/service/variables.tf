@@ -4,8 +4,12 @@ variable "app" {
 }
 
 variable "image" {
-  description = "The tally image (Dockerfile), e.g. <account>.dkr.ecr.<region>.amazonaws.com/tally:<tag>."
+  description = "The tally image (Dockerfile) in ECR: <account>.dkr.ecr.<region>.amazonaws.com/<repository>:<tag> (or @sha256:...). The tasks may pull from that repository only."
   type        = string
+  validation {
+    condition     = can(regex("^[0-9]{12}\\.dkr\\.ecr\\.[a-z0-9-]+\\.amazonaws\\.com/[^:@]+[:@].+$", var.image))
+    error_message = "image must be an ECR image: <account>.dkr.ecr.<region>.amazonaws.com/<repository>:<tag>."
+  }
 }
 
 variable "region" {
@@ -126,6 +130,18 @@ variable "auth_audience" {
 variable "auth_admin_role" {
   description = "The Cognito group whose members may create, open and close polls (TALLY_AUTH_ADMIN_ROLE)."
   type        = string
+}
+
+variable "auth_voter_claim" {
+  description = "The token claim the gateway takes the voter id from (TALLY_AUTH_VOTER_CLAIM); API Gateway's template reads the same one."
+  type        = string
+  default     = "phone_number"
+}
+
+variable "metrics_scraper_security_group_ids" {
+  description = "Security groups that may scrape the gateway's /metrics listener (TALLY_GATEWAY_METRICS_ADDR, port 9465) from inside the VPC."
+  type        = list(string)
+  default     = []
 }
 
 variable "cors_origins" {

@@ -1,7 +1,8 @@
 # Tally on AWS, whole: the key, the stream, the tables, the buckets, the
 # worker and gateway services, API Gateway's vote path with its Cognito
-# authorizer, WAF, the dashboard and the alarms. Environments (../../envs)
-# only choose sizes.
+# authorizer, WAF, the dashboard and the alarms. The voters' identity (the
+# Cognito user pool, its sign-up paths and the voter claim) is in
+# identity.tf. Environments (../../envs) only choose sizes.
 
 data "aws_caller_identity" "current" {}
 
@@ -45,6 +46,18 @@ data "aws_iam_policy_document" "key" {
       type        = "Service"
       identifiers = ["cloudwatch.amazonaws.com"]
     }
+    # Only this account's alarms (no confused deputy through another
+    # account's alarm naming this key's topic).
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceAccount"
+      values   = [local.account_id]
+    }
+    condition {
+      test     = "ArnLike"
+      variable = "aws:SourceArn"
+      values   = ["arn:aws:cloudwatch:${var.region}:${local.account_id}:alarm:*"]
+    }
   }
 }
 
@@ -86,64 +99,38 @@ module "buckets" {
   tags        = var.tags
 }
 
-resource "aws_cognito_user_pool" "voters" {
-  name                     = "${var.app}-voters"
-  auto_verified_attributes = ["email"]
-  username_attributes      = ["email"]
-  mfa_configuration        = "OPTIONAL"
-  software_token_mfa_configuration {
-    enabled = true
-  }
-  password_policy {
-    minimum_length = 12
-  }
-  tags = var.tags
-}
-
-resource "aws_cognito_user_pool_client" "web" {
-  name                          = "${var.app}-web"
-  user_pool_id                  = aws_cognito_user_pool.voters.id
-  generate_secret               = false
-  explicit_auth_flows           = ["ALLOW_USER_SRP_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"]
-  prevent_user_existence_errors = "ENABLED"
-}
-
-resource "aws_cognito_user_group" "admins" {
-  name         = "admins"
-  user_pool_id = aws_cognito_user_pool.voters.id
-  description  = "May create, open and close polls (TALLY_AUTH_ADMIN_ROLE)"
-}
-
 module "service" {
-  source             = "../service"
-  app                = var.app
-  image              = var.image
-  region             = var.region
-  vpc_id             = var.vpc_id
-  private_subnet_ids = var.private_subnet_ids
-  public_subnet_ids  = var.public_subnet_ids
-  certificate_arn    = var.certificate_arn
-  alb_logs_bucket    = module.buckets.alb_logs_bucket
-  stream_name        = module.stream.name
-  stream_arn         = module.stream.arn
-  table_prefix       = local.table_prefix
-  table_arns         = module.tables.arns
-  kms_key_arn        = aws_kms_key.tally.arn
-  snapshot_bucket    = module.buckets.snapshot_bucket
-  workers_min        = var.workers_min
-  workers_max        = var.workers_max
-  shards_per_worker  = var.shards_per_worker
-  gateway_count      = var.gateway_count
-  worker_cpu         = var.worker_cpu
-  worker_memory      = var.worker_memory
-  gateway_cpu        = var.gateway_cpu
-  gateway_memory     = var.gateway_memory
-  auth_jwks_url      = "https://cognito-idp.${var.region}.amazonaws.com/${aws_cognito_user_pool.voters.id}/.well-known/jwks.json"
-  auth_issuer        = "https://cognito-idp.${var.region}.amazonaws.com/${aws_cognito_user_pool.voters.id}"
-  auth_audience      = aws_cognito_user_pool_client.web.id
-  auth_admin_role    = aws_cognito_user_group.admins.name
-  cors_origins       = var.cors_origins
-  tags               = var.tags
+  source                             = "../service"
+  app                                = var.app
+  image                              = var.image
+  region                             = var.region
+  vpc_id                             = var.vpc_id
+  private_subnet_ids                 = var.private_subnet_ids
+  public_subnet_ids                  = var.public_subnet_ids
+  certificate_arn                    = var.certificate_arn
+  alb_logs_bucket                    = module.buckets.alb_logs_bucket
+  stream_name                        = module.stream.name
+  stream_arn                         = module.stream.arn
+  table_prefix                       = local.table_prefix
+  table_arns                         = module.tables.arns
+  kms_key_arn                        = aws_kms_key.tally.arn
+  snapshot_bucket                    = module.buckets.snapshot_bucket
+  workers_min                        = var.workers_min
+  workers_max                        = var.workers_max
+  shards_per_worker                  = var.shards_per_worker
+  gateway_count                      = var.gateway_count
+  worker_cpu                         = var.worker_cpu
+  worker_memory                      = var.worker_memory
+  gateway_cpu                        = var.gateway_cpu
+  gateway_memory                     = var.gateway_memory
+  auth_jwks_url                      = "https://cognito-idp.${var.region}.amazonaws.com/${aws_cognito_user_pool.voters.id}/.well-known/jwks.json"
+  auth_issuer                        = "https://cognito-idp.${var.region}.amazonaws.com/${aws_cognito_user_pool.voters.id}"
+  auth_audience                      = aws_cognito_user_pool_client.web.id
+  auth_admin_role                    = aws_cognito_user_group.admins.name
+  auth_voter_claim                   = var.voter_claim
+  cors_origins                       = var.cors_origins
+  metrics_scraper_security_group_ids = var.metrics_scraper_security_group_ids
+  tags                               = var.tags
 }
 
 module "api" {
@@ -154,18 +141,20 @@ module "api" {
   stream_arn    = module.stream.arn
   kms_key_arn   = aws_kms_key.tally.arn
   user_pool_arn = aws_cognito_user_pool.voters.arn
+  voter_claim   = var.voter_claim
   rate_limit    = var.api_rate_limit
   burst_limit   = var.api_burst_limit
   tags          = var.tags
 }
 
 module "waf" {
-  source               = "../waf"
-  app                  = var.app
-  associate_arns       = [module.api.stage_arn, module.service.alb_arn]
-  rate_limit_per_5_min = var.waf_rate_limit_per_5_min
-  kms_key_arn          = aws_kms_key.tally.arn
-  tags                 = var.tags
+  source                     = "../waf"
+  app                        = var.app
+  associate_arns             = [module.api.stage_arn, module.service.alb_arn]
+  rate_limit_per_5_min       = var.waf_rate_limit_per_5_min
+  token_rate_limit_per_5_min = var.waf_token_rate_limit_per_5_min
+  kms_key_arn                = aws_kms_key.tally.arn
+  tags                       = var.tags
 }
 
 resource "aws_sns_topic" "alarms" {

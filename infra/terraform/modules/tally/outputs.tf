@@ -39,3 +39,13 @@ output "finalizer_role_arn" {
 output "finalizer_task_definition" {
   value = module.service.finalizer_task_definition
 }
+
+output "voter_claim" {
+  description = "The claim both vote paths take the voter id from."
+  value       = var.voter_claim
+}
+
+output "auth_domain" {
+  description = "voter_registration = \"oidc\": the pool's sign-in domain prefix (empty otherwise)."
+  value       = local.oidc ? aws_cognito_user_pool_domain.voters[0].domain : ""
+}

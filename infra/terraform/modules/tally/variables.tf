@@ -8,8 +8,12 @@ variable "region" {
 }
 
 variable "image" {
-  description = "The tally image built from the Dockerfile."
+  description = "The tally image built from the Dockerfile, in ECR: <account>.dkr.ecr.<region>.amazonaws.com/<repository>:<tag> (or @sha256:...)."
   type        = string
+  validation {
+    condition     = can(regex("^[0-9]{12}\\.dkr\\.ecr\\.[a-z0-9-]+\\.amazonaws\\.com/[^:@]+[:@].+$", var.image))
+    error_message = "image must be an ECR image: <account>.dkr.ecr.<region>.amazonaws.com/<repository>:<tag>; the tasks may pull from that one repository only."
+  }
 }
 
 variable "vpc_id" {
@@ -92,6 +96,131 @@ variable "api_burst_limit" {
 variable "waf_rate_limit_per_5_min" {
   type    = number
   default = 2000
+}
+
+variable "waf_token_rate_limit_per_5_min" {
+  description = "Requests one Authorization header (one token) may send in 5 minutes, from any number of addresses, before it is blocked (see ../waf)."
+  type        = number
+  default     = 300
+}
+
+variable "voter_registration" {
+  description = "How voters get an account: \"self\" (self sign-up with the pre-sign-up check), \"preregistered\" (the operator imports the voter list) or \"oidc\" (an external OpenID Connect provider)."
+  type        = string
+  default     = "self"
+  validation {
+    condition     = contains(["self", "preregistered", "oidc"], var.voter_registration)
+    error_message = "voter_registration must be \"self\", \"preregistered\" or \"oidc\"."
+  }
+}
+
+variable "voter_claim" {
+  description = "The token claim both vote paths take the voter id from (TALLY_AUTH_VOTER_CLAIM and the mapping template). For phone_number and email, the matching <claim>_verified must be true."
+  type        = string
+  default     = "phone_number"
+  validation {
+    # It is put into the mapping template between quotes: no quotes, no $ or #.
+    condition     = can(regex("^[A-Za-z0-9_:.-]{1,64}$", var.voter_claim))
+    error_message = "voter_claim must be 1 to 64 of [A-Za-z0-9_:.-]."
+  }
+}
+
+variable "ses_identity_arn" {
+  description = "ARN of the verified SES identity (domain or address) the user pool sends email from, instead of Cognito's default sender."
+  type        = string
+  validation {
+    condition     = can(regex("^arn:aws[a-z-]*:ses:[a-z0-9-]+:[0-9]{12}:identity/.+$", var.ses_identity_arn))
+    error_message = "ses_identity_arn must be an SES identity ARN (arn:aws:ses:<region>:<account>:identity/<domain or address>)."
+  }
+}
+
+variable "email_from" {
+  description = "From address of the pool's email, e.g. \"Tally <no-reply@example.com>\" (empty: the SES identity's address)."
+  type        = string
+  default     = ""
+}
+
+variable "pre_sign_up_concurrency" {
+  description = "Reserved concurrency of the pre-sign-up check (voter_registration = \"self\")."
+  type        = number
+  default     = 20
+  validation {
+    condition     = var.pre_sign_up_concurrency >= 1
+    error_message = "pre_sign_up_concurrency must be at least 1."
+  }
+}
+
+variable "oidc_provider_name" {
+  description = "voter_registration = \"oidc\": the provider's name in the pool (and on the sign-in page)."
+  type        = string
+  default     = "voter-id"
+}
+
+variable "oidc_issuer" {
+  description = "voter_registration = \"oidc\": the provider's issuer URL (https)."
+  type        = string
+  default     = ""
+  validation {
+    condition     = var.oidc_issuer == "" || can(regex("^https://", var.oidc_issuer))
+    error_message = "oidc_issuer must be an https URL."
+  }
+}
+
+variable "oidc_client_id" {
+  description = "voter_registration = \"oidc\": this pool's client id at the provider."
+  type        = string
+  default     = ""
+}
+
+variable "oidc_client_secret_arn" {
+  description = "voter_registration = \"oidc\": Secrets Manager secret holding this pool's client secret at the provider (its value ends up in the Terraform state, like every Cognito provider secret)."
+  type        = string
+  default     = ""
+  validation {
+    condition     = var.oidc_client_secret_arn == "" || can(regex("^arn:aws[a-z-]*:secretsmanager:", var.oidc_client_secret_arn))
+    error_message = "oidc_client_secret_arn must be a Secrets Manager secret ARN."
+  }
+}
+
+variable "oidc_scopes" {
+  description = "voter_registration = \"oidc\": scopes asked of the provider (space-separated); they must release the phone claims."
+  type        = string
+  default     = "openid phone"
+}
+
+variable "oidc_phone_claim" {
+  description = "voter_registration = \"oidc\": the provider's claim holding the voter's verified phone number (E.164)."
+  type        = string
+  default     = "phone_number"
+}
+
+variable "oidc_phone_verified_claim" {
+  description = "voter_registration = \"oidc\": the provider's claim saying that number is verified."
+  type        = string
+  default     = "phone_number_verified"
+}
+
+variable "auth_domain_prefix" {
+  description = "voter_registration = \"oidc\": prefix of the pool's sign-in domain (<prefix>.auth.<region>.amazoncognito.com)."
+  type        = string
+  default     = ""
+}
+
+variable "oauth_callback_urls" {
+  description = "voter_registration = \"oidc\": where the sign-in page may send voters back to."
+  type        = list(string)
+  default     = []
+}
+
+variable "oauth_logout_urls" {
+  type    = list(string)
+  default = []
+}
+
+variable "metrics_scraper_security_group_ids" {
+  description = "Security groups allowed to scrape the gateway's /metrics listener (port 9465) from inside the VPC; the load balancer never is."
+  type        = list(string)
+  default     = []
 }
 
 variable "cors_origins" {

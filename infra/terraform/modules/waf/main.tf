@@ -1,6 +1,7 @@
 # One regional web ACL for API Gateway's stage and the gateway's load
-# balancer: a per-address rate rule and AWS managed rule groups (common
-# exploits, known bad inputs including Log4j, IP reputation, bots), logged.
+# balancer: a per-address rate rule, a per-token rate rule, and AWS managed
+# rule groups (common exploits, known bad inputs including Log4j, IP
+# reputation, bots), logged.
 
 variable "app" {
   type = string
@@ -10,6 +11,22 @@ variable "rate_limit_per_5_min" {
   description = "Requests one address may send in 5 minutes before it is blocked."
   type        = number
   default     = 2000
+}
+
+# One voter votes a handful of times a minute and reads a little more with
+# their token (their vote's status, the polls; results are public and need
+# none): 300 requests in 5 minutes, one a second on average, leaves a real
+# client far below the limit. A Kinesis shard takes
+# 1,000 records/s, 300,000 in 5 minutes: a token at this limit uses a
+# thousandth of one shard, however many addresses it is sent from.
+variable "token_rate_limit_per_5_min" {
+  description = "Requests one Authorization header value (one token) may send in 5 minutes, from any addresses, before it is blocked."
+  type        = number
+  default     = 300
+  validation {
+    condition     = var.token_rate_limit_per_5_min >= 10
+    error_message = "WAF rate-based rules take limits of 10 and up."
+  }
 }
 
 variable "associate_arns" {
@@ -67,6 +84,39 @@ resource "aws_wafv2_web_acl" "this" {
     }
   }
 
+  # Per token: the key is the whole Authorization header, so one token used
+  # from many addresses (which the per-address rule cannot see) is blocked
+  # before it can hold a shard; the workers' dedupe would discard its votes,
+  # but not before they took the shard's write capacity. Requests without
+  # the header are left to the per-address rule.
+  rule {
+    name     = "rate-per-token"
+    priority = 2
+    action {
+      block {}
+    }
+    statement {
+      rate_based_statement {
+        limit              = var.token_rate_limit_per_5_min
+        aggregate_key_type = "CUSTOM_KEYS"
+        custom_key {
+          header {
+            name = "authorization"
+            text_transformation {
+              priority = 0
+              type     = "NONE"
+            }
+          }
+        }
+      }
+    }
+    visibility_config {
+      cloudwatch_metrics_enabled = true
+      metric_name                = "${var.app}-rate-per-token"
+      sampled_requests_enabled   = true
+    }
+  }
+
   dynamic "rule" {
     for_each = local.managed_groups
     content {
@@ -114,6 +164,13 @@ resource "aws_cloudwatch_log_group" "waf" {
 resource "aws_wafv2_web_acl_logging_configuration" "this" {
   resource_arn            = aws_wafv2_web_acl.this.arn
   log_destination_configs = [aws_cloudwatch_log_group.waf.arn]
+  # Tokens are credentials (and an ID token carries the voter's number):
+  # never in the logs.
+  redacted_fields {
+    single_header {
+      name = "authorization"
+    }
+  }
 }
 
 output "web_acl_arn" {
