@@ -116,6 +116,11 @@ pub const WORKER_METRICS: &[MetricDef] = &[
         Kind::Counter,
     ),
     metric("OpenShards", "/open_shards", Kind::Gauge),
+    metric(
+        "LeaseTableSkippedItems",
+        "/tally_lease_lease_table_skipped_items",
+        Kind::Gauge,
+    ),
 ];
 
 /// What `tally gateway` publishes.

@@ -137,6 +137,23 @@ resource "aws_cloudwatch_metric_alarm" "lost_leases" {
   tags                = var.tags
 }
 
+resource "aws_cloudwatch_metric_alarm" "lease_table_skipped_items" {
+  alarm_name          = "${var.app}-lease-table-skipped-items"
+  alarm_description   = "The lease table holds items that are not leases: every worker skips them, and a shard whose lease it is goes unread (tally leases lists them; fix or delete them)"
+  namespace           = var.namespace
+  metric_name         = "LeaseTableSkippedItems"
+  dimensions          = { Application = var.app }
+  statistic           = "Maximum"
+  period              = 60
+  evaluation_periods  = 1
+  threshold           = 0
+  comparison_operator = "GreaterThanThreshold"
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = [var.alarm_topic_arn]
+  ok_actions          = [var.alarm_topic_arn]
+  tags                = var.tags
+}
+
 resource "aws_cloudwatch_metric_alarm" "recount_mismatch" {
   alarm_name          = "${var.app}-recount-mismatch"
   alarm_description   = "A closed poll's recount differs from its tallies; it stays unfinalized (runbook: ops/runbooks/recount.md)"
