@@ -1087,3 +1087,179 @@ async fn read_loops_stop_without_clients_and_streams_end_on_shutdown() {
         .expect("the server stops within 5 s with a stream open");
     served.unwrap().unwrap();
 }
+
+/// Results a CDN can serve: Cache-Control by status, the event id as ETag,
+/// 304 for a matching If-None-Match and 200 once the counts moved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_carry_caching_headers_and_answer_304_until_they_change() {
+    use tally_store::prelude::*;
+    let stack = Stack::new().await;
+    let gateway = stack.gateway(&["--results-interval-ms", "10"]).await;
+    gateway.open_poll("cached", &["a", "b"]).await;
+    let client = Client::new();
+    let url = gateway.url("/v1/polls/cached/results");
+    let get = |etag: Option<String>| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let mut request = client.get(url);
+            if let Some(etag) = etag {
+                request = request.header("if-none-match", etag);
+            }
+            let response = request.send().await.unwrap();
+            let header = |name: &str| {
+                response
+                    .headers()
+                    .get(name)
+                    .map(|v| v.to_str().unwrap().to_owned())
+            };
+            (
+                response.status().as_u16(),
+                header("etag"),
+                header("cache-control"),
+            )
+        }
+    };
+    let (status, etag, cache) = get(None).await;
+    assert_eq!(status, 200);
+    assert_eq!(etag.as_deref(), Some("\"0-open\""));
+    assert_eq!(
+        cache.as_deref(),
+        Some("public, max-age=1, stale-while-revalidate=2")
+    );
+    let (status, again, _) = get(etag.clone()).await;
+    assert_eq!((status, again.as_deref()), (304, Some("\"0-open\"")));
+    let (status, ..) = get(Some("W/\"0-open\", \"x\"".into())).await;
+    assert_eq!(status, 304, "a weak tag in a list matches");
+
+    // A vote is counted: the old tag gets a 200 with the new one.
+    let poll = stack.store.get_poll("cached").await.unwrap().unwrap();
+    let counts = tally_store::Counts {
+        by_option: [("a".to_owned(), 1)].into(),
+    };
+    stack.store.set_counts(&poll, &counts).await.unwrap();
+    eventually(Duration::from_secs(5), "the count moves", || async {
+        get(etag.clone()).await.0 == 200
+    })
+    .await;
+    let (_, moved, _) = get(None).await;
+    assert_eq!(moved.as_deref(), Some("\"1-open\""));
+
+    // Closed: still short; final: a day.
+    let closed = client
+        .post(gateway.url("/v1/polls/cached/close"))
+        .bearer_auth(gateway.admin_token())
+        .json(&json!({"at": tally_contract::time::format_rfc3339(tally_contract::time::now_millis())}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(closed.status(), 200, "{:?}", closed.text().await);
+    eventually(Duration::from_secs(5), "closed", || async {
+        get(None).await.1.as_deref() == Some("\"1-closed\"")
+    })
+    .await;
+    assert_eq!(
+        get(None).await.2.as_deref(),
+        Some("public, max-age=1, stale-while-revalidate=2")
+    );
+    assert!(stack.store.finalize_poll("cached", "{}").await.unwrap());
+    gateway.gateway.polls.forget("cached").await;
+    eventually(Duration::from_secs(5), "final", || async {
+        get(None).await.1.as_deref() == Some("\"1-final\"")
+    })
+    .await;
+    assert_eq!(get(None).await.2.as_deref(), Some("public, max-age=86400"));
+}
+
+/// Streams per address and per voter are capped (429 with Retry-After) and
+/// freed when a stream closes; a shedding gateway tells clients to poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_streams_are_capped_per_address_and_per_voter() {
+    let stack = Stack::new().await;
+    let gateway = stack
+        .gateway(&["--max-sse-per-address", "3", "--max-sse-per-subject", "1"])
+        .await;
+    gateway.open_poll("capped", &["a", "b"]).await;
+    let client = Client::new();
+    let url = gateway.url("/v1/polls/capped/results/stream");
+    let open = |token: Option<String>| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let mut request = client.get(url);
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            request.send().await.unwrap()
+        }
+    };
+    let voter = gateway.token("streamer");
+    let first = open(None).await;
+    assert_eq!(first.status(), 200);
+    let with_token = open(Some(voter.clone())).await;
+    assert_eq!(with_token.status(), 200);
+    let refused = open(Some(voter.clone())).await;
+    assert_eq!(refused.headers()["retry-after"], "5");
+    expect_error(refused, 429, "rate_limited").await;
+    let third = open(None).await;
+    assert_eq!(third.status(), 200);
+    expect_error(open(None).await, 429, "rate_limited").await;
+    // A stream closes: its place is free again.
+    drop(first);
+    eventually(Duration::from_secs(5), "a freed stream", || async {
+        open(None).await.status() == 200
+    })
+    .await;
+    drop(with_token);
+    eventually(
+        Duration::from_secs(5),
+        "the voter's stream freed",
+        || async { open(Some(voter.clone())).await.status() == 200 },
+    )
+    .await;
+    drop(third);
+
+    // Shedding: a new stream gets one `poll` event and ends.
+    let shedding = stack.gateway(&["--sse-shed-at", "0"]).await;
+    let response = client
+        .get(shedding.url("/v1/polls/capped/results/stream"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = tokio::time::timeout(Duration::from_secs(5), response.text())
+        .await
+        .expect("the stream ends")
+        .unwrap();
+    assert!(text.contains("event: poll"), "{text}");
+    assert!(text.contains("/v1/polls/capped/results"), "{text}");
+    assert!(text.contains("\"interval_ms\":2000"), "{text}");
+}
+
+/// A client that connects and sends nothing, or idles on a kept-alive
+/// connection, is disconnected after the header timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_closed_after_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stack = Stack::new().await;
+    let gateway = stack.gateway(&["--header-timeout-ms", "300"]).await;
+    let address = gateway.url.trim_start_matches("http://").to_owned();
+    let closed_within = |mut socket: tokio::net::TcpStream| async move {
+        let mut buffer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut buffer))
+            .await
+            .expect("the gateway closes the connection")
+            .ok();
+        buffer
+    };
+    let started = std::time::Instant::now();
+    let silent = tokio::net::TcpStream::connect(&address).await.unwrap();
+    closed_within(silent).await;
+    assert!(started.elapsed() >= Duration::from_millis(250));
+
+    let mut idle = tokio::net::TcpStream::connect(&address).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = closed_within(idle).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+}

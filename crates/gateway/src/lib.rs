@@ -108,6 +108,11 @@ pub struct GatewayArgs {
     /// (`*`: any; empty: only the gateway's own pages).
     #[arg(long, env = "TALLY_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
+    /// A client must send a request's headers within this long of
+    /// connecting or of its previous answer; otherwise the connection is
+    /// closed (a client that connects and sends nothing holds nothing).
+    #[arg(long, env = "TALLY_HEADER_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=300_000))]
+    pub header_timeout_ms: u64,
     /// Results are read at most this often per poll, and served no older.
     #[arg(long, env = "TALLY_RESULTS_INTERVAL_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..=250))]
     pub results_interval_ms: u64,
@@ -117,6 +122,22 @@ pub struct GatewayArgs {
     /// Most results streams open at once on this process.
     #[arg(long, env = "TALLY_MAX_SSE_CLIENTS", default_value_t = 20_000)]
     pub max_sse_clients: i64,
+    /// Most results streams one client address may hold open (a 429 with
+    /// Retry-After beyond it). Addresses behind a carrier's NAT share it.
+    #[arg(long, env = "TALLY_MAX_SSE_PER_ADDRESS", default_value_t = 100)]
+    pub max_sse_per_address: u32,
+    /// Most results streams one token's voter may hold open (streams opened
+    /// with a bearer token).
+    #[arg(long, env = "TALLY_MAX_SSE_PER_SUBJECT", default_value_t = 8)]
+    pub max_sse_per_subject: u32,
+    /// From this many open streams on, a new stream gets one `poll` event
+    /// telling the page to poll the results URL instead (0: every client
+    /// polls; unset: never). The way to shed streams under load.
+    #[arg(long, env = "TALLY_SSE_SHED_AT")]
+    pub sse_shed_at: Option<i64>,
+    /// How often a client told to poll reads the results (jittered by the page).
+    #[arg(long, env = "TALLY_POLL_INTERVAL_MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(500..=60_000))]
+    pub poll_interval_ms: u64,
     /// The workers' metrics URLs (`http://host:9464/metrics`), comma-
     /// separated, for the admin page's pipeline health.
     #[arg(long, env = "TALLY_WORKER_METRICS_URLS", value_delimiter = ',')]
@@ -208,6 +229,17 @@ impl GatewayArgs {
         if self.max_sse_clients < 1 {
             bail!("invalid setting TALLY_MAX_SSE_CLIENTS: must be at least 1");
         }
+        for (name, value) in [
+            ("TALLY_MAX_SSE_PER_ADDRESS", self.max_sse_per_address),
+            ("TALLY_MAX_SSE_PER_SUBJECT", self.max_sse_per_subject),
+        ] {
+            if value < 1 {
+                bail!("invalid setting {name}: must be at least 1");
+            }
+        }
+        if self.sse_shed_at.is_some_and(|at| at < 0) {
+            bail!("invalid setting TALLY_SSE_SHED_AT: must be 0 or more");
+        }
         Ok(AuthConfig {
             keys,
             audience: self.auth_audience.clone(),
@@ -271,7 +303,13 @@ pub struct Gateway {
     pipeline_sample: Mutex<Option<(Instant, u64)>>,
     mismatches: tokio::sync::Mutex<Option<(Instant, u64)>>,
     public_polls: tokio::sync::Mutex<Option<(Instant, Arc<Vec<tally_core::poll::Poll>>)>>,
+    /// Open results streams by client address and by subject.
+    pub streams: Arc<limit::StreamCounts>,
 }
+
+/// The client's address as the rate limit saw it, for the handlers.
+#[derive(Clone, Debug)]
+pub struct ClientAddress(pub String);
 
 /// The count of polls with a recount mismatch is read again after this.
 const MISMATCH_CACHE: Duration = Duration::from_secs(10);
@@ -324,6 +362,7 @@ impl Gateway {
             pipeline_sample: Mutex::default(),
             mismatches: tokio::sync::Mutex::new(None),
             public_polls: tokio::sync::Mutex::new(None),
+            streams: Arc::default(),
         }))
     }
 
@@ -458,7 +497,7 @@ fn client_address(gateway: &Gateway, request: &Request) -> String {
 }
 
 /// Per-address rate limit on the API, and request metrics by route.
-async fn front(State(gateway): State<Arc<Gateway>>, request: Request, next: Next) -> Response {
+async fn front(State(gateway): State<Arc<Gateway>>, mut request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
@@ -468,7 +507,10 @@ async fn front(State(gateway): State<Arc<Gateway>>, request: Request, next: Next
     let response = if request.uri().path().starts_with("/v1/") {
         let address = client_address(&gateway, &request);
         match gateway.ip_limits.check(&address, Instant::now()) {
-            Ok(()) => next.run(request).await,
+            Ok(()) => {
+                request.extensions_mut().insert(ClientAddress(address));
+                next.run(request).await
+            }
             Err(retry_after_s) => {
                 gateway
                     .metrics
@@ -535,6 +577,59 @@ pub fn router(gateway: Arc<Gateway>) -> axum::Router {
         .with_state(gateway)
 }
 
+/// Serves `app` on `listener` until `stop` finishes, then lets the open
+/// connections finish their requests. Each connection must send a
+/// request's headers within `header_timeout` of connecting or of its last
+/// answer (hyper's header-read timeout, which axum's `serve` leaves off),
+/// so a client that connects and sends nothing, or idles on a kept-alive
+/// connection, is disconnected.
+async fn serve_connections(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    header_timeout: Duration,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    tokio::pin!(stop);
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: wait, go on.
+                    tracing::warn!(error = %error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let service = tower::ServiceExt::map_request(
+            app.clone(),
+            move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(remote));
+                request
+            },
+        );
+        let connection = builder.serve_connection(
+            hyper_util::rt::TokioIo::new(stream),
+            hyper_util::service::TowerToHyperService::new(service),
+        );
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(error = %error, "connection ended");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
 /// `/metrics` alone, for the separate metrics listener.
 pub fn metrics_router(gateway: Arc<Gateway>) -> axum::Router {
     axum::Router::new()
@@ -583,17 +678,17 @@ pub async fn serve(
     let app = router(gateway.clone());
     let stop = shutdown.clone();
     let flag = gateway.clone();
-    axum::serve(
+    serve_connections(
         listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
+        app,
+        Duration::from_millis(gateway.args.header_timeout_ms),
+        async move {
+            stop.cancelled().await;
+            flag.closing.cancel();
+            tracing::info!("stopping: finishing in-flight requests");
+        },
     )
-    .with_graceful_shutdown(async move {
-        stop.cancelled().await;
-        flag.closing.cancel();
-        tracing::info!("stopping: finishing in-flight requests");
-    })
-    .await
-    .context("gateway server failed")?;
+    .await;
     refresher.abort();
     gateway
         .producer

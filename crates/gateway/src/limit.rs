@@ -106,3 +106,78 @@ mod tests {
         );
     }
 }
+
+/// Open results streams by key (a client address, a token's subject), so
+/// that a few clients cannot take all of a process's streams. An entry
+/// lives only while its key has a stream open.
+#[derive(Default)]
+pub struct StreamCounts {
+    open: Mutex<HashMap<String, u32>>,
+}
+
+/// One open stream counted under a key; uncounted when dropped.
+pub struct StreamSlot {
+    counts: std::sync::Arc<StreamCounts>,
+    key: String,
+}
+
+impl StreamCounts {
+    /// Counts a stream under `key` unless `max` are open under it.
+    pub fn acquire(self: &std::sync::Arc<Self>, key: String, max: u32) -> Option<StreamSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(key.clone()).or_insert(0);
+        if *count >= max {
+            if *count == 0 {
+                open.remove(&key);
+            }
+            return None;
+        }
+        *count += 1;
+        Some(StreamSlot {
+            counts: self.clone(),
+            key,
+        })
+    }
+
+    /// Streams open under `key`.
+    pub fn open(&self, key: &str) -> u32 {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.get(key).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.counts.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn streams_are_capped_per_key_and_freed_on_drop() {
+        let counts = Arc::new(StreamCounts::default());
+        let first = counts.acquire("a:1.2.3.4".into(), 2).unwrap();
+        let _second = counts.acquire("a:1.2.3.4".into(), 2).unwrap();
+        assert!(counts.acquire("a:1.2.3.4".into(), 2).is_none());
+        assert!(counts.acquire("a:5.6.7.8".into(), 2).is_some());
+        drop(first);
+        assert_eq!(counts.open("a:1.2.3.4"), 1);
+        assert!(counts.acquire("a:1.2.3.4".into(), 2).is_some());
+        assert!(counts.acquire("s:x".into(), 0).is_none());
+        assert_eq!(
+            counts.open.lock().unwrap().len(),
+            1,
+            "keys without streams are forgotten"
+        );
+    }
+}
