@@ -71,8 +71,14 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
     assert!(stdout.contains("passed"), "{stdout}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn in_chromium_a_vote_moves_the_dashboard() {
+/// Runs `tests/browser/<script>` in headless Chromium against the gateway
+/// at `base` for `poll`, and returns the JSON line it prints.
+async fn in_browser(
+    script: &str,
+    base: &str,
+    poll: &str,
+    env: &[(&str, String)],
+) -> serde_json::Value {
     let tools = tokio::task::spawn_blocking(|| web_tools("browser"))
         .await
         .unwrap();
@@ -83,29 +89,22 @@ async fn in_chromium_a_vote_moves_the_dashboard() {
             .unwrap_or_else(|| panic!("no {name} in {tools}"))
             .to_owned()
     };
-    let (chromium, node_path) = (field("chromium="), field("node_path="));
-    let stack = Stack::new().await;
-    let gateway = stack.gateway(&["--dev-tokens"]).await;
-    gateway.open_poll("final", &["red", "blue"]).await;
-    let _worker = stack.worker("w1");
-    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
-    std::fs::create_dir_all(&shots).unwrap();
-    let base = gateway.url.clone();
-    let script = format!("{}/tests/browser/vote_flow.cjs", env!("CARGO_MANIFEST_DIR"));
-    let shots_text = shots.display().to_string();
+    let mut command = Command::new("node");
+    command
+        .arg(format!(
+            "{}/tests/browser/{script}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .env("NODE_PATH", field("node_path="))
+        .env("BASE_URL", base)
+        .env("POLL", poll)
+        .env("CHROMIUM", field("chromium="));
+    for (name, value) in env {
+        command.env(name, value);
+    }
     let output = tokio::time::timeout(
         Duration::from_secs(120),
-        tokio::task::spawn_blocking(move || {
-            Command::new("node")
-                .arg(script)
-                .env("NODE_PATH", node_path)
-                .env("BASE_URL", base)
-                .env("POLL", "final")
-                .env("CHROMIUM", chromium)
-                .env("SCREENSHOT_DIR", shots_text)
-                .output()
-                .expect("run node")
-        }),
+        tokio::task::spawn_blocking(move || command.output().expect("run node")),
     )
     .await
     .expect("the browser run ends within 2 minutes")
@@ -113,11 +112,43 @@ async fn in_chromium_a_vote_moves_the_dashboard() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
-        "browser run failed:\n{stdout}\n{}",
+        "browser run {script} failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    println!("browser: {stdout}");
-    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    println!("browser {script}: {stdout}");
+    serde_json::from_str(stdout.trim()).unwrap()
+}
+
+/// With its results stream refused, the dashboard polls the results URL,
+/// shows a vote's count, and draws the votes-per-second trend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_chromium_the_dashboard_polls_when_the_stream_is_refused() {
+    let stack = Stack::new().await;
+    let gateway = stack.gateway(&["--dev-tokens"]).await;
+    gateway.open_poll("polled", &["red", "blue"]).await;
+    let _worker = stack.worker("w1");
+    let report = in_browser("dashboard_polling.cjs", &gateway.url, "polled", &[]).await;
+    assert_eq!(report["connection"], "polling", "{report}");
+    assert!(report["refused"].as_u64().unwrap() >= 1, "{report}");
+    assert!(report["polled"].as_u64().unwrap() >= 2, "{report}");
+    assert!(report["trend_points"].as_u64().unwrap() >= 2, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_chromium_a_vote_moves_the_dashboard() {
+    let stack = Stack::new().await;
+    let gateway = stack.gateway(&["--dev-tokens"]).await;
+    gateway.open_poll("final", &["red", "blue"]).await;
+    let _worker = stack.worker("w1");
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let report = in_browser(
+        "vote_flow.cjs",
+        &gateway.url,
+        "final",
+        &[("SCREENSHOT_DIR", shots.display().to_string())],
+    )
+    .await;
     assert!(report["vote_status"]
         .as_str()
         .unwrap()

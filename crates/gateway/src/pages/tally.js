@@ -159,18 +159,98 @@ async function votePage() {
 }
 
 // -------------------------------------------------------------- dashboard
+// Results arrive over the stream; when the stream fails or the gateway
+// sends a `poll` event (it sheds streams), the page polls the results URL
+// instead, with jitter, and tries the stream again later. A trend of votes
+// per second over the last five minutes is drawn from the totals.
 function dashboardPage() {
   const pollId = params.get("poll") || "";
+  const resultsUrl = "/v1/polls/" + encodeURIComponent(pollId) + "/results";
   $("vote-link").href = "/vote?poll=" + encodeURIComponent(pollId);
-  const source = new EventSource("/v1/polls/" + encodeURIComponent(pollId) + "/results/stream");
-  source.onopen = () => { $("live").className = "dot live"; $("connection").textContent = "live"; };
-  source.onerror = () => { $("live").className = "dot"; $("connection").textContent = "reconnecting"; };
-  source.addEventListener("results", (event) => render(JSON.parse(event.data)));
-  api("GET", "/v1/polls/" + encodeURIComponent(pollId) + "/results").then((answer) => {
+  let source = null;
+  let pollTimer = null;
+  let pollEvery = 2000;
+  let retryTimer = null;
+  const jitter = (ms) => ms * (0.8 + Math.random() * 0.4);
+  function connection(text, live) {
+    $("live").className = live ? "dot live" : "dot";
+    $("connection").textContent = text;
+  }
+  function startPolling(every) {
+    if (every) pollEvery = every;
+    if (pollTimer === null) pollOnce();
+  }
+  function stopPolling() {
+    if (pollTimer !== null) clearTimeout(pollTimer);
+    pollTimer = null;
+  }
+  async function pollOnce() {
+    pollTimer = -1;
+    try {
+      const answer = await api("GET", resultsUrl, { headers: { "Cache-Control": "no-cache" } });
+      if (answer.status === 200) render(answer.json);
+    } catch (_) { /* the next poll tries again */ }
+    if (pollTimer === -1) pollTimer = setTimeout(pollOnce, jitter(pollEvery));
+  }
+  function openStream() {
+    retryTimer = null;
+    source = new EventSource(resultsUrl + "/stream");
+    source.onopen = () => { stopPolling(); connection("live", true); };
+    source.onerror = () => {
+      if (source.readyState === EventSource.CLOSED) {
+        // Refused (a 429 or 503) or shed: poll, and try the stream later.
+        connection("polling", false);
+        startPolling();
+        if (retryTimer === null) retryTimer = setTimeout(openStream, jitter(30000));
+      } else {
+        connection("reconnecting", false);
+        startPolling();
+      }
+    };
+    source.addEventListener("results", (event) => render(JSON.parse(event.data)));
+    source.addEventListener("poll", (event) => {
+      const asked = JSON.parse(event.data);
+      source.close();
+      connection("polling", false);
+      startPolling(asked.interval_ms);
+      if (retryTimer === null) retryTimer = setTimeout(openStream, jitter(60000));
+    });
+  }
+  openStream();
+  api("GET", resultsUrl).then((answer) => {
     if (answer.status === 200) render(answer.json);
     else $("question").textContent = errorText(answer);
   });
   let shown = -1;
+  const samples = [];
+  setInterval(() => {
+    if (shown < 0) return;
+    samples.push({ at: Date.now(), total: shown });
+    while (samples.length > 301) samples.shift();
+    drawTrend();
+  }, 1000);
+  function drawTrend() {
+    const svg = $("trend");
+    const rates = [];
+    for (let i = 1; i < samples.length; i++) {
+      const seconds = (samples[i].at - samples[i - 1].at) / 1000;
+      rates.push(seconds > 0 ? Math.max(0, samples[i].total - samples[i - 1].total) / seconds : 0);
+    }
+    svg.dataset.points = String(rates.length);
+    const line = $("trend-line");
+    if (rates.length < 2) { line.setAttribute("points", ""); return; }
+    const top = Math.max(1, ...rates);
+    const width = 300, height = 60;
+    const step = width / 299;
+    const points = rates.map((rate, i) => {
+      const x = width - (rates.length - 1 - i) * step;
+      const y = height - (rate * (height - 4)) / top - 2;
+      return x.toFixed(1) + "," + y.toFixed(1);
+    });
+    line.setAttribute("points", points.join(" "));
+    $("trend-top").textContent = Math.round(top).toLocaleString() + " votes/s";
+    svg.dataset.peak = String(Math.round(top));
+  }
   function render(results) {
     if (results.total < shown) return;
     shown = results.total;
