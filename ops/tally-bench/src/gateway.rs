@@ -3,7 +3,15 @@
 //! voters, C in flight): accepted votes per second and the vote endpoint's
 //! p50/p99 latency. Then K results streams are opened on one poll and its
 //! counters are bumped 5 times: the time from the counter write to each
-//! client's event, median and p99.
+//! client's event, median and p99, and the gateway's resident memory per
+//! stream. Last, cached results requests: how many one gateway answers per
+//! second and per CPU second, as 304s (a matching `If-None-Match`, what a
+//! CDN's revalidation costs) and as 200s, and the counter reads behind
+//! them all.
+//!
+//! The design point is 20,000 streams per process; this machine allows a
+//! process 20,000 open files (a hard limit), and both the gateway and the
+//! load client hold one per stream, so `ops/bench` opens [`SSE_CLIENTS`].
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -36,6 +44,17 @@ pub fn local_verifier(secret: &str) -> Verifier {
         leeway: Duration::from_secs(5),
     })
     .expect("a valid local auth configuration")
+}
+
+/// Streams `ops/bench` opens: as many as the open-file limit of 20,000
+/// per process leaves room for (a stream is one socket in the gateway and
+/// one in the load client).
+pub const SSE_CLIENTS: usize = 19_000;
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    crate::status_kib(&status, "VmRSS:")
 }
 
 pub fn free_port() -> u16 {
@@ -80,6 +99,8 @@ pub async fn gateway(votes: usize, concurrency: usize, clients: usize) -> Vec<Fi
         .env("TALLY_RATE_IP_PER_S", "1000000")
         .env("TALLY_RATE_IP_BURST", "1000000")
         .env("TALLY_MAX_SSE_CLIENTS", (clients * 2).to_string())
+        // Every stream comes from 127.0.0.1 here.
+        .env("TALLY_MAX_SSE_PER_ADDRESS", (clients * 2).to_string())
         .stdout(std::process::Stdio::null())
         .stderr(log)
         .spawn()
@@ -174,15 +195,23 @@ pub async fn gateway(votes: usize, concurrency: usize, clients: usize) -> Vec<Fi
     let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel::<(u64, Instant)>();
     let connected = Arc::new(AtomicUsize::new(0));
     let mut streams = Vec::new();
+    let rss_before = rss_kib(gateway.id());
+    let stream_client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let opening = Arc::new(tokio::sync::Semaphore::new(256));
     for _ in 0..clients {
         let (base, sender, connected) = (base.clone(), sender.clone(), connected.clone());
+        let (client, opening) = (stream_client.clone(), opening.clone());
         streams.push(tokio::spawn(async move {
-            let client = reqwest::Client::new();
+            let permit = opening.acquire_owned().await.unwrap();
             let mut response = client
                 .get(format!("{base}/v1/polls/fanout/results/stream"))
                 .send()
                 .await
                 .expect("open a results stream");
+            drop(permit);
             connected.fetch_add(1, Ordering::Relaxed);
             let mut buffer = String::new();
             while let Ok(Some(chunk)) = response.chunk().await {
@@ -206,7 +235,7 @@ pub async fn gateway(votes: usize, concurrency: usize, clients: usize) -> Vec<Fi
     let started = Instant::now();
     while connected.load(Ordering::Relaxed) < clients {
         assert!(
-            started.elapsed() < Duration::from_secs(60),
+            started.elapsed() < Duration::from_secs(120),
             "streams did not connect"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -220,6 +249,7 @@ pub async fn gateway(votes: usize, concurrency: usize, clients: usize) -> Vec<Fi
         assert_eq!(total, 0);
         first_events += 1;
     }
+    let stream_kib = (rss_kib(gateway.id()) - rss_before) / clients as f64;
     let dynamodb = aws_sdk_dynamodb::Client::new(&sdk_config(&stack.endpoint).await);
     let mut delays = Vec::new();
     for update in 1..=5u64 {
@@ -251,19 +281,80 @@ pub async fn gateway(votes: usize, concurrency: usize, clients: usize) -> Vec<Fi
         stream.abort();
     }
     delays.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let metrics = http
-        .get(format!("{base}/metrics"))
+    let counter_reads = || async {
+        let metrics = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("tally_gateway_results_reads_total "))
+            .and_then(|value| value.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let reads = counter_reads().await;
+
+    // Cached results: 304s (the tag still matches), then 200s.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let results_url = format!("{base}/v1/polls/fanout/results");
+    let etag = http
+        .get(&results_url)
         .send()
         .await
         .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let reads = metrics
-        .lines()
-        .find_map(|line| line.strip_prefix("tally_gateway_results_reads_total "))
-        .unwrap_or("?")
-        .to_owned();
+        .headers()
+        .get("etag")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .expect("an ETag");
+    let mut cached = Vec::new();
+    for (label, tag) in [("304", Some(etag.clone())), ("200", None)] {
+        let (cpu_before, _) = crate::cpu_and_peak(gateway.id());
+        let reads_before = counter_reads().await;
+        let answered = Arc::new(AtomicUsize::new(0));
+        let until = Instant::now() + Duration::from_secs(5);
+        let tasks: Vec<_> = (0..concurrency)
+            .map(|_| {
+                let (http, url, tag, answered) = (
+                    http.clone(),
+                    results_url.clone(),
+                    tag.clone(),
+                    answered.clone(),
+                );
+                tokio::spawn(async move {
+                    while Instant::now() < until {
+                        let mut request = http.get(&url);
+                        if let Some(tag) = &tag {
+                            request = request.header("if-none-match", tag);
+                        }
+                        if let Ok(response) = request.send().await {
+                            let expected = if tag.is_some() { 304 } else { 200 };
+                            if response.status() == expected {
+                                let _ = response.bytes().await;
+                                answered.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        let started = Instant::now();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let (cpu_after, _) = crate::cpu_and_peak(gateway.id());
+        let count = answered.load(Ordering::Relaxed) as f64;
+        cached.push((
+            label,
+            count / seconds,
+            count / (cpu_after - cpu_before).max(1e-9),
+            counter_reads().await - reads_before,
+        ));
+    }
     let _ = gateway.kill();
     let _ = gateway.wait();
 
@@ -298,9 +389,30 @@ pub async fn gateway(votes: usize, concurrency: usize, clients: usize) -> Vec<Fi
         percentile(&delays, 0.99)
     );
     println!(
-        "  {:<52} {:>12}",
+        "  {:<52} {:>12.0}",
         "counter reads by the gateway for all of it", reads
     );
+    println!(
+        "  {:<52} {:>12.1}",
+        "gateway resident memory per stream (KiB)", stream_kib
+    );
+    for (label, per_second, per_cpu_second, reads) in &cached {
+        println!(
+            "  {:<52} {:>12.0}",
+            format!("cached results answered {label} per second"),
+            per_second
+        );
+        println!(
+            "  {:<52} {:>12.0}",
+            format!("cached results answered {label} per gateway CPU second"),
+            per_cpu_second
+        );
+        println!(
+            "  {:<52} {:>12.0}",
+            format!("counter reads behind those {label}s"),
+            reads
+        );
+    }
     println!(
         "  {:<52} {:>12.1}",
         "p99 update time / results interval (250 ms)",
@@ -342,6 +454,24 @@ pub async fn gateway(votes: usize, concurrency: usize, clients: usize) -> Vec<Fi
             format!("SSE update to {clients} clients, p99"),
             percentile(&delays, 0.99),
             "ms",
+        ),
+        figure(
+            "sse_stream_kib",
+            "gateway memory per SSE stream",
+            stream_kib,
+            "KiB",
+        ),
+        figure(
+            "results_304_per_cpu_s",
+            "cached results 304s per gateway CPU second",
+            cached[0].2,
+            "/s",
+        ),
+        figure(
+            "results_200_per_cpu_s",
+            "cached results 200s per gateway CPU second",
+            cached[1].2,
+            "/s",
         ),
     ]
 }

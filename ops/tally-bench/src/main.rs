@@ -436,7 +436,7 @@ async fn failover(runs: usize) -> Vec<Figure> {
 }
 
 /// CPU seconds and peak resident memory (KiB) of a running process.
-fn cpu_and_peak(pid: u32) -> (f64, f64) {
+pub(crate) fn cpu_and_peak(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let fields: Vec<&str> = stat
         .rsplit(')')
@@ -461,7 +461,7 @@ fn cpu_and_peak(pid: u32) -> (f64, f64) {
 }
 
 /// A `/proc/<pid>/status` size field, in KiB.
-fn status_kib(status: &str, field: &str) -> f64 {
+pub(crate) fn status_kib(status: &str, field: &str) -> f64 {
     status
         .lines()
         .find(|l| l.starts_with(field))

@@ -58,7 +58,7 @@ pub async fn all(options: Options) {
     step("producer");
     figures.extend(crate::producer_bench(records).await);
     step("gateway and SSE");
-    figures.extend(crate::gateway::gateway(gateway_votes, 64, 1_000).await);
+    figures.extend(crate::gateway::gateway(gateway_votes, 64, crate::gateway::SSE_CLIENTS).await);
     step("failover");
     figures.extend(crate::failover(runs).await);
     step("scale model");
