@@ -1,6 +1,14 @@
 //! The poll cache: polls by id, read again after a short age, and read
 //! again before a vote is rejected for an unknown or closed poll. Shared
 //! by every shard of a worker, and by the gateway's results.
+//!
+//! No lock is held across a read of the table except the one of the id
+//! being read: a lookup finds (or adds) the id's slot under a short map
+//! lock, then waits on that slot alone. Concurrent lookups of one id make
+//! one read (single flight); a slow read of one id (say, an unknown id from
+//! a flood of bad records) never delays lookups of other ids. "No such
+//! poll" is remembered like a poll, so each unknown id costs one read per
+//! interval.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +20,7 @@ use tally_core::poll::Poll;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use crate::{VoteStore, VoteStoreError};
+use crate::{PollStore, VoteStoreError};
 
 struct CachedPoll {
     poll: Option<Arc<Poll>>,
@@ -41,21 +49,25 @@ impl Default for PollCacheConfig {
     }
 }
 
+/// One id's cached copy, behind a lock held only for that id's read.
+type Slot = Arc<Mutex<Option<CachedPoll>>>;
+
 /// Polls by id, shared by every shard of a worker (and by the gateway's
 /// results).
 pub struct PollCache {
-    store: Arc<dyn VoteStore>,
-    entries: Mutex<HashMap<String, CachedPoll>>,
+    store: Arc<dyn PollStore>,
+    /// Held only to find or add a slot, never across a read.
+    slots: std::sync::Mutex<HashMap<String, Slot>>,
     config: PollCacheConfig,
     /// Reads of the polls table, counted for the owner's metrics.
     reads: Arc<AtomicU64>,
 }
 
 impl PollCache {
-    pub fn new(store: Arc<dyn VoteStore>, config: PollCacheConfig, reads: Arc<AtomicU64>) -> Self {
+    pub fn new(store: Arc<dyn PollStore>, config: PollCacheConfig, reads: Arc<AtomicU64>) -> Self {
         Self {
             store,
-            entries: Mutex::default(),
+            slots: std::sync::Mutex::default(),
             config,
             reads,
         }
@@ -67,33 +79,49 @@ impl PollCache {
         id: &str,
         max_age: Duration,
     ) -> Result<Option<Arc<Poll>>, VoteStoreError> {
-        let mut entries = self.entries.lock().await;
-        if let Some(entry) = entries.get(id) {
+        let slot = self.slot(id);
+        let mut cached = slot.lock().await;
+        if let Some(entry) = cached.as_ref() {
             if entry.fetched.elapsed() <= max_age {
                 return Ok(entry.poll.clone());
             }
         }
-        if entries.len() >= MAX_CACHED_POLLS {
-            // Unknown ids (from bad records or requests) must not grow the
-            // cache without bound: forget what is stale.
-            let max_age = self.config.max_age;
-            entries.retain(|_, entry| entry.fetched.elapsed() <= max_age);
-        }
         self.reads.fetch_add(1, Ordering::Relaxed);
         let poll = self.store.get_poll(id).await?.map(Arc::new);
-        entries.insert(
-            id.to_owned(),
-            CachedPoll {
-                poll: poll.clone(),
-                fetched: Instant::now(),
-            },
-        );
+        *cached = Some(CachedPoll {
+            poll: poll.clone(),
+            fetched: Instant::now(),
+        });
         Ok(poll)
+    }
+
+    /// The slot of `id`, added if there is none.
+    fn slot(&self, id: &str) -> Slot {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = slots.get(id) {
+            return slot.clone();
+        }
+        if slots.len() >= MAX_CACHED_POLLS {
+            // Unknown ids (from bad records or requests) must not grow the
+            // map without bound: forget the slots nobody is using whose
+            // copy is stale or missing.
+            let max_age = self.config.max_age;
+            slots.retain(|_, slot| {
+                Arc::strong_count(slot) > 1
+                    || slot.try_lock().is_ok_and(|cached| {
+                        cached
+                            .as_ref()
+                            .is_some_and(|entry| entry.fetched.elapsed() <= max_age)
+                    })
+            });
+        }
+        slots.entry(id.to_owned()).or_default().clone()
     }
 
     /// Forgets a poll, so that the next read sees a change made here.
     pub async fn forget(&self, id: &str) {
-        self.entries.lock().await.remove(id);
+        let slot = self.slot(id);
+        *slot.lock().await = None;
     }
 
     /// Decides a vote that arrived at `arrival_ms`. A reject for an unknown
@@ -137,6 +165,106 @@ mod tests {
             voter_id: "u".into(),
             cast_at: None,
         }
+    }
+
+    /// A store whose reads of ids starting with `unknown-` wait until the
+    /// gate opens, counting reads by id.
+    struct GatedStore {
+        inner: MemoryVoteStore,
+        gate: tokio::sync::watch::Receiver<bool>,
+        reads: std::sync::Mutex<HashMap<String, u32>>,
+    }
+
+    #[async_trait::async_trait]
+    impl PollStore for GatedStore {
+        async fn ensure_tables(&self) -> Result<(), VoteStoreError> {
+            self.inner.ensure_tables().await
+        }
+        async fn create_poll(&self, poll: &Poll) -> Result<bool, VoteStoreError> {
+            self.inner.create_poll(poll).await
+        }
+        async fn update_poll(
+            &self,
+            poll: &Poll,
+            expected: tally_core::poll::PollStatus,
+        ) -> Result<bool, VoteStoreError> {
+            self.inner.update_poll(poll, expected).await
+        }
+        async fn get_poll(&self, id: &str) -> Result<Option<Poll>, VoteStoreError> {
+            *self.reads.lock().unwrap().entry(id.to_owned()).or_default() += 1;
+            if id.starts_with("unknown-") {
+                let mut gate = self.gate.clone();
+                let _ = gate.wait_for(|open| *open).await;
+            }
+            self.inner.get_poll(id).await
+        }
+        async fn list_polls(&self) -> Result<Vec<Poll>, VoteStoreError> {
+            self.inner.list_polls().await
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unknown_ids_read_slowly_never_delay_known_ones_and_are_read_once() {
+        let (open, gate) = tokio::sync::watch::channel(false);
+        let inner = MemoryVoteStore::new(Arc::new(tally_lease::MemoryStore::new()));
+        inner
+            .create_poll(&tally_core::testing::sample_poll("known"))
+            .await
+            .unwrap();
+        let store = Arc::new(GatedStore {
+            inner,
+            gate,
+            reads: Default::default(),
+        });
+        let config = PollCacheConfig {
+            max_age: Duration::from_secs(60),
+            ..PollCacheConfig::default()
+        };
+        let cache = Arc::new(PollCache::new(store.clone(), config, Arc::default()));
+        assert!(cache.get("known", config.max_age).await.unwrap().is_some());
+        // 1,000 unknown ids, each asked for twice at once, all stuck in
+        // their reads.
+        let unknown: Vec<_> = (0..2_000)
+            .map(|i| {
+                let cache = cache.clone();
+                tokio::spawn(async move {
+                    cache
+                        .get(&format!("unknown-{}", i % 1_000), Duration::from_secs(60))
+                        .await
+                })
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while store.reads.lock().unwrap().len() < 1_001 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the unknown ids' reads are not all in flight at once"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Known lookups go on meanwhile.
+        for _ in 0..100 {
+            let known =
+                tokio::time::timeout(Duration::from_secs(5), cache.get("known", config.max_age))
+                    .await
+                    .expect("a known poll is not held up by unknown ones");
+            assert!(known.unwrap().is_some());
+        }
+        open.send(true).unwrap();
+        for lookup in unknown {
+            assert!(lookup.await.unwrap().unwrap().is_none());
+        }
+        // Each unknown id was read once, and "no such poll" is remembered.
+        for i in 0..1_000 {
+            assert!(cache
+                .get(&format!("unknown-{i}"), config.max_age)
+                .await
+                .unwrap()
+                .is_none());
+        }
+        let reads = store.reads.lock().unwrap();
+        assert_eq!(reads.len(), 1_001);
+        assert!(reads.values().all(|count| *count == 1), "one read per id");
     }
 
     #[tokio::test(start_paused = true)]
