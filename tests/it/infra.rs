@@ -13,7 +13,13 @@
 //! - WAF limits each token, the roles allow what the code calls and no
 //!   more, `/metrics` stays off the public listener, and every setting the
 //!   task definitions give is one the code reads;
-//! - the gateway's admin role is the Cognito admin group's name.
+//! - the gateway's admin role is the Cognito admin group's name;
+//! - the CloudFront distribution caches what is the same for everyone (the
+//!   pages, the results, as long as the gateway's Cache-Control says,
+//!   behind Origin Shield) and nothing else (every other route of the
+//!   gateway's OpenAPI document, the streams), speaks HTTPS only, has the
+//!   edge web ACL and logs, never serves `/metrics`, and is the only way
+//!   to the load balancer.
 //!
 //! The Terraform is read as text with the small helpers below (`blocks`,
 //! `attr`, `strings`), which rely on `terraform fmt`'s layout: one
@@ -1275,4 +1281,621 @@ fn every_setting_the_task_definitions_give_is_read_by_the_code() {
             );
         }
     }
+}
+
+// The CloudFront distribution (modules/cdn).
+
+/// One cache behaviour of the distribution: its path pattern and body.
+struct Behaviour<'a> {
+    pattern: String,
+    body: &'a str,
+}
+
+/// The distribution's resource body in `cdn`.
+fn distribution(cdn: &str) -> &str {
+    resource(cdn, "aws_cloudfront_distribution", "this")
+}
+
+/// The behaviours in the order CloudFront tries them: the ordered ones as
+/// written, then the default (`*`).
+fn behaviours(cdn: &str) -> Vec<Behaviour<'_>> {
+    let distribution = distribution(cdn);
+    let mut found: Vec<Behaviour> = blocks(distribution, "ordered_cache_behavior")
+        .into_iter()
+        .map(|body| Behaviour {
+            pattern: attr(body, "path_pattern")
+                .expect("a path pattern")
+                .trim_matches('"')
+                .to_owned(),
+            body,
+        })
+        .collect();
+    found.push(Behaviour {
+        pattern: "*".into(),
+        body: block(distribution, "default_cache_behavior"),
+    });
+    found
+}
+
+/// CloudFront's path patterns: `*` is any run of characters, slashes
+/// included, `?` one character, anything else itself (case-sensitive); a
+/// leading `/` is optional.
+fn path_matches(pattern: &str, path: &str) -> bool {
+    fn from(pattern: &[u8], path: &[u8]) -> bool {
+        match pattern.split_first() {
+            None => path.is_empty(),
+            Some((b'*', rest)) => (0..=path.len()).any(|at| from(rest, &path[at..])),
+            Some((b'?', rest)) => !path.is_empty() && from(rest, &path[1..]),
+            Some((byte, rest)) => path.first() == Some(byte) && from(rest, &path[1..]),
+        }
+    }
+    from(
+        pattern.trim_start_matches('/').as_bytes(),
+        path.trim_start_matches('/').as_bytes(),
+    )
+}
+
+/// `path_matches` reads patterns as CloudFront does.
+fn check_path_matches() {
+    assert!(path_matches(
+        "/v1/polls/*/results",
+        "/v1/polls/demo/results"
+    ));
+    assert!(!path_matches(
+        "/v1/polls/*/results",
+        "/v1/polls/demo/results/stream"
+    ));
+    assert!(path_matches("/v1/*", "/v1/polls/demo/votes/me"));
+    assert!(path_matches("/metrics*", "/metrics"));
+    assert!(path_matches("/metrics*", "/metrics/x"));
+    assert!(!path_matches("/metrics*", "/Metrics"));
+    assert!(path_matches("*", "/"));
+}
+
+/// The behaviour CloudFront applies to `path`: the first that matches.
+fn behaviour_for<'a, 'b>(all: &'b [Behaviour<'a>], path: &str) -> &'b Behaviour<'a> {
+    all.iter()
+        .find(|behaviour| path_matches(&behaviour.pattern, path))
+        .expect("the default behaviour matches every path")
+}
+
+/// The block a reference (`aws_cloudfront_cache_policy.live.id`,
+/// `data.aws_cloudfront_cache_policy.disabled.id`) names in `text`.
+fn referenced<'a>(text: &'a str, reference: &str) -> &'a str {
+    let parts: Vec<&str> = reference.split('.').collect();
+    match parts.as_slice() {
+        ["data", kind, label, _] => block(text, &format!("data \"{kind}\" \"{label}\"")),
+        [kind, label, _] => resource(text, kind, label),
+        _ => panic!("not a reference: {reference}"),
+    }
+}
+
+/// Whether the behaviour uses the managed CachingDisabled policy.
+fn caching_disabled(cdn: &str, behaviour: &Behaviour) -> bool {
+    let policy = attr(behaviour.body, "cache_policy_id").expect("a cache policy");
+    policy.starts_with("data.aws_cloudfront_cache_policy.")
+        && attr(referenced(cdn, policy), "name") == Some(r#""Managed-CachingDisabled""#)
+}
+
+/// The origin block a behaviour sends its requests to.
+fn origin_of<'a>(cdn: &'a str, behaviour: &Behaviour) -> &'a str {
+    let target = attr(behaviour.body, "target_origin_id").expect("a target origin");
+    blocks(distribution(cdn), "origin {")
+        .into_iter()
+        .find(|origin| attr(origin, "origin_id") == Some(target))
+        .unwrap_or_else(|| panic!("an origin {target}"))
+}
+
+/// The cache key of a cache policy holds the path alone: no header (so no
+/// Authorization), no cookie, no query string.
+fn assert_path_alone_is_the_key(policy: &str, what: &str) {
+    let key = block(policy, "parameters_in_cache_key_and_forwarded_to_origin");
+    assert_eq!(
+        attr(block(key, "headers_config"), "header_behavior"),
+        Some(r#""none""#),
+        "{what}: no header in the cache key"
+    );
+    assert_eq!(
+        attr(block(key, "cookies_config"), "cookie_behavior"),
+        Some(r#""none""#),
+        "{what}: no cookie in the cache key"
+    );
+    assert_eq!(
+        attr(block(key, "query_strings_config"), "query_string_behavior"),
+        Some(r#""none""#),
+        "{what}: no query string in the cache key"
+    );
+}
+
+/// A cached behaviour's origin requests carry Host alone (no token, no
+/// cookie), through the origin with Origin Shield in the load balancer's
+/// region.
+fn assert_anonymous_and_shielded(cdn: &str, behaviour: &Behaviour, what: &str) {
+    let request = referenced(
+        cdn,
+        attr(behaviour.body, "origin_request_policy_id").expect("an origin request policy"),
+    );
+    let headers = block(request, "headers_config");
+    assert_eq!(
+        attr(headers, "header_behavior"),
+        Some(r#""whitelist""#),
+        "{what}"
+    );
+    assert_eq!(
+        strings(attr(block(headers, "headers"), "items").unwrap()),
+        vec!["Host"],
+        "{what}: only Host goes to the origin"
+    );
+    assert_eq!(
+        attr(block(request, "cookies_config"), "cookie_behavior"),
+        Some(r#""none""#),
+        "{what}"
+    );
+    assert_eq!(
+        attr(
+            block(request, "query_strings_config"),
+            "query_string_behavior"
+        ),
+        Some(r#""none""#),
+        "{what}"
+    );
+    let shield = block(origin_of(cdn, behaviour), "origin_shield");
+    assert_eq!(
+        attr(shield, "enabled"),
+        Some("true"),
+        "{what}: Origin Shield"
+    );
+    assert_eq!(
+        attr(shield, "origin_shield_region"),
+        Some("var.origin_shield_region")
+    );
+    let tally = module_text("tally");
+    assert_eq!(
+        attr(block(&tally, "module \"cdn\""), "origin_shield_region"),
+        Some("var.region"),
+        "the shield is in the load balancer's region"
+    );
+}
+
+fn ttl(policy: &str, name: &str) -> u64 {
+    attr(policy, name)
+        .unwrap_or_else(|| panic!("{name}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn the_results_are_cached_as_long_as_the_gateway_says_behind_origin_shield() {
+    check_path_matches();
+    let cdn = module_text("cdn");
+    let all = behaviours(&cdn);
+    let results = behaviour_for(&all, "/v1/polls/demo/results");
+    assert!(!caching_disabled(&cdn, results));
+    let policy = referenced(&cdn, attr(results.body, "cache_policy_id").unwrap());
+    // The gateway's Cache-Control decides: max-age=1 (with
+    // stale-while-revalidate) while the poll can change, a day once final.
+    assert_eq!(ttl(policy, "min_ttl"), 0, "the origin's max-age=1 holds");
+    assert_eq!(ttl(policy, "default_ttl"), 1, "a second if it says nothing");
+    assert!(
+        ttl(policy, "max_ttl") >= 86_400,
+        "a final poll's long max-age is kept"
+    );
+    assert_path_alone_is_the_key(policy, "results");
+    assert_anonymous_and_shielded(&cdn, results, "results");
+    let methods = strings(attr(results.body, "allowed_methods").unwrap());
+    assert!(methods.contains(&"GET") && !methods.contains(&"POST"));
+    // Not the stream, nor a voter's own vote, which look alike.
+    for path in ["/v1/polls/demo/results/stream", "/v1/polls/demo/votes/me"] {
+        assert!(caching_disabled(&cdn, behaviour_for(&all, path)), "{path}");
+    }
+}
+
+#[test]
+fn the_pages_are_cached_at_the_edge() {
+    let cdn = module_text("cdn");
+    let all = behaviours(&cdn);
+    // Every route of the pages module (crates/gateway/src/pages.rs).
+    let source = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/gateway/src/pages.rs"),
+    )
+    .unwrap();
+    let pages: Vec<&str> = source
+        .split(".route(")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').nth(1))
+        .collect();
+    for page in ["/", "/vote", "/dashboard", "/admin"] {
+        assert!(pages.contains(&page), "pages.rs serves {page}: {pages:?}");
+    }
+    for page in &pages {
+        let behaviour = behaviour_for(&all, page);
+        assert!(!caching_disabled(&cdn, behaviour), "{page} is cached");
+        let policy = referenced(&cdn, attr(behaviour.body, "cache_policy_id").unwrap());
+        // The pages say no-cache (for browsers): a minimum above 0 keeps
+        // them at the edge anyway, for a second.
+        assert!(ttl(policy, "min_ttl") >= 1, "{page}");
+        assert!(ttl(policy, "max_ttl") >= ttl(policy, "min_ttl"), "{page}");
+        assert_path_alone_is_the_key(policy, page);
+        assert_anonymous_and_shielded(&cdn, behaviour, page);
+    }
+}
+
+#[test]
+fn votes_admin_routes_and_streams_are_never_cached_at_the_edge() {
+    let cdn = module_text("cdn");
+    let all = behaviours(&cdn);
+    let mut routes: Vec<(String, String)> = [
+        ("POST", "/v1/polls/demo/votes"),
+        ("GET", "/v1/polls/demo/votes/me"),
+        ("GET", "/v1/polls"),
+        ("POST", "/v1/polls"),
+        ("POST", "/v1/polls/demo/open"),
+        ("POST", "/v1/polls/demo/close"),
+        ("GET", "/v1/pipeline"),
+        ("POST", "/v1/dev/token"),
+        ("GET", "/v1/polls/demo/results/stream"),
+    ]
+    .into_iter()
+    .map(|(method, path)| (method.to_owned(), path.to_owned()))
+    .collect();
+    // And every other route the gateway documents, but the two that are
+    // the same for everyone (the results, the document itself) and
+    // /metrics (never served: see below).
+    let spec = serde_json::to_value(tally_gateway::api::spec()).unwrap();
+    let paths = spec["paths"].as_object().expect("the document's paths");
+    assert!(paths.len() >= 10, "{:?}", paths.keys());
+    for (path, item) in paths {
+        for method in item.as_object().unwrap().keys() {
+            if !["get", "post", "put", "patch", "delete"].contains(&method.as_str()) {
+                continue;
+            }
+            let public = (method == "get" && path == "/v1/polls/{poll}/results")
+                || path == "/openapi.json"
+                || path == "/metrics";
+            if !public {
+                routes.push((method.to_ascii_uppercase(), path.replace("{poll}", "demo")));
+            }
+        }
+    }
+    for (method, path) in &routes {
+        let behaviour = behaviour_for(&all, path);
+        assert!(
+            caching_disabled(&cdn, behaviour),
+            "{method} {path} must not be cached (behaviour {})",
+            behaviour.pattern
+        );
+        assert!(
+            strings(attr(behaviour.body, "allowed_methods").unwrap()).contains(&method.as_str()),
+            "{method} {path} is allowed"
+        );
+        // The request reaches the gateway as the viewer sent it: the
+        // token (forwardable only when caching is disabled), Content-Type,
+        // Idempotency-Key, Last-Event-ID, and the query string.
+        let request = referenced(
+            &cdn,
+            attr(behaviour.body, "origin_request_policy_id").expect("an origin request policy"),
+        );
+        assert_eq!(
+            attr(block(request, "headers_config"), "header_behavior"),
+            Some(r#""allViewer""#),
+            "{method} {path}"
+        );
+        assert_eq!(
+            attr(
+                block(request, "query_strings_config"),
+                "query_string_behavior"
+            ),
+            Some(r#""all""#),
+            "{method} {path}"
+        );
+    }
+    // Events flow as they are sent.
+    let stream = behaviour_for(&all, "/v1/polls/demo/results/stream");
+    assert_eq!(attr(stream.body, "compress"), Some("false"));
+    // CloudFront keeps error answers too: a 4xx answers one caller (a
+    // voter's 404 from votes/me, a 403 to a non-admin) and is never kept.
+    let errors = block(
+        blocks(&cdn, "locals")
+            .into_iter()
+            .find(|body| attr(body, "error_caching").is_some())
+            .expect("the error caching times"),
+        "error_caching",
+    )
+    .to_owned();
+    for code in ["400", "403", "404", "405", "414"] {
+        assert_eq!(attr(&errors, code), Some("0"), "{code} is not kept");
+    }
+    assert!(squeeze(distribution(&cdn)).contains("for_each = local.error_caching"));
+}
+
+#[test]
+fn the_distribution_speaks_https_only() {
+    let cdn = module_text("cdn");
+    for behaviour in behaviours(&cdn) {
+        let policy = attr(behaviour.body, "viewer_protocol_policy");
+        assert!(
+            policy == Some(r#""https-only""#) || policy == Some(r#""redirect-to-https""#),
+            "{}: {policy:?}",
+            behaviour.pattern
+        );
+    }
+    let certificate = block(distribution(&cdn), "viewer_certificate");
+    assert_eq!(
+        attr(certificate, "minimum_protocol_version"),
+        Some(r#""TLSv1.2_2021""#)
+    );
+    assert_eq!(
+        attr(certificate, "ssl_support_method"),
+        Some(r#""sni-only""#)
+    );
+    assert_eq!(
+        attr(certificate, "acm_certificate_arn"),
+        Some("var.certificate_arn")
+    );
+    assert!(validation(&cdn, "certificate_arn").contains(":acm:us-east-1:"));
+    let origins = blocks(distribution(&cdn), "origin {");
+    assert!(!origins.is_empty());
+    for origin in origins {
+        let config = block(origin, "custom_origin_config");
+        assert_eq!(
+            attr(config, "origin_protocol_policy"),
+            Some(r#""https-only""#)
+        );
+        assert_eq!(attr(config, "origin_ssl_protocols"), Some(r#"["TLSv1.2"]"#));
+    }
+    // HSTS on every answer the origin gives.
+    for behaviour in behaviours(&cdn) {
+        if !blocks(behaviour.body, "function_association").is_empty() {
+            continue; // answered at the edge (/metrics)
+        }
+        let headers = referenced(
+            &cdn,
+            attr(behaviour.body, "response_headers_policy_id")
+                .unwrap_or_else(|| panic!("{}: a response headers policy", behaviour.pattern)),
+        );
+        let hsts = block(
+            block(headers, "security_headers_config"),
+            "strict_transport_security",
+        );
+        assert!(ttl(hsts, "access_control_max_age_sec") >= 31_536_000);
+        assert_eq!(attr(hsts, "override"), Some("true"));
+    }
+    let tally = module_text("tally");
+    assert_eq!(
+        attr(block(&tally, "module \"cdn\""), "certificate_arn"),
+        Some("var.cdn_certificate_arn")
+    );
+}
+
+#[test]
+fn the_distribution_has_the_edge_web_acl() {
+    let cdn = module_text("cdn");
+    assert_eq!(
+        attr(distribution(&cdn), "web_acl_id"),
+        Some("var.web_acl_arn")
+    );
+    let tally = module_text("tally");
+    assert_eq!(
+        attr(block(&tally, "module \"cdn\""), "web_acl_arn"),
+        Some("module.waf_edge.web_acl_arn")
+    );
+    // A CLOUDFRONT-scope ACL, made in us-east-1, with the same rules.
+    let edge = block(&tally, "module \"waf_edge\"");
+    assert_eq!(attr(edge, "source"), Some(r#""../waf""#));
+    assert_eq!(attr(edge, "scope"), Some(r#""CLOUDFRONT""#));
+    assert_eq!(attr(block(edge, "providers"), "aws"), Some("aws.us_east_1"));
+    assert_eq!(
+        attr(edge, "rate_limit_per_5_min"),
+        Some("var.waf_rate_limit_per_5_min")
+    );
+    assert_eq!(
+        attr(edge, "token_rate_limit_per_5_min"),
+        Some("var.waf_token_rate_limit_per_5_min")
+    );
+    let waf = module_text("waf");
+    let acl = resource(&waf, "aws_wafv2_web_acl", "this");
+    assert_eq!(attr(acl, "scope"), Some("var.scope"));
+    let rules: Vec<&str> = blocks(acl, "rule")
+        .into_iter()
+        .filter_map(|rule| attr(rule, "name"))
+        .collect();
+    assert_eq!(rules, vec![r#""rate-per-address""#, r#""rate-per-token""#]);
+    for group in [
+        "AWSManagedRulesCommonRuleSet",
+        "AWSManagedRulesKnownBadInputsRuleSet",
+        "AWSManagedRulesAmazonIpReputationList",
+        "AWSManagedRulesBotControlRuleSet",
+    ] {
+        assert!(local(&waf, "managed_groups").is_some());
+        assert!(waf.contains(&format!("name = \"{group}\"")), "{group}");
+    }
+    // Its logs' key is in us-east-1 too.
+    assert_eq!(attr(edge, "kms_key_arn"), Some("aws_kms_key.edge.arn"));
+    assert_eq!(
+        attr(resource(&tally, "aws_kms_key", "edge"), "provider"),
+        Some("aws.us_east_1")
+    );
+    // The environments give the module that provider.
+    for env in ["dev", "prod"] {
+        let text = std::fs::read_to_string(infra().join("envs").join(env).join("main.tf")).unwrap();
+        let provider = blocks(&text, "provider \"aws\"")
+            .into_iter()
+            .find(|body| attr(body, "alias") == Some(r#""us_east_1""#))
+            .unwrap_or_else(|| panic!("{env}: a us_east_1 provider"));
+        assert_eq!(attr(provider, "region"), Some(r#""us-east-1""#));
+        let module = block(&text, "module \"tally\"");
+        assert_eq!(
+            attr(block(module, "providers"), "aws.us_east_1"),
+            Some("aws.us_east_1"),
+            "{env}"
+        );
+    }
+}
+
+#[test]
+fn the_distribution_keeps_standard_logs() {
+    let cdn = module_text("cdn");
+    let logging = block(distribution(&cdn), "logging_config");
+    assert_eq!(attr(logging, "bucket"), Some("var.log_bucket_domain_name"));
+    assert_eq!(attr(logging, "include_cookies"), Some("false"));
+    let tally = module_text("tally");
+    assert_eq!(
+        attr(block(&tally, "module \"cdn\""), "log_bucket_domain_name"),
+        Some("module.buckets.cdn_logs_bucket_domain_name")
+    );
+    // Standard logs are delivered through the bucket ACL: ACLs are
+    // enabled before the distribution names the bucket.
+    let buckets = module_text("buckets");
+    let ownership = resource(&buckets, "aws_s3_bucket_ownership_controls", "cdn_logs");
+    assert_eq!(
+        attr(block(ownership, "rule"), "object_ownership"),
+        Some(r#""BucketOwnerPreferred""#)
+    );
+    let output = block(&buckets, "output \"cdn_logs_bucket_domain_name\"");
+    assert_eq!(
+        attr(output, "value"),
+        Some("aws_s3_bucket.cdn_logs.bucket_domain_name")
+    );
+    assert_eq!(
+        attr(output, "depends_on"),
+        Some("[aws_s3_bucket_ownership_controls.cdn_logs]")
+    );
+    // Kept, never public.
+    let public = resource(&buckets, "aws_s3_bucket_public_access_block", "cdn_logs");
+    for setting in [
+        "block_public_acls",
+        "block_public_policy",
+        "ignore_public_acls",
+        "restrict_public_buckets",
+    ] {
+        assert_eq!(attr(public, setting), Some("true"), "{setting}");
+    }
+    let lifecycle = resource(
+        &buckets,
+        "aws_s3_bucket_lifecycle_configuration",
+        "cdn_logs",
+    );
+    assert!(ttl(block(block(lifecycle, "rule"), "expiration"), "days") >= 365);
+}
+
+#[test]
+fn metrics_are_not_served_through_the_distribution() {
+    let cdn = module_text("cdn");
+    let all = behaviours(&cdn);
+    for path in ["/metrics", "/metrics/", "/metrics.txt"] {
+        let behaviour = behaviour_for(&all, path);
+        let function = block(behaviour.body, "function_association");
+        assert_eq!(
+            attr(function, "event_type"),
+            Some(r#""viewer-request""#),
+            "{path} is answered before any origin"
+        );
+        assert_eq!(
+            attr(function, "function_arn"),
+            Some("aws_cloudfront_function.not_found.arn")
+        );
+    }
+    let function = resource(&cdn, "aws_cloudfront_function", "not_found");
+    assert_eq!(attr(function, "runtime"), Some(r#""cloudfront-js-2.0""#));
+    assert_eq!(
+        attr(function, "code"),
+        Some(r#"file("${path.module}/not-found.js")"#)
+    );
+    let code = std::fs::read_to_string(infra().join("modules/cdn/not-found.js")).unwrap();
+    assert!(code.contains("function handler(event)"));
+    assert!(code.contains("statusCode: 404"));
+    assert!(
+        !code.contains("return event.request"),
+        "it never passes the request on"
+    );
+    // And were it to reach the load balancer, its own 404 rule comes
+    // before the rule that forwards the distribution's requests.
+    let service = module_text("service");
+    let no_metrics = resource(&service, "aws_lb_listener_rule", "no_metrics");
+    let from_cdn = resource(&service, "aws_lb_listener_rule", "from_cdn");
+    assert!(ttl(no_metrics, "priority") < ttl(from_cdn, "priority"));
+    assert_eq!(
+        attr(
+            block(block(no_metrics, "condition"), "path_pattern"),
+            "values"
+        ),
+        Some(r#"["/metrics*"]"#)
+    );
+}
+
+#[test]
+fn only_the_distribution_reaches_the_load_balancer() {
+    let service = module_text("service");
+    // The security group admits CloudFront's origin-facing addresses only.
+    let ingress: Vec<&str> = blocks(&service, "resource \"aws_vpc_security_group_ingress_rule\"")
+        .into_iter()
+        .filter(|rule| attr(rule, "security_group_id") == Some("aws_security_group.alb.id"))
+        .collect();
+    assert_eq!(ingress.len(), 1);
+    assert_eq!(
+        attr(ingress[0], "prefix_list_id"),
+        Some("data.aws_ec2_managed_prefix_list.cloudfront.id")
+    );
+    assert_eq!(attr(ingress[0], "cidr_ipv4"), None);
+    assert_eq!(
+        attr(
+            block(
+                &service,
+                "data \"aws_ec2_managed_prefix_list\" \"cloudfront\""
+            ),
+            "name"
+        ),
+        Some(r#""com.amazonaws.global.cloudfront.origin-facing""#)
+    );
+    // The listener refuses what lacks the distribution's secret header...
+    let listener = resource(&service, "aws_lb_listener", "https");
+    let default = block(listener, "default_action");
+    assert_eq!(attr(default, "type"), Some(r#""fixed-response""#));
+    assert_eq!(
+        attr(block(default, "fixed_response"), "status_code"),
+        Some(r#""403""#)
+    );
+    let from_cdn = resource(&service, "aws_lb_listener_rule", "from_cdn");
+    assert_eq!(
+        attr(block(from_cdn, "action"), "type"),
+        Some(r#""forward""#)
+    );
+    let header = block(block(from_cdn, "condition"), "http_header");
+    assert_eq!(
+        attr(header, "http_header_name"),
+        Some("var.origin_header_name")
+    );
+    assert_eq!(attr(header, "values"), Some("[var.origin_secret]"));
+    // ...which every origin of the distribution sends.
+    let cdn = module_text("cdn");
+    for origin in blocks(distribution(&cdn), "origin {") {
+        let custom = block(origin, "custom_header");
+        assert_eq!(attr(custom, "name"), Some("var.origin_header_name"));
+        assert_eq!(attr(custom, "value"), Some("var.origin_secret"));
+    }
+    let tally = module_text("tally");
+    for module in ["module \"cdn\"", "module \"service\""] {
+        let body = block(&tally, module);
+        assert_eq!(
+            attr(body, "origin_header_name"),
+            Some("local.origin_header_name"),
+            "{module}"
+        );
+        assert_eq!(
+            attr(body, "origin_secret"),
+            Some("random_password.origin_secret.result"),
+            "{module}"
+        );
+    }
+    // The gateway takes the client from the last X-Forwarded-For entry:
+    // CloudFront's (the viewer), which the load balancer leaves alone.
+    let alb = resource(&service, "aws_lb", "gateway");
+    assert_eq!(
+        attr(alb, "xff_header_processing_mode"),
+        Some(r#""preserve""#)
+    );
+    // The regional ACL is not on the load balancer, where it would see
+    // CloudFront's addresses instead of the viewers'.
+    let associated = attr(block(&tally, "module \"waf\""), "associate_arns").unwrap();
+    assert!(!associated.contains("module.service"), "{associated}");
 }

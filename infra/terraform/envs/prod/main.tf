@@ -12,6 +12,10 @@ terraform {
       source  = "hashicorp/archive"
       version = "~> 2.4"
     }
+    random = {
+      source  = "hashicorp/random"
+      version = "~> 3.6"
+    }
   }
   # Keep the state in S3 with locking, e.g.:
   # backend "s3" { bucket = "<state bucket>" key = "tally/prod.tfstate" region = "<region>" use_lockfile = true }
@@ -19,6 +23,12 @@ terraform {
 
 provider "aws" {
   region = var.region
+}
+
+# CloudFront's web ACL (and the key of its logs) must be in us-east-1.
+provider "aws" {
+  alias  = "us_east_1"
+  region = "us-east-1"
 }
 
 variable "region" {
@@ -46,6 +56,16 @@ variable "certificate_arn" {
   type = string
 }
 
+variable "cdn_aliases" {
+  description = "Public names of the CloudFront distribution (vote.example.com); certificate_arn must cover them too."
+  type        = list(string)
+}
+
+variable "cdn_certificate_arn" {
+  description = "ACM certificate of cdn_aliases, in us-east-1."
+  type        = string
+}
+
 variable "alarm_email" {
   type    = string
   default = ""
@@ -66,7 +86,11 @@ variable "voter_registration" {
 # shards carry plain records (64 with KPL aggregation through the gateway);
 # about 102 vCPUs of workers: 4 shards per 1-vCPU worker, 84 at most.
 module "tally" {
-  source                   = "../../modules/tally"
+  source = "../../modules/tally"
+  providers = {
+    aws           = aws
+    aws.us_east_1 = aws.us_east_1
+  }
   app                      = "tally"
   region                   = var.region
   image                    = var.image
@@ -74,6 +98,8 @@ module "tally" {
   private_subnet_ids       = var.private_subnet_ids
   public_subnet_ids        = var.public_subnet_ids
   certificate_arn          = var.certificate_arn
+  cdn_aliases              = var.cdn_aliases
+  cdn_certificate_arn      = var.cdn_certificate_arn
   alarm_email              = var.alarm_email
   ses_identity_arn         = var.ses_identity_arn
   voter_registration       = var.voter_registration
@@ -99,4 +125,9 @@ output "gateway_url" {
 
 output "vote_api_url" {
   value = module.tally.vote_api_url
+}
+
+output "cdn_domain_name" {
+  description = "Point cdn_aliases here (CNAME, or a Route 53 alias record)."
+  value       = module.tally.cdn_domain_name
 }

@@ -101,6 +101,8 @@ resource "aws_ecs_task_definition" "gateway" {
       # /metrics only on its own listener, which the load balancer cannot
       # reach (the security group below opens 8080 to it, not this port).
       { name = "TALLY_GATEWAY_METRICS_ADDR", value = "0.0.0.0:${local.gateway_metrics_port}" },
+      # The last X-Forwarded-For entry is the viewer's address: CloudFront
+      # appends it, and the load balancer keeps the header as it is.
       { name = "TALLY_TRUST_FORWARDED_FOR", value = "true" },
       { name = "TALLY_CORS_ORIGINS", value = join(",", var.cors_origins) },
     ])
@@ -157,17 +159,38 @@ resource "aws_ecs_task_definition" "finalizer" {
   tags = var.tags
 }
 
+# Only the CloudFront distribution reaches the load balancer, twice over:
+# - its security group admits CloudFront's origin-facing addresses only
+#   (the managed prefix list), so nothing else on the internet can open a
+#   connection;
+# - its listener forwards only requests carrying the distribution's secret
+#   header (origin_header_name, set on the distribution's origins), and
+#   answers anything else with a 403, so another distribution, which comes
+#   from the same addresses, cannot reach the gateway around this one's WAF
+#   rules and caching.
+# Both are needed because the gateway takes the client's address from the
+# last X-Forwarded-For entry, which the load balancer leaves as CloudFront
+# wrote it (xff_header_processing_mode below): only a request that came
+# through this distribution may be trusted with it. (A CloudFront VPC
+# origin would close the internet path altogether, but it needs the load
+# balancer internal, in private subnets: a replacement of the load
+# balancer, left for a later change.) Clients that called the load
+# balancer directly go through the distribution's URL now.
+data "aws_ec2_managed_prefix_list" "cloudfront" {
+  name = "com.amazonaws.global.cloudfront.origin-facing"
+}
+
 resource "aws_security_group" "alb" {
   name        = "${var.app}-alb"
-  description = "The gateway's load balancer: HTTPS from the internet"
+  description = "The gateway's load balancer: HTTPS from CloudFront"
   vpc_id      = var.vpc_id
   tags        = var.tags
 }
 
 resource "aws_vpc_security_group_ingress_rule" "alb_https" {
   security_group_id = aws_security_group.alb.id
-  description       = "HTTPS from voters"
-  cidr_ipv4         = "0.0.0.0/0"
+  description       = "HTTPS from CloudFront's origin-facing addresses"
+  prefix_list_id    = data.aws_ec2_managed_prefix_list.cloudfront.id
   from_port         = 443
   to_port           = 443
   ip_protocol       = "tcp"
@@ -236,13 +259,18 @@ resource "aws_vpc_security_group_egress_rule" "worker_https" {
 }
 
 resource "aws_lb" "gateway" {
-  #checkov:skip=CKV2_AWS_28:the web ACL is associated in modules/waf, called by modules/tally with this load balancer's ARN
+  #checkov:skip=CKV2_AWS_28:it admits only the CloudFront distribution, whose CLOUDFRONT-scope web ACL (modules/waf, from modules/tally) sees every request with the viewer's address; a regional ACL here would see CloudFront's addresses only
   name                       = "${var.app}-gateway"
   load_balancer_type         = "application"
-  internal                   = false # voters reach it from the internet
+  internal                   = false # CloudFront reaches it over the internet
   subnets                    = var.public_subnet_ids
   security_groups            = [aws_security_group.alb.id]
   drop_invalid_header_fields = true
+  # CloudFront appends the viewer's address to X-Forwarded-For; the load
+  # balancer leaves the header as it is instead of appending CloudFront's
+  # own address, so the gateway's "last entry" (TALLY_TRUST_FORWARDED_FOR)
+  # is the viewer, not an edge server.
+  xff_header_processing_mode = "preserve"
   enable_deletion_protection = var.deletion_protection
   access_logs {
     bucket  = var.alb_logs_bucket
@@ -253,6 +281,7 @@ resource "aws_lb" "gateway" {
 }
 
 resource "aws_lb_target_group" "gateway" {
+  #checkov:skip=CKV_AWS_378:TLS ends at the HTTPS listener, whose rule from_cdn forwards here (checkov follows only a listener's default action); the tasks are in private subnets
   name        = "${var.app}-gateway"
   port        = 8080
   protocol    = "HTTP"
@@ -276,16 +305,39 @@ resource "aws_lb_listener" "https" {
   protocol          = "HTTPS"
   ssl_policy        = "ELBSecurityPolicy-TLS13-1-2-2021-06"
   certificate_arn   = var.certificate_arn
+  # Anything that did not come through the distribution (see the security
+  # group above): refused.
   default_action {
+    type = "fixed-response"
+    fixed_response {
+      content_type = "application/json"
+      status_code  = "403"
+      message_body = jsonencode({ error = { code = "forbidden", message = "use the public address" } })
+    }
+  }
+  tags = var.tags
+}
+
+resource "aws_lb_listener_rule" "from_cdn" {
+  listener_arn = aws_lb_listener.https.arn
+  priority     = 10
+  action {
     type             = "forward"
     target_group_arn = aws_lb_target_group.gateway.arn
+  }
+  condition {
+    http_header {
+      http_header_name = var.origin_header_name
+      values           = [var.origin_secret]
+    }
   }
   tags = var.tags
 }
 
 # Defence in depth: the gateway serves /metrics on its own listener only
-# (TALLY_GATEWAY_METRICS_ADDR), and the load balancer answers any /metrics
-# path itself, without forwarding it.
+# (TALLY_GATEWAY_METRICS_ADDR), the distribution answers /metrics* at the
+# edge, and the load balancer answers any /metrics path itself, before the
+# rule that forwards the distribution's requests (priority 1 < 10).
 resource "aws_lb_listener_rule" "no_metrics" {
   listener_arn = aws_lb_listener.https.arn
   priority     = 1

@@ -18,8 +18,9 @@ output "alb_arn_suffix" {
   value = aws_lb.gateway.arn_suffix
 }
 
-output "gateway_url" {
-  value = "https://${aws_lb.gateway.dns_name}"
+output "alb_dns_name" {
+  description = "The CloudFront distribution's origin."
+  value       = aws_lb.gateway.dns_name
 }
 
 output "finalizer_role_arn" {

@@ -31,8 +31,23 @@ variable "public_subnet_ids" {
 }
 
 variable "certificate_arn" {
-  description = "ACM certificate of the gateway's HTTPS listener."
+  description = "ACM certificate of the gateway's HTTPS listener; it must cover the distribution's aliases (CloudFront sends them as Host)."
   type        = string
+}
+
+variable "origin_header_name" {
+  description = "Header the CloudFront distribution adds to every request it sends here; the listener forwards only requests carrying it with origin_secret."
+  type        = string
+}
+
+variable "origin_secret" {
+  description = "The value of origin_header_name (letters and digits: the listener's header match treats * and ? as wildcards)."
+  type        = string
+  sensitive   = true
+  validation {
+    condition     = can(regex("^[A-Za-z0-9]{32,128}$", var.origin_secret))
+    error_message = "origin_secret must be 32 to 128 letters and digits."
+  }
 }
 
 variable "alb_logs_bucket" {

@@ -333,8 +333,10 @@ resource "aws_lambda_function" "pre_sign_up" {
     log_format = "JSON"
     log_group  = aws_cloudwatch_log_group.pre_sign_up[0].name
   }
-  depends_on = [aws_iam_role_policy.pre_sign_up]
-  tags       = var.tags
+  # No depends_on the role's policy: that policy names the pool, and the
+  # pool names this function, so waiting for it would be a cycle. The
+  # policy is in place long before the first sign-up invokes the function.
+  tags = var.tags
 }
 
 resource "aws_lambda_permission" "pre_sign_up" {

@@ -1,8 +1,9 @@
 # Tally on AWS, whole: the key, the stream, the tables, the buckets, the
-# worker and gateway services, API Gateway's vote path with its Cognito
-# authorizer, WAF, the dashboard and the alarms. The voters' identity (the
-# Cognito user pool, its sign-up paths and the voter claim) is in
-# identity.tf. Environments (../../envs) only choose sizes.
+# worker and gateway services, the CloudFront distribution in front of the
+# gateway, API Gateway's vote path with its Cognito authorizer, WAF, the
+# dashboard and the alarms. The voters' identity (the Cognito user pool,
+# its sign-up paths and the voter claim) is in identity.tf. Environments
+# (../../envs) only choose sizes.
 
 data "aws_caller_identity" "current" {}
 
@@ -73,6 +74,61 @@ resource "aws_kms_alias" "tally" {
   target_key_id = aws_kms_key.tally.key_id
 }
 
+# CloudFront's web ACL lives in us-east-1, and so does its log group, whose
+# key must be in the same region: a second key, for those logs only.
+data "aws_iam_policy_document" "edge_key" {
+  #checkov:skip=CKV_AWS_109:a key policy's resource is the key itself; administration stays with the account
+  #checkov:skip=CKV_AWS_111:a key policy's resource is the key itself; services are limited by conditions
+  #checkov:skip=CKV_AWS_356:a key policy's resource is the key itself ("*" means this key)
+  statement {
+    sid       = "AccountAdministers"
+    actions   = ["kms:*"]
+    resources = ["*"] # a key policy's resource is the key itself
+    principals {
+      type        = "AWS"
+      identifiers = ["arn:aws:iam::${local.account_id}:root"]
+    }
+  }
+  statement {
+    sid       = "LogsEncrypt"
+    actions   = ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:DescribeKey"]
+    resources = ["*"] # a key policy's resource is the key itself
+    principals {
+      type        = "Service"
+      identifiers = ["logs.us-east-1.amazonaws.com"]
+    }
+    condition {
+      test     = "ArnLike"
+      variable = "kms:EncryptionContext:aws:logs:arn"
+      values   = ["arn:aws:logs:us-east-1:${local.account_id}:log-group:*"]
+    }
+  }
+}
+
+resource "aws_kms_key" "edge" {
+  provider            = aws.us_east_1
+  description         = "${var.app}: CloudFront's WAF logs (us-east-1)"
+  enable_key_rotation = true
+  policy              = data.aws_iam_policy_document.edge_key.json
+  tags                = var.tags
+}
+
+# The header value by which the load balancer knows the distribution's
+# requests (modules/service). It is in the state and in the distribution's
+# configuration; replace it (terraform apply -replace) if either leaks.
+resource "random_password" "origin_secret" {
+  length  = 48
+  special = false
+}
+
+locals {
+  origin_header_name = "X-Tally-Origin-Verify"
+  # What the distribution serves from its cache (modules/cdn): the pages,
+  # their assets and the results. The edge web ACL limits these per
+  # address on their own (modules/waf).
+  cached_paths_regex = "^/(v1/polls/[^/]+/results|vote|dashboard|admin|assets/.+|openapi\\.json)?$"
+}
+
 module "stream" {
   source      = "../stream"
   name        = "${var.app}-votes"
@@ -108,6 +164,8 @@ module "service" {
   private_subnet_ids                 = var.private_subnet_ids
   public_subnet_ids                  = var.public_subnet_ids
   certificate_arn                    = var.certificate_arn
+  origin_header_name                 = local.origin_header_name
+  origin_secret                      = random_password.origin_secret.result
   alb_logs_bucket                    = module.buckets.alb_logs_bucket
   stream_name                        = module.stream.name
   stream_arn                         = module.stream.arn
@@ -147,14 +205,52 @@ module "api" {
   tags          = var.tags
 }
 
+# API Gateway's stage. The load balancer is not associated: it admits the
+# distribution only, and a regional ACL there would see CloudFront's
+# addresses instead of the viewers' (one edge server would look like one
+# client to the per-address rule).
 module "waf" {
   source                     = "../waf"
   app                        = var.app
-  associate_arns             = [module.api.stage_arn, module.service.alb_arn]
+  associate_arns             = [module.api.stage_arn]
   rate_limit_per_5_min       = var.waf_rate_limit_per_5_min
   token_rate_limit_per_5_min = var.waf_token_rate_limit_per_5_min
   kms_key_arn                = aws_kms_key.tally.arn
   tags                       = var.tags
+}
+
+# The distribution's: the same rules, in us-east-1, with the cached paths
+# limited apart (see modules/waf).
+module "waf_edge" {
+  source = "../waf"
+  providers = {
+    aws = aws.us_east_1
+  }
+  app                               = "${var.app}-edge"
+  scope                             = "CLOUDFRONT"
+  rate_limit_per_5_min              = var.waf_rate_limit_per_5_min
+  token_rate_limit_per_5_min        = var.waf_token_rate_limit_per_5_min
+  cached_paths_regex                = local.cached_paths_regex
+  cached_paths_rate_limit_per_5_min = var.waf_cached_paths_rate_limit_per_5_min
+  kms_key_arn                       = aws_kms_key.edge.arn
+  tags                              = var.tags
+}
+
+module "cdn" {
+  source                 = "../cdn"
+  app                    = var.app
+  aliases                = var.cdn_aliases
+  certificate_arn        = var.cdn_certificate_arn
+  origin_domain_name     = module.service.alb_dns_name
+  origin_shield_region   = var.region
+  origin_header_name     = local.origin_header_name
+  origin_secret          = random_password.origin_secret.result
+  web_acl_arn            = module.waf_edge.web_acl_arn
+  log_bucket_domain_name = module.buckets.cdn_logs_bucket_domain_name
+  price_class            = var.cdn_price_class
+  allowed_countries      = var.cdn_allowed_countries
+  cors_origins           = var.cors_origins
+  tags                   = var.tags
 }
 
 resource "aws_sns_topic" "alarms" {

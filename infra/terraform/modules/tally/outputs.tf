@@ -1,6 +1,20 @@
 output "gateway_url" {
-  description = "The gateway (pages, API, results streams) behind the load balancer."
-  value       = module.service.gateway_url
+  description = "The gateway (pages, API, results streams), through CloudFront: the only way in (the load balancer admits the distribution alone)."
+  value       = module.cdn.url
+}
+
+output "cdn_domain_name" {
+  description = "The distribution's domain: the target of cdn_aliases' DNS records."
+  value       = module.cdn.domain_name
+}
+
+output "cdn_hosted_zone_id" {
+  description = "For Route 53 alias records to the distribution."
+  value       = module.cdn.hosted_zone_id
+}
+
+output "cdn_distribution_id" {
+  value = module.cdn.distribution_id
 }
 
 output "vote_api_url" {

@@ -29,8 +29,30 @@ variable "public_subnet_ids" {
 }
 
 variable "certificate_arn" {
-  description = "ACM certificate of the gateway's HTTPS listener."
+  description = "ACM certificate of the load balancer's HTTPS listener, in the deployment's region; it must cover cdn_aliases."
   type        = string
+}
+
+variable "cdn_aliases" {
+  description = "The public names of the CloudFront distribution in front of the gateway (vote.example.com). Point their DNS at the cdn_domain_name output; certificate_arn (the load balancer's) must cover them too, since CloudFront sends them to it as Host."
+  type        = list(string)
+}
+
+variable "cdn_certificate_arn" {
+  description = "ACM certificate of cdn_aliases, in us-east-1 (where CloudFront takes certificates from)."
+  type        = string
+}
+
+variable "cdn_price_class" {
+  description = "CloudFront edge locations: PriceClass_All, PriceClass_200 or PriceClass_100."
+  type        = string
+  default     = "PriceClass_All"
+}
+
+variable "cdn_allowed_countries" {
+  description = "Country codes (ISO 3166-1 alpha-2) the distribution serves, for a national vote; empty: every country."
+  type        = list(string)
+  default     = []
 }
 
 variable "shard_count" {
@@ -102,6 +124,12 @@ variable "waf_token_rate_limit_per_5_min" {
   description = "Requests one Authorization header (one token) may send in 5 minutes, from any number of addresses, before it is blocked (see ../waf)."
   type        = number
   default     = 300
+}
+
+variable "waf_cached_paths_rate_limit_per_5_min" {
+  description = "Requests for the pages and results (served from CloudFront's cache) one address may send in 5 minutes before it is blocked: high, since many viewers may share an address (see ../waf)."
+  type        = number
+  default     = 30000
 }
 
 variable "voter_registration" {

@@ -1,7 +1,8 @@
-# One regional web ACL for API Gateway's stage and the gateway's load
-# balancer: a per-address rate rule, a per-token rate rule, and AWS managed
-# rule groups (common exploits, known bad inputs including Log4j, IP
-# reputation, bots), logged.
+# A web ACL: a per-address rate rule, a per-token rate rule, and AWS
+# managed rule groups (common exploits, known bad inputs including Log4j,
+# IP reputation, bots), logged. modules/tally makes two: a REGIONAL one on
+# API Gateway's stage, and a CLOUDFRONT one (made in us-east-1, as
+# CloudFront requires) on the distribution in front of the gateway.
 
 variable "app" {
   type = string
@@ -29,9 +30,43 @@ variable "token_rate_limit_per_5_min" {
   }
 }
 
+variable "scope" {
+  description = "REGIONAL (API Gateway, load balancers) or CLOUDFRONT (distributions name the ACL themselves; the provider must be in us-east-1)."
+  type        = string
+  default     = "REGIONAL"
+  validation {
+    condition     = contains(["REGIONAL", "CLOUDFRONT"], var.scope)
+    error_message = "scope must be REGIONAL or CLOUDFRONT."
+  }
+}
+
 variable "associate_arns" {
-  description = "API Gateway stage and load balancer ARNs to protect."
+  description = "REGIONAL: the API Gateway stages and load balancers to protect (CLOUDFRONT: none)."
   type        = list(string)
+  default     = []
+}
+
+# Behind a CDN, a page or a results answer is served from the cache to
+# everyone: it costs the origin nothing, and a viewer polling the results
+# once a second would use the per-token budget (300 in 5 minutes) by
+# itself, and many viewers behind one address (a mobile carrier's NAT) the
+# per-address one. Requests whose path matches are left out of both rules
+# and of bot control (billed per request inspected), and are limited per
+# address by a rule of their own, far higher. Empty: no such paths.
+variable "cached_paths_regex" {
+  description = "Regex of the URI paths a CDN serves from its cache (pages, results), or empty."
+  type        = string
+  default     = ""
+}
+
+variable "cached_paths_rate_limit_per_5_min" {
+  description = "Requests for cached paths one address may send in 5 minutes before it is blocked (with cached_paths_regex)."
+  type        = number
+  default     = 30000
+  validation {
+    condition     = var.cached_paths_rate_limit_per_5_min >= 10
+    error_message = "WAF rate-based rules take limits of 10 and up."
+  }
 }
 
 variable "kms_key_arn" {
@@ -49,6 +84,7 @@ variable "tags" {
 }
 
 locals {
+  exempt_cached = var.cached_paths_regex != ""
   managed_groups = [
     { name = "AWSManagedRulesCommonRuleSet", priority = 10 },
     { name = "AWSManagedRulesKnownBadInputsRuleSet", priority = 20 },
@@ -59,7 +95,7 @@ locals {
 
 resource "aws_wafv2_web_acl" "this" {
   name  = "${var.app}-web"
-  scope = "REGIONAL"
+  scope = var.scope
 
   default_action {
     allow {}
@@ -75,6 +111,25 @@ resource "aws_wafv2_web_acl" "this" {
       rate_based_statement {
         limit              = var.rate_limit_per_5_min
         aggregate_key_type = "IP"
+        dynamic "scope_down_statement" {
+          for_each = local.exempt_cached ? [1] : []
+          content {
+            not_statement {
+              statement {
+                regex_match_statement {
+                  regex_string = var.cached_paths_regex
+                  field_to_match {
+                    uri_path {}
+                  }
+                  text_transformation {
+                    priority = 0
+                    type     = "NONE"
+                  }
+                }
+              }
+            }
+          }
+        }
       }
     }
     visibility_config {
@@ -108,12 +163,66 @@ resource "aws_wafv2_web_acl" "this" {
             }
           }
         }
+        dynamic "scope_down_statement" {
+          for_each = local.exempt_cached ? [1] : []
+          content {
+            not_statement {
+              statement {
+                regex_match_statement {
+                  regex_string = var.cached_paths_regex
+                  field_to_match {
+                    uri_path {}
+                  }
+                  text_transformation {
+                    priority = 0
+                    type     = "NONE"
+                  }
+                }
+              }
+            }
+          }
+        }
       }
     }
     visibility_config {
       cloudwatch_metrics_enabled = true
       metric_name                = "${var.app}-rate-per-token"
       sampled_requests_enabled   = true
+    }
+  }
+
+  # The cached paths, per address, with a limit of their own.
+  dynamic "rule" {
+    for_each = local.exempt_cached ? [1] : []
+    content {
+      name     = "rate-per-address-cached"
+      priority = 3
+      action {
+        block {}
+      }
+      statement {
+        rate_based_statement {
+          limit              = var.cached_paths_rate_limit_per_5_min
+          aggregate_key_type = "IP"
+          scope_down_statement {
+            regex_match_statement {
+              regex_string = var.cached_paths_regex
+              field_to_match {
+                uri_path {}
+              }
+              text_transformation {
+                priority = 0
+                type     = "NONE"
+              }
+            }
+          }
+        }
+      }
+      visibility_config {
+        cloudwatch_metrics_enabled = true
+        metric_name                = "${var.app}-rate-per-address-cached"
+        sampled_requests_enabled   = true
+      }
     }
   }
 
@@ -129,6 +238,27 @@ resource "aws_wafv2_web_acl" "this" {
         managed_rule_group_statement {
           vendor_name = "AWS"
           name        = rule.value.name
+          # Bot control is billed per request it inspects: not the cached
+          # paths, which every viewer polls.
+          dynamic "scope_down_statement" {
+            for_each = local.exempt_cached && rule.value.name == "AWSManagedRulesBotControlRuleSet" ? [1] : []
+            content {
+              not_statement {
+                statement {
+                  regex_match_statement {
+                    regex_string = var.cached_paths_regex
+                    field_to_match {
+                      uri_path {}
+                    }
+                    text_transformation {
+                      priority = 0
+                      type     = "NONE"
+                    }
+                  }
+                }
+              }
+            }
+          }
         }
       }
       visibility_config {
