@@ -1148,7 +1148,7 @@ async fn results_carry_caching_headers_and_answer_304_until_they_change() {
     let closed = client
         .post(gateway.url("/v1/polls/cached/close"))
         .bearer_auth(gateway.admin_token())
-        .json(&json!({"at": tally_contract::time::format_rfc3339(tally_contract::time::now_millis())}))
+        .json(&json!({"at": tally_contract::time::format_rfc3339(tally_contract::time::now_millis() + 1_000)}))
         .send()
         .await
         .unwrap();
