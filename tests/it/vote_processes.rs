@@ -375,7 +375,8 @@ async fn every_record_put_twice_is_counted_once() {
         })
         .await;
     let run = Run::new(loaded).await;
-    let _worker = run.worker("w1", &[]);
+    // The one-put-per-vote path, kept for comparison, counts exactly too.
+    let _worker = run.worker("w1", &[("TALLY_VOTE_WRITES", "single")]);
     run.wait_and_verify(LIMIT).await;
 }
 
@@ -445,11 +446,17 @@ async fn injected_faults_of_every_kind_lose_and_double_nothing() {
     let faults = [
         "GetRecords:throttle:0.1",
         "PutItem:throttle:0.03",
+        "BatchExecuteStatement:throttle:0.05",
         "TransactWriteItems:throttle:0.05",
         "TransactWriteItems:conflict:0.15",
         "*:5xx:0.02",
         "*:latency:0.05:40",
         "PutItem:lost:0.02",
+        // A batch of inserts applied and its answer lost: sent again, every
+        // insert comes back DuplicateItem and is decided by its origin.
+        "BatchExecuteStatement:lost:0.1",
+        // Statements throttled or failed with a 5xx code inside a 200.
+        "BatchExecuteStatement:partial:0.2",
         "TransactWriteItems:lost:0.1",
     ]
     .join(",");
@@ -467,7 +474,7 @@ async fn injected_faults_of_every_kind_lose_and_double_nothing() {
     worker.signal("TERM");
     assert!(worker.wait_exit(Duration::from_secs(30)).success());
     let metrics = run.last_metrics("faulty");
-    for kind in ["throttle", "conflict", "5xx", "latency", "lost"] {
+    for kind in ["throttle", "conflict", "5xx", "latency", "lost", "partial"] {
         assert!(
             metrics["tally_faults_injected_total"][kind]
                 .as_u64()
@@ -490,6 +497,7 @@ fn bad_worker_settings_fail_at_start_naming_the_setting() {
         ("TALLY_CRASH_POINT", "nowhere", "TALLY_CRASH_POINT"),
         ("TALLY_TABLE_PREFIX", "bad prefix", "TALLY_TABLE_PREFIX"),
         ("TALLY_PUT_CONCURRENCY", "0", "put-concurrency"),
+        ("TALLY_VOTE_WRITES", "sometimes", "vote-writes"),
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_tally"))
             .arg("worker")

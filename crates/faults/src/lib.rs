@@ -20,10 +20,12 @@
 //! - `latency`: waits MILLIS before sending.
 //! - `lost`: the request is sent and applied, then its response is lost
 //!   (the caller sees a timeout).
-//! - `partial` (`PutRecords` only): about a third of the records are left
-//!   out of the request and reported failed (`ProvisionedThroughputExceededException`)
-//!   in the response, the rest are put. The request's body changes after
-//!   signing, which the emulators do not check.
+//! - `partial` (`PutRecords` and `BatchExecuteStatement` only): about a
+//!   third of the records (statements) are left out of the request and
+//!   reported failed in its 200 answer, the rest are sent: a record with
+//!   `ProvisionedThroughputExceededException`, a statement with
+//!   `ThrottlingError` or `InternalServerError` in turn. The request's body
+//!   changes after signing, which the emulators do not check.
 //!
 //! **Crash points** (`name[:N]`) abort the process the N-th time (default
 //! the first) the worker reaches the named step of the counting protocol;
@@ -316,7 +318,11 @@ impl HttpConnector for FaultConnector {
             let mut partial = false;
             for rule in &drawn {
                 match rule.kind {
-                    FaultKind::Partial if operation != "PutRecords" => continue,
+                    FaultKind::Partial
+                        if operation != "PutRecords" && operation != "BatchExecuteStatement" =>
+                    {
+                        continue
+                    }
                     _ => faults.count(rule.kind),
                 }
                 match rule.kind {
@@ -327,7 +333,7 @@ impl HttpConnector for FaultConnector {
                 }
             }
             let response = if partial {
-                partial_put_records(&inner, request).await?
+                partial_batch(&inner, request, &operation).await?
             } else {
                 inner.call(request).await?
             };
@@ -342,12 +348,42 @@ impl HttpConnector for FaultConnector {
     }
 }
 
-/// Puts about a third of a `PutRecords` request's records (every third,
-/// starting at a random offset) and reports the others failed.
-async fn partial_put_records(
+/// Sends about a third of a `PutRecords` request's records, or of a
+/// `BatchExecuteStatement` request's statements (every third, starting at a
+/// random offset), and reports the others failed in the answer.
+async fn partial_batch(
     inner: &SharedHttpConnector,
     mut request: HttpRequest,
+    operation: &str,
 ) -> Result<HttpResponse, ConnectorError> {
+    let statements = operation == "BatchExecuteStatement";
+    let (items_key, results_key) = if statements {
+        ("Statements", "Responses")
+    } else {
+        ("Records", "Records")
+    };
+    let failure = |number: usize| {
+        if statements {
+            let code = if number % 2 == 0 {
+                "ThrottlingError"
+            } else {
+                "InternalServerError"
+            };
+            serde_json::json!({"Error": {"Code": code, "Message": "injected fault: partial failure"}})
+        } else {
+            serde_json::json!({
+                "ErrorCode": "ProvisionedThroughputExceededException",
+                "ErrorMessage": "injected fault: partial failure"
+            })
+        }
+    };
+    let missing = || {
+        if statements {
+            serde_json::json!({"Error": {"Code": "InternalServerError", "Message": "injected fault: no result"}})
+        } else {
+            serde_json::json!({"ErrorCode": "InternalFailure", "ErrorMessage": "injected fault: no result"})
+        }
+    };
     let malformed =
         |what: &str| ConnectorError::other(format!("partial fault: {what}").into(), None);
     let body: serde_json::Value = request
@@ -355,10 +391,10 @@ async fn partial_put_records(
         .bytes()
         .and_then(|bytes| serde_json::from_slice(bytes).ok())
         .ok_or_else(|| malformed("request body is not JSON"))?;
-    let records = body["Records"]
+    let records = body[items_key]
         .as_array()
         .cloned()
-        .ok_or_else(|| malformed("no Records"))?;
+        .ok_or_else(|| malformed(items_key))?;
     let offset = rand::random::<usize>() % 3;
     let failing: Vec<bool> = (0..records.len()).map(|i| i % 3 == offset).collect();
     let kept: Vec<serde_json::Value> = records
@@ -370,7 +406,7 @@ async fn partial_put_records(
     let mut put_results = std::collections::VecDeque::new();
     if !kept.is_empty() {
         let mut smaller = body.clone();
-        smaller["Records"] = serde_json::Value::Array(kept);
+        smaller[items_key] = serde_json::Value::Array(kept);
         let bytes = smaller.to_string().into_bytes();
         request
             .headers_mut()
@@ -387,7 +423,7 @@ async fn partial_put_records(
             .into_bytes();
         let answer: serde_json::Value =
             serde_json::from_slice(&answer).map_err(|_| malformed("response is not JSON"))?;
-        put_results.extend(answer["Records"].as_array().cloned().unwrap_or_default());
+        put_results.extend(answer[results_key].as_array().cloned().unwrap_or_default());
     }
     let mut failed = 0;
     let results: Vec<serde_json::Value> = failing
@@ -395,14 +431,9 @@ async fn partial_put_records(
         .map(|fail| {
             if *fail {
                 failed += 1;
-                serde_json::json!({
-                    "ErrorCode": "ProvisionedThroughputExceededException",
-                    "ErrorMessage": "injected fault: partial failure"
-                })
+                failure(failed)
             } else {
-                put_results.pop_front().unwrap_or_else(|| {
-                    serde_json::json!({"ErrorCode": "InternalFailure", "ErrorMessage": "injected fault: no result"})
-                })
+                put_results.pop_front().unwrap_or_else(missing)
             }
         })
         .collect();
@@ -412,14 +443,23 @@ async fn partial_put_records(
             .filter(|r| r.get("ErrorCode").is_some())
             .count()
             .saturating_sub(failed);
-    let body = serde_json::json!({"FailedRecordCount": failed_total, "Records": results});
+    let body = if statements {
+        serde_json::json!({"Responses": results})
+    } else {
+        serde_json::json!({"FailedRecordCount": failed_total, "Records": results})
+    };
     let mut response = HttpResponse::new(
         StatusCode::try_from(200).expect("valid status"),
         SdkBody::from(body.to_string()),
     );
-    response
-        .headers_mut()
-        .insert("content-type", "application/x-amz-json-1.1");
+    response.headers_mut().insert(
+        "content-type",
+        if statements {
+            "application/x-amz-json-1.0"
+        } else {
+            "application/x-amz-json-1.1"
+        },
+    );
     Ok(response)
 }
 

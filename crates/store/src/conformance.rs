@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use tally_lease::store::LeaseUpdate;
 use tally_lease::{Checkpoint, ExtendedSequence, Lease, LeaseStore, SequenceNumber, ShardId};
 
-use super::{Commit, CommitOutcome, Origin, PutVote, RejectItem, VoteItem, VoteStore};
+use super::{
+    Commit, CommitOutcome, Origin, PutVote, RejectItem, VoteItem, VoteStore, VoteStoreError,
+};
 use tally_contract::vote::Reason;
 use tally_core::count::{CounterKey, Deltas};
 use tally_core::poll::{parse_option, Poll, PollStatus};
@@ -112,6 +114,56 @@ pub async fn votes_dedupe_on_origin(store: &dyn VoteStore) {
     assert_eq!(store.get_vote("p", "u1").await.unwrap(), Some(first));
     assert_eq!(store.get_vote("q", "u1").await.unwrap(), Some(other_poll));
     assert_eq!(store.get_vote("p", "u2").await.unwrap(), None);
+}
+
+/// `put_votes` follows the same rule as `put_vote`, vote by vote, over
+/// more votes than one request carries: new votes count, a replay of a
+/// stored record counts again, another record of a voter who has a vote is
+/// a duplicate, and a whole batch put twice comes back the same.
+pub async fn batched_votes_dedupe_on_origin(store: &dyn VoteStore) {
+    store.ensure_tables().await.unwrap();
+    let stored = vote("b", "u-stored", "a", origin("shardId-1", "50", 0));
+    assert_eq!(store.put_vote(&stored).await.unwrap(), PutVote::Counted);
+    let other = vote("b", "u-other", "a", origin("shardId-1", "51", 0));
+    assert_eq!(store.put_vote(&other).await.unwrap(), PutVote::Counted);
+    let mut batch: Vec<VoteItem> = (0..60)
+        .map(|i| {
+            vote(
+                "b",
+                &format!("u{i:02}"),
+                "a",
+                origin("shardId-1", &format!("{}", 100 + i), 0),
+            )
+        })
+        .collect();
+    // A replay of the stored record, and another record of a voter who
+    // has a vote, in the middle of the batch.
+    batch.insert(10, stored.clone());
+    batch.insert(40, vote("b", "u-other", "b", origin("shardId-1", "999", 0)));
+    let expected: Vec<PutVote> = (0..batch.len())
+        .map(|at| {
+            if at == 40 {
+                PutVote::Duplicate
+            } else {
+                PutVote::Counted
+            }
+        })
+        .collect();
+    let outcomes = |results: Vec<Result<PutVote, VoteStoreError>>| -> Vec<PutVote> {
+        results.into_iter().map(|result| result.unwrap()).collect()
+    };
+    assert_eq!(outcomes(store.put_votes(&batch).await.unwrap()), expected);
+    assert_eq!(
+        outcomes(store.put_votes(&batch).await.unwrap()),
+        expected,
+        "the whole batch again: every insert refused, decided by origin"
+    );
+    assert_eq!(store.get_vote("b", "u-other").await.unwrap(), Some(other));
+    assert_eq!(
+        store.get_vote("b", "u07").await.unwrap(),
+        Some(batch[7].clone())
+    );
+    assert!(store.put_votes(&[]).await.unwrap().is_empty());
 }
 
 pub async fn rejects_are_kept_once(store: &dyn VoteStore) {
@@ -371,6 +423,11 @@ macro_rules! vote_store_conformance {
         async fn conformance_votes_dedupe_on_origin() {
             let (store, _leases) = $make;
             $crate::conformance::votes_dedupe_on_origin(store.as_ref()).await;
+        }
+        #[tokio::test]
+        async fn conformance_batched_votes_dedupe_on_origin() {
+            let (store, _leases) = $make;
+            $crate::conformance::batched_votes_dedupe_on_origin(store.as_ref()).await;
         }
         #[tokio::test]
         async fn conformance_rejects_are_kept_once() {

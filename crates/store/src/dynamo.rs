@@ -22,6 +22,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,8 +30,8 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, ConsumedCapacity, GlobalSecondaryIndex,
-    KeySchemaElement, KeyType, KeysAndAttributes, Projection, ProjectionType,
+    AttributeDefinition, AttributeValue, BatchStatementRequest, BillingMode, ConsumedCapacity,
+    GlobalSecondaryIndex, KeySchemaElement, KeyType, KeysAndAttributes, Projection, ProjectionType,
     ReturnConsumedCapacity, ScalarAttributeType, TransactWriteItem, Update,
 };
 use aws_sdk_dynamodb::Client;
@@ -48,6 +49,8 @@ use tally_contract::vote::Reason;
 use tally_core::poll::{Poll, PollOption, PollStatus};
 
 type Item = HashMap<String, AttributeValue>;
+
+pub use crate::MAX_BATCH_STATEMENTS;
 
 /// The sparse index of `rejects` by voter and poll.
 pub const VOTER_INDEX: &str = "voter-index";
@@ -567,6 +570,134 @@ impl CountStore for DynamoVoteStore {
         }
     }
 
+    /// `BatchExecuteStatement`: one PartiQL `INSERT` per vote, 25 to a
+    /// request, each succeeding or failing on its own. An `INSERT` of a key
+    /// that exists fails with `DuplicateItem`; one consistent `BatchGetItem`
+    /// then tells a replay of this very record (its origin is stored:
+    /// `Counted`) from another vote (`Duplicate`), the same rule as the
+    /// conditional put. A statement that fails otherwise (throttled, a 5xx
+    /// code inside the 200) is that vote's error, for the caller to resend
+    /// alone; a 200 never means that every statement succeeded. AWS refuses
+    /// a request that names one key twice (the emulators may not): the
+    /// pipeline's first-wins rule never sends one.
+    async fn put_votes(
+        &self,
+        votes: &[VoteItem],
+    ) -> Result<Vec<Result<PutVote, VoteStoreError>>, VoteStoreError> {
+        debug_assert!(
+            {
+                let mut keys: Vec<_> = votes.iter().map(|v| (&v.voter_id, &v.poll_id)).collect();
+                keys.sort();
+                keys.windows(2).all(|pair| pair[0] != pair[1])
+            },
+            "one key twice in a batch of votes"
+        );
+        let statement = format!(
+            "INSERT INTO \"{}\" VALUE {{'voter_id': ?, 'poll_id': ?, 'option': ?, 'vote_id': ?, 'origin': ?, 'arrival_ms': ?}}",
+            self.names.votes
+        );
+        let mut outcomes = Vec::with_capacity(votes.len());
+        for chunk in votes.chunks(MAX_BATCH_STATEMENTS) {
+            let statements = chunk
+                .iter()
+                .map(|vote| {
+                    BatchStatementRequest::builder()
+                        .statement(&statement)
+                        .set_parameters(Some(vec![
+                            s(&vote.voter_id),
+                            s(&vote.poll_id),
+                            s(&vote.option),
+                            s(&vote.vote_id),
+                            s(vote.origin.key()),
+                            n(vote.arrival_ms),
+                        ]))
+                        .build()
+                        .map_err(other)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            self.count();
+            let output = self
+                .client
+                .batch_execute_statement()
+                .set_statements(Some(statements))
+                .return_consumed_capacity(ReturnConsumedCapacity::Total)
+                .send()
+                .await
+                .map_err(classify)?;
+            self.consumed(output.consumed_capacity());
+            let responses = output.responses();
+            if responses.len() != chunk.len() {
+                return Err(VoteStoreError::Unavailable(format!(
+                    "BatchExecuteStatement answered {} of {} statements",
+                    responses.len(),
+                    chunk.len()
+                )));
+            }
+            let mut refused = Vec::new();
+            let first = outcomes.len();
+            for (at, response) in responses.iter().enumerate() {
+                let outcome = match response.error() {
+                    None => Ok(PutVote::Counted),
+                    Some(error) => {
+                        let code = error.code().map(|code| code.as_str()).unwrap_or_default();
+                        if matches!(code, "DuplicateItem" | "ConditionalCheckFailed") {
+                            refused.push(at);
+                            Ok(PutVote::Duplicate)
+                        } else {
+                            Err(vote_error(AwsError {
+                                class: classify_code(code),
+                                message: format!(
+                                    "{code}: {}",
+                                    error.message().unwrap_or("a statement failed")
+                                ),
+                            }))
+                        }
+                    }
+                };
+                outcomes.push(outcome);
+            }
+            if refused.is_empty() {
+                continue;
+            }
+            // Refused: a replay of this record, or another vote?
+            let keys = refused
+                .iter()
+                .map(|at| {
+                    let vote = &chunk[*at];
+                    HashMap::from([
+                        ("voter_id".to_owned(), s(&vote.voter_id)),
+                        ("poll_id".to_owned(), s(&vote.poll_id)),
+                    ])
+                })
+                .collect();
+            let stored: HashMap<(String, String), String> = self
+                .batch_get(&self.names.votes, keys)
+                .await?
+                .iter()
+                .filter_map(|item| {
+                    let text = |name: &str| match item.get(name) {
+                        Some(AttributeValue::S(text)) => Some(text.clone()),
+                        _ => None,
+                    };
+                    Some(((text("voter_id")?, text("poll_id")?), text("origin")?))
+                })
+                .collect();
+            for at in refused {
+                let vote = &chunk[at];
+                outcomes[first + at] =
+                    match stored.get(&(vote.voter_id.clone(), vote.poll_id.clone())) {
+                        Some(origin) if *origin == vote.origin.key() => Ok(PutVote::Counted),
+                        Some(_) => Ok(PutVote::Duplicate),
+                        None => Err(VoteStoreError::Unavailable(format!(
+                            "the vote of {} in {} was refused as a duplicate and is not there",
+                            vote.voter_id, vote.poll_id
+                        ))),
+                    };
+            }
+        }
+        Ok(outcomes)
+    }
+
     async fn put_reject(&self, reject: &RejectItem) -> Result<(), VoteStoreError> {
         let mut item = HashMap::from([
             ("position".to_owned(), s(reject.origin.key())),
@@ -708,56 +839,16 @@ impl VoteReads for DynamoVoteStore {
             .iter()
             .map(|key| HashMap::from([("counter_id".to_owned(), s(key.item_key()))]))
             .collect();
-        for chunk in keys.chunks(100) {
-            let mut pending = Some(
-                KeysAndAttributes::builder()
-                    .set_keys(Some(chunk.to_vec()))
-                    .consistent_read(true)
-                    .build()
-                    .map_err(other)?,
-            );
-            let mut attempts = 0;
-            while let Some(request) = pending.take() {
-                attempts += 1;
-                self.count();
-                let got = self
-                    .client
-                    .batch_get_item()
-                    .request_items(&self.names.tallies, request)
-                    .send()
-                    .await
-                    .map_err(classify)?;
-                for item in got
-                    .responses()
-                    .and_then(|responses| responses.get(&self.names.tallies))
-                    .into_iter()
-                    .flatten()
+        for item in self.batch_get(&self.names.tallies, keys).await? {
+            for (name, value) in &item {
+                if let (Some(option), AttributeValue::N(number)) =
+                    (name.strip_prefix(OPTION_PREFIX), value)
                 {
-                    for (name, value) in item {
-                        if let (Some(option), AttributeValue::N(number)) =
-                            (name.strip_prefix(OPTION_PREFIX), value)
-                        {
-                            let number: u64 =
-                                number.parse().map_err(|_| VoteStoreError::Malformed {
-                                    key: format!("{:?}", item.get("counter_id")),
-                                    reason: format!("{name} is not a count"),
-                                })?;
-                            *counts.by_option.entry(option.to_owned()).or_default() += number;
-                        }
-                    }
-                }
-                pending = got
-                    .unprocessed_keys()
-                    .and_then(|unprocessed| unprocessed.get(&self.names.tallies))
-                    .filter(|rest| !rest.keys().is_empty())
-                    .cloned();
-                if pending.is_some() {
-                    if attempts > 20 {
-                        return Err(VoteStoreError::Throttled(
-                            "tallies keys stayed unprocessed".into(),
-                        ));
-                    }
-                    tokio::time::sleep(Duration::from_millis(20 * attempts)).await;
+                    let number: u64 = number.parse().map_err(|_| VoteStoreError::Malformed {
+                        key: format!("{:?}", item.get("counter_id")),
+                        reason: format!("{name} is not a count"),
+                    })?;
+                    *counts.by_option.entry(option.to_owned()).or_default() += number;
                 }
             }
         }
@@ -920,6 +1011,51 @@ fn salted_token(token: &str, attempt: u32) -> String {
 }
 
 impl DynamoVoteStore {
+    /// The items of `table` with these keys, read consistently with
+    /// `BatchGetItem` (100 keys a request; keys left unprocessed are asked
+    /// for again, with a short backoff).
+    async fn batch_get(&self, table: &str, keys: Vec<Item>) -> Result<Vec<Item>, VoteStoreError> {
+        let mut items = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(100) {
+            let mut pending = Some(
+                KeysAndAttributes::builder()
+                    .set_keys(Some(chunk.to_vec()))
+                    .consistent_read(true)
+                    .build()
+                    .map_err(other)?,
+            );
+            let mut attempts = 0;
+            while let Some(request) = pending.take() {
+                attempts += 1;
+                self.count();
+                let got = self
+                    .client
+                    .batch_get_item()
+                    .request_items(table, request)
+                    .send()
+                    .await
+                    .map_err(classify)?;
+                if let Some(found) = got.responses().and_then(|responses| responses.get(table)) {
+                    items.extend(found.iter().cloned());
+                }
+                pending = got
+                    .unprocessed_keys()
+                    .and_then(|unprocessed| unprocessed.get(table))
+                    .filter(|rest| !rest.keys().is_empty())
+                    .cloned();
+                if pending.is_some() {
+                    if attempts > 20 {
+                        return Err(VoteStoreError::Throttled(format!(
+                            "{table} keys stayed unprocessed"
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20 * attempts)).await;
+                }
+            }
+        }
+        Ok(items)
+    }
+
     /// A poll's item, read consistently.
     async fn poll_item(&self, id: &str) -> Result<Option<Item>, VoteStoreError> {
         self.count();

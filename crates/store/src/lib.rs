@@ -73,6 +73,10 @@ impl VoteStoreError {
 
 pub use tally_core::records::*;
 
+/// Votes in one batched write: DynamoDB's limit of statements in one
+/// `BatchExecuteStatement` request.
+pub const MAX_BATCH_STATEMENTS: usize = 25;
+
 /// The store traits, for code that calls them on a concrete adapter.
 pub mod prelude {
     pub use crate::{AuditStore, CountStore, PollStore, VoteReads, VoteStore};
@@ -106,6 +110,22 @@ pub trait CountStore: Send + Sync + 'static {
     /// record: the condition is "no item, or the item's origin is this
     /// record", so a replay of a stored vote is still `Counted`.
     async fn put_vote(&self, vote: &VoteItem) -> Result<PutVote, VoteStoreError>;
+    /// Stores several votes (of distinct voters and polls), each as
+    /// [`CountStore::put_vote`] would: one result per vote, in order. A
+    /// vote's own failure (say, throttled alone) is its result; a failure
+    /// of the whole call is the `Err`, and the call may be made again: a
+    /// vote stored by a call whose answer was lost comes back `Counted`.
+    /// By default, one `put_vote` after another.
+    async fn put_votes(
+        &self,
+        votes: &[VoteItem],
+    ) -> Result<Vec<Result<PutVote, VoteStoreError>>, VoteStoreError> {
+        let mut outcomes = Vec::with_capacity(votes.len());
+        for vote in votes {
+            outcomes.push(self.put_vote(vote).await);
+        }
+        Ok(outcomes)
+    }
     /// Keeps a rejected record (idempotent: keyed by its position).
     async fn put_reject(&self, reject: &RejectItem) -> Result<(), VoteStoreError>;
     /// Adds the deltas and checkpoints, atomically, if the lease still

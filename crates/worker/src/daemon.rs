@@ -19,7 +19,7 @@ use tally_lease::{DynamoStore, KinesisStream, Worker};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::pipeline::{Pipeline, PipelineConfig, VoteProcessorFactory};
+use crate::pipeline::{Pipeline, PipelineConfig, VoteProcessorFactory, VoteWrites};
 use tally_service::faults::Faults;
 use tally_service::settings::{Clients, Common, LeaseSettings};
 use tally_store::dynamo::DynamoVoteStore;
@@ -36,9 +36,14 @@ pub struct WorkerArgs {
     /// bound fails at start.
     #[arg(long, env = "TALLY_HEALTH_ADDR")]
     pub health_addr: Option<SocketAddr>,
-    /// Conditional puts in flight at once per shard.
+    /// Votes being written at once per shard: that many conditional puts,
+    /// or that many divided by 25 (at least one) batch requests.
     #[arg(long, env = "TALLY_PUT_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub put_concurrency: u16,
+    /// How votes are written: `batched` (BatchExecuteStatement, 25 INSERTs
+    /// a request) or `single` (one conditional PutItem each, for comparison).
+    #[arg(long, env = "TALLY_VOTE_WRITES", value_enum, default_value_t = VoteWrites::Batched)]
+    pub vote_writes: VoteWrites,
     /// A cached poll older than this is read again (keep it well under the
     /// close grace of `tally poll close`).
     #[arg(long, env = "TALLY_POLL_CACHE_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=60_000))]
@@ -77,6 +82,7 @@ impl WorkerArgs {
     fn pipeline_config(&self) -> PipelineConfig {
         PipelineConfig {
             put_concurrency: usize::from(self.put_concurrency),
+            vote_writes: self.vote_writes,
             poll_cache: PollCacheConfig {
                 max_age: Duration::from_millis(self.poll_cache_ms),
                 ..PollCacheConfig::default()

@@ -37,6 +37,7 @@ use tally_core::poll::Poll;
 use tally_store::poll_cache::{PollCache, PollCacheConfig};
 use tally_store::{
     Commit, CommitOutcome, Origin, PutVote, RejectItem, VoteItem, VoteStore, VoteStoreError,
+    MAX_BATCH_STATEMENTS,
 };
 
 #[cfg(feature = "faults")]
@@ -47,11 +48,22 @@ use tally_faults::crash_point;
 #[inline(always)]
 fn crash_point(_point: &'static str) {}
 
+/// How a batch's winning votes are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum VoteWrites {
+    /// `BatchExecuteStatement`, 25 `INSERT`s a request.
+    Batched,
+    /// One conditional `PutItem` per vote (for comparison).
+    Single,
+}
+
 /// The pipeline's settings.
 #[derive(Clone, Debug)]
 pub struct PipelineConfig {
-    /// Conditional puts in flight at once, per shard.
+    /// Votes in flight at once, per shard: that many conditional puts, or
+    /// that many divided by 25 (at least one) batch requests.
     pub put_concurrency: usize,
+    pub vote_writes: VoteWrites,
     /// How long cached polls are used.
     pub poll_cache: PollCacheConfig,
     /// Actions per `TransactWriteItems`.
@@ -62,6 +74,7 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         Self {
             put_concurrency: 64,
+            vote_writes: VoteWrites::Batched,
             poll_cache: PollCacheConfig::default(),
             max_transaction_actions: count::MAX_TRANSACTION_ACTIONS,
         }
@@ -161,6 +174,76 @@ pub enum Outcome {
 }
 
 impl VoteProcessor {
+    /// Writes the winning votes (`items`, the records at `indices`) as
+    /// the configuration says, and returns each record's outcome. A vote
+    /// whose statement failed alone inside a batch (throttled, a 5xx code)
+    /// is resent alone with backoff.
+    async fn put_votes(
+        &self,
+        indices: &[usize],
+        items: &[VoteItem],
+    ) -> Result<HashMap<usize, PutVote>, VoteStoreError> {
+        let pipeline = &self.pipeline;
+        let mut put_outcomes: HashMap<usize, PutVote> = HashMap::with_capacity(items.len());
+        let (per_request, in_flight) = match pipeline.config.vote_writes {
+            VoteWrites::Single => (1, pipeline.config.put_concurrency.max(1)),
+            VoteWrites::Batched => (
+                MAX_BATCH_STATEMENTS,
+                pipeline
+                    .config
+                    .put_concurrency
+                    .div_ceil(MAX_BATCH_STATEMENTS)
+                    .max(1),
+            ),
+        };
+        // (Indices, not references, keep the futures' lifetimes simple.)
+        let mut requests = futures::stream::iter(0..items.len().div_ceil(per_request))
+            .map(|number| async move {
+                let chunk =
+                    &items[number * per_request..items.len().min((number + 1) * per_request)];
+                let started = Instant::now();
+                let results = match pipeline.config.vote_writes {
+                    VoteWrites::Single => {
+                        vec![Ok(pipeline
+                            .retried(|| pipeline.store.put_vote(&chunk[0]))
+                            .await?)]
+                    }
+                    VoteWrites::Batched => {
+                        pipeline.retried(|| pipeline.store.put_votes(chunk)).await?
+                    }
+                };
+                let mut outcomes = Vec::with_capacity(chunk.len());
+                for (at, result) in results.into_iter().enumerate() {
+                    let outcome = match result {
+                        Ok(outcome) => outcome,
+                        Err(error) if error.is_retryable() => {
+                            pipeline.metrics.add_retry(error.cause());
+                            pipeline
+                                .retried(|| pipeline.store.put_vote(&chunk[at]))
+                                .await?
+                        }
+                        Err(error) => return Err(error),
+                    };
+                    outcomes.push((number * per_request + at, outcome));
+                }
+                pipeline
+                    .metrics
+                    .put_latency
+                    .record_duration(started.elapsed());
+                Ok::<_, VoteStoreError>(outcomes)
+            })
+            .buffer_unordered(in_flight);
+        while let Some(done) = requests.next().await {
+            if put_outcomes.is_empty() {
+                crash_point("mid_puts");
+            }
+            for (at, outcome) in done? {
+                put_outcomes.insert(indices[at], outcome);
+            }
+        }
+        Ok(put_outcomes)
+    }
+
     fn origin(&self, record: &Record) -> Origin {
         Origin {
             shard: self.shard.as_str().to_owned(),
@@ -277,28 +360,8 @@ impl VoteProcessor {
                 Verdict::Rejected { .. } => None,
             })
             .collect();
-        let mut put_outcomes: HashMap<usize, PutVote> = HashMap::with_capacity(puts.len());
-        let puts = &puts;
-        let mut in_flight = futures::stream::iter(0..puts.len())
-            .map(|at| async move {
-                let (index, item) = &puts[at];
-                let started = Instant::now();
-                let outcome = pipeline.retried(|| pipeline.store.put_vote(item)).await;
-                pipeline
-                    .metrics
-                    .put_latency
-                    .record_duration(started.elapsed());
-                outcome.map(|outcome| (*index, outcome))
-            })
-            .buffer_unordered(pipeline.config.put_concurrency.max(1));
-        while let Some(done) = in_flight.next().await {
-            let (index, outcome) = done?;
-            if put_outcomes.is_empty() {
-                crash_point("mid_puts");
-            }
-            put_outcomes.insert(index, outcome);
-        }
-        drop(in_flight);
+        let (indices, items): (Vec<usize>, Vec<VoteItem>) = puts.into_iter().unzip();
+        let put_outcomes = self.put_votes(&indices, &items).await?;
         crash_point("after_puts");
 
         // Outcomes, deltas and the commit plan.

@@ -71,15 +71,22 @@ pub struct Options {
 const LEASE_DURATION_MS: u64 = 3_000;
 
 /// The fault kinds, and the rules that turn each on in a worker.
-const WORKER_FAULTS: [(&str, &str); 5] = [
+const WORKER_FAULTS: [(&str, &str); 6] = [
     (
         "throttle",
-        "GetRecords:throttle:0.05,PutItem:throttle:0.02,TransactWriteItems:throttle:0.03",
+        "GetRecords:throttle:0.05,PutItem:throttle:0.02,BatchExecuteStatement:throttle:0.02,TransactWriteItems:throttle:0.03",
+    ),
+    (
+        "partial",
+        "BatchExecuteStatement:partial:0.05",
     ),
     ("conflict", "TransactWriteItems:conflict:0.1"),
     ("5xx", "*:5xx:0.02"),
     ("latency", "*:latency:0.05:150"),
-    ("lost", "PutItem:lost:0.01,TransactWriteItems:lost:0.03"),
+    (
+        "lost",
+        "PutItem:lost:0.01,BatchExecuteStatement:lost:0.02,TransactWriteItems:lost:0.03",
+    ),
 ];
 
 /// The producer's and the gateway's faults (their only writes are `PutRecords`).
