@@ -606,13 +606,42 @@ print(json.dumps({{"rate": {records} / (time.time() - start), "calls": calls}}))
     ]
 }
 
+/// The pipeline benchmark with batched vote writes and then, in the same
+/// run, with one conditional put per vote, and their ratios.
 async fn pipeline(votes: usize) -> Vec<Figure> {
-    pipeline_on(votes, 4).await
+    let mut figures = pipeline_on(votes, 4, "batched").await;
+    let single = pipeline_on(votes, 4, "single").await;
+    let value = |figures: &[Figure], key: &str| {
+        figures
+            .iter()
+            .find(|f| f.key == key)
+            .map_or(f64::NAN, |f| f.value)
+    };
+    let cpu =
+        value(&single, "single_worker_cpu_s_per_100k") / value(&figures, "worker_cpu_s_per_100k");
+    let requests = value(&single, "single_dynamodb_requests_per_1k")
+        / value(&figures, "dynamodb_requests_per_1k");
+    println!("batched writes against one put per vote, same run: {cpu:.1}x less worker CPU per vote, {requests:.1}x fewer DynamoDB requests");
+    figures.extend(single);
+    figures.push(figure(
+        "batched_cpu_gain",
+        "worker CPU per vote, single puts / batched",
+        cpu,
+        "x",
+    ));
+    figures.push(figure(
+        "batched_request_gain",
+        "DynamoDB requests per vote, single puts / batched",
+        requests,
+        "x",
+    ));
+    figures
 }
 
-/// The pipeline benchmark on a stream of `shards` shards (the emulator's
-/// raw rate is measured only for 4).
-async fn pipeline_on(votes: usize, shards: i32) -> Vec<Figure> {
+/// The pipeline benchmark on a stream of `shards` shards, with the vote
+/// writes `writes` (`batched` or `single`; the emulator's raw rate is
+/// measured only for 4 shards).
+async fn pipeline_on(votes: usize, shards: i32, writes: &'static str) -> Vec<Figure> {
     use tally_store::dynamo::{DynamoVoteStore, TableNames};
     use tally_store::prelude::*;
     use tally_store::{Origin, VoteItem};
@@ -682,6 +711,7 @@ async fn pipeline_on(votes: usize, shards: i32) -> Vec<Figure> {
         ])
         .args(["worker", "--worker-id", "pipeline"])
         .env("AWS_ENDPOINT_URL", &stack.endpoint)
+        .env("TALLY_VOTE_WRITES", writes)
         .env("TALLY_METRICS_INTERVAL_MS", "100")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
@@ -781,8 +811,9 @@ async fn pipeline_on(votes: usize, shards: i32) -> Vec<Figure> {
         .as_f64()
         .unwrap_or(0.0);
 
-    // The emulator's own rate for the same conditional puts, at the same
-    // concurrency as the worker (64 per shard, 4 shards), into a fresh table.
+    // The emulator's own rate for the same writes (batches of 25 inserts,
+    // or conditional puts), at the same concurrency as the worker (64
+    // votes per shard, 4 shards), into a fresh table.
     let raw_store = DynamoVoteStore::new(
         dynamodb,
         TableNames::with_prefix(&format!("{}-", unique_name("raw")), format!("{app}-leases")),
@@ -791,31 +822,44 @@ async fn pipeline_on(votes: usize, shards: i32) -> Vec<Figure> {
     let raw_count = votes.min(20_000);
     let raw_started = Instant::now();
     use futures::StreamExt;
-    futures::stream::iter(0..raw_count)
-        .map(|index| {
-            let store = &raw_store;
-            async move {
-                let item = VoteItem {
-                    poll_id: "bench".into(),
-                    voter_id: format!("v{index}"),
-                    option: "a".into(),
-                    vote_id: format!("id{index}"),
-                    origin: Origin {
-                        shard: "shardId-000000000000".into(),
-                        sequence: format!("{index}"),
-                        sub_sequence: 0,
-                    },
-                    arrival_ms: 0,
-                };
-                store.put_vote(&item).await.unwrap()
-            }
-        })
-        .buffer_unordered(256)
-        .for_each(|_| async {})
-        .await;
+    let item = |index: usize| VoteItem {
+        poll_id: "bench".into(),
+        voter_id: format!("v{index}"),
+        option: "a".into(),
+        vote_id: format!("id{index}"),
+        origin: Origin {
+            shard: "shardId-000000000000".into(),
+            sequence: format!("{index}"),
+            sub_sequence: 0,
+        },
+        arrival_ms: 0,
+    };
+    if writes == "batched" {
+        let batch = tally_store::MAX_BATCH_STATEMENTS;
+        futures::stream::iter((0..raw_count).step_by(batch))
+            .map(|start| {
+                let store = &raw_store;
+                let items: Vec<VoteItem> =
+                    (start..(start + batch).min(raw_count)).map(item).collect();
+                async move { store.put_votes(&items).await.unwrap() }
+            })
+            .buffer_unordered(4 * 64usize.div_ceil(batch))
+            .for_each(|_| async {})
+            .await;
+    } else {
+        futures::stream::iter(0..raw_count)
+            .map(|index| {
+                let store = &raw_store;
+                let item = item(index);
+                async move { store.put_vote(&item).await.unwrap() }
+            })
+            .buffer_unordered(256)
+            .for_each(|_| async {})
+            .await;
+    }
     let raw_rate = raw_count as f64 / raw_started.elapsed().as_secs_f64();
 
-    println!("settings: 1 worker, 4 shards, {votes} votes from {voters} voters (10% repeats), put concurrency 64 per shard, defaults otherwise");
+    println!("settings: 1 worker, 4 shards, {votes} votes from {voters} voters (10% repeats), vote writes {writes}, put concurrency 64 per shard, defaults otherwise");
     println!("{:<52} {:>14}", "figure", "value");
     println!(
         "{:<52} {:>14.0}",
@@ -823,7 +867,8 @@ async fn pipeline_on(votes: usize, shards: i32) -> Vec<Figure> {
     );
     println!(
         "{:<52} {:>14.0}",
-        "emulator: conditional puts per second, same code", raw_rate
+        format!("emulator: {writes} writes, votes per second, same code"),
+        raw_rate
     );
     println!(
         "{:<52} {:>14.2}",
@@ -861,6 +906,28 @@ async fn pipeline_on(votes: usize, shards: i32) -> Vec<Figure> {
     );
     println!("(times from the worker's own metrics clock, first record read to last vote decided; CPU includes start-up)");
     let per_1k = |x: f64| x * 1000.0 / votes as f64;
+    if writes != "batched" {
+        return vec![
+            figure(
+                "single_pipeline_votes_per_s",
+                "end to end votes/s, one put per vote",
+                rate,
+                "/s",
+            ),
+            figure(
+                "single_dynamodb_requests_per_1k",
+                "DynamoDB requests per 1,000 votes, one put per vote",
+                per_1k(requests),
+                "",
+            ),
+            figure(
+                "single_worker_cpu_s_per_100k",
+                "worker CPU seconds per 100,000 votes, one put per vote",
+                cpu / (votes as f64 / 100_000.0),
+                "s",
+            ),
+        ];
+    }
     vec![
         figure(
             "pipeline_votes_per_s",
@@ -870,7 +937,7 @@ async fn pipeline_on(votes: usize, shards: i32) -> Vec<Figure> {
         ),
         figure(
             "emulator_raw_puts_per_s",
-            "emulator raw conditional puts/s, same code",
+            "emulator raw batched writes, votes/s, same code",
             raw_rate,
             "/s",
         ),

@@ -54,7 +54,7 @@ pub async fn all(options: Options) {
     step("pipeline, end to end");
     figures.extend(crate::pipeline(votes).await);
     step("worker memory with 100 leased shards");
-    figures.extend(crate::pipeline_on(votes / 2, 100).await);
+    figures.extend(crate::pipeline_on(votes / 2, 100, "batched").await);
     step("producer");
     figures.extend(crate::producer_bench(records).await);
     step("gateway and SSE");
