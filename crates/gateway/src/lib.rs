@@ -136,8 +136,8 @@ pub struct GatewayArgs {
     #[arg(long, env = "TALLY_SSE_SHED_AT")]
     pub sse_shed_at: Option<i64>,
     /// How often a client told to poll reads the results (jittered by the page).
-    #[arg(long, env = "TALLY_POLL_INTERVAL_MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(500..=60_000))]
-    pub poll_interval_ms: u64,
+    #[arg(long, env = "TALLY_RESULTS_POLL_MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(500..=60_000))]
+    pub results_poll_ms: u64,
     /// The workers' metrics URLs (`http://host:9464/metrics`), comma-
     /// separated, for the admin page's pipeline health.
     #[arg(long, env = "TALLY_WORKER_METRICS_URLS", value_delimiter = ',')]

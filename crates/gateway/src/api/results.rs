@@ -111,7 +111,7 @@ fn results_event(snapshot: &Snapshot) -> Event {
 fn poll_instead(gateway: &Gateway, poll_id: &str) -> Response {
     let event = Event::default().event("poll").json_data(serde_json::json!({
         "url": format!("/v1/polls/{poll_id}/results"),
-        "interval_ms": gateway.args.poll_interval_ms,
+        "interval_ms": gateway.args.results_poll_ms,
     }));
     let events = futures::stream::iter(event.into_iter().map(Ok::<_, Infallible>));
     Sse::new(events).into_response()
