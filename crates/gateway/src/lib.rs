@@ -14,6 +14,7 @@ pub mod api;
 pub mod auth;
 pub mod error;
 pub mod limit;
+pub mod lookups;
 pub mod metrics;
 pub mod pages;
 pub mod results;
@@ -305,6 +306,8 @@ pub struct Gateway {
     public_polls: tokio::sync::Mutex<Option<(Instant, Arc<Vec<tally_core::poll::Poll>>)>>,
     /// Open results streams by client address and by subject.
     pub streams: Arc<limit::StreamCounts>,
+    /// The 409 pre-check's reads, batched.
+    pub lookups: lookups::VoteLookups,
 }
 
 /// The client's address as the rate limit saw it, for the handlers.
@@ -330,6 +333,7 @@ impl Gateway {
             PollCacheConfig::default(),
             Arc::default(),
         ));
+        let store_for_lookups = store.clone();
         let hub = ResultsHub::new(
             store.clone(),
             polls.clone(),
@@ -363,6 +367,7 @@ impl Gateway {
             mismatches: tokio::sync::Mutex::new(None),
             public_polls: tokio::sync::Mutex::new(None),
             streams: Arc::default(),
+            lookups: lookups::VoteLookups::start(store_for_lookups),
         }))
     }
 

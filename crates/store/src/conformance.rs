@@ -111,9 +111,34 @@ pub async fn votes_dedupe_on_origin(store: &dyn VoteStore) {
     );
     let other_poll = vote("q", "u1", "b", origin("shardId-1", "101", 0));
     assert_eq!(store.put_vote(&other_poll).await.unwrap(), PutVote::Counted);
-    assert_eq!(store.get_vote("p", "u1").await.unwrap(), Some(first));
-    assert_eq!(store.get_vote("q", "u1").await.unwrap(), Some(other_poll));
+    assert_eq!(
+        store.get_vote("p", "u1").await.unwrap(),
+        Some(first.clone())
+    );
+    assert_eq!(
+        store.get_vote("q", "u1").await.unwrap(),
+        Some(other_poll.clone())
+    );
     assert_eq!(store.get_vote("p", "u2").await.unwrap(), None);
+    let key = |poll: &str, voter: &str| (poll.to_owned(), voter.to_owned());
+    assert_eq!(
+        store
+            .get_votes(&[
+                key("p", "u1"),
+                key("p", "u2"),
+                key("q", "u1"),
+                key("p", "u1")
+            ])
+            .await
+            .unwrap(),
+        vec![
+            Some(first.clone()),
+            None,
+            Some(other_poll.clone()),
+            Some(first)
+        ],
+        "several at once, in order, a key asked twice answered twice"
+    );
 }
 
 /// `put_votes` follows the same rule as `put_vote`, vote by vote, over

@@ -147,6 +147,19 @@ pub trait VoteReads: Send + Sync + 'static {
         poll_id: &str,
         voter_id: &str,
     ) -> Result<Option<VoteItem>, VoteStoreError>;
+    /// The votes of several (poll, voter) pairs, in order, read
+    /// consistently; `None` where there is none. By default one `get_vote`
+    /// after another.
+    async fn get_votes(
+        &self,
+        keys: &[(String, String)],
+    ) -> Result<Vec<Option<VoteItem>>, VoteStoreError> {
+        let mut votes = Vec::with_capacity(keys.len());
+        for (poll_id, voter_id) in keys {
+            votes.push(self.get_vote(poll_id, voter_id).await?);
+        }
+        Ok(votes)
+    }
     /// The rejected records of a voter in a poll.
     async fn rejects_of(
         &self,

@@ -150,6 +150,7 @@ pub async fn gateway(votes: usize, concurrency: usize, clients: usize) -> Vec<Fi
             .collect(),
     );
     let next = Arc::new(AtomicUsize::new(0));
+    let (cpu_before, _) = crate::cpu_and_peak(gateway.id());
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
@@ -187,8 +188,10 @@ pub async fn gateway(votes: usize, concurrency: usize, clients: usize) -> Vec<Fi
         refused += other;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let (cpu_after, _) = crate::cpu_and_peak(gateway.id());
     latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let accepted = latencies.len();
+    let cpu_per_vote_us = (cpu_after - cpu_before) / accepted.max(1) as f64 * 1e6;
 
     // Results streams.
     eprintln!("bench: opening {clients} results streams");
@@ -369,6 +372,10 @@ pub async fn gateway(votes: usize, concurrency: usize, clients: usize) -> Vec<Fi
     );
     println!(
         "  {:<52} {:>12.1}",
+        "gateway CPU per accepted vote (µs)", cpu_per_vote_us
+    );
+    println!(
+        "  {:<52} {:>12.1}",
         "vote latency p50 (ms)",
         percentile(&latencies, 0.50)
     );
@@ -424,6 +431,12 @@ pub async fn gateway(votes: usize, concurrency: usize, clients: usize) -> Vec<Fi
             "gateway accepted votes/s",
             accepted as f64 / elapsed,
             "/s",
+        ),
+        figure(
+            "gateway_cpu_us_per_vote",
+            "gateway CPU per accepted vote",
+            cpu_per_vote_us,
+            "µs",
         ),
         figure(
             "gateway_p50_ms",

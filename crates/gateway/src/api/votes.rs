@@ -139,7 +139,7 @@ async fn accept_vote(
             return Ok(accepted(&remembered_key.2));
         }
     }
-    if let Some(vote) = gateway.store.get_vote(poll_id, voter_id).await? {
+    if let Some(vote) = gateway.lookups.get(poll_id, voter_id).await? {
         if key.as_deref() == Some(vote.vote_id.as_str()) {
             if vote.option != option {
                 return Err(ApiError::IdempotencyKeyReused(vote.vote_id));
