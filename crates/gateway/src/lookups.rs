@@ -136,7 +136,10 @@ mod tests {
             },
             arrival_ms: 0,
         };
-        assert_eq!(inner.put_vote(&counted).await.unwrap(), tally_store::PutVote::Counted);
+        assert_eq!(
+            inner.put_vote(&counted).await.unwrap(),
+            tally_store::PutVote::Counted
+        );
         let store = Arc::new(Counting {
             inner,
             calls: AtomicUsize::new(0),
