@@ -1173,9 +1173,16 @@ async fn main() {
                 std::process::exit(2);
             }
             // The model runs on a paused clock of its own runtime.
-            std::thread::spawn(move || scale::scale(shards, workers, seed))
+            let (events, _) = std::thread::spawn(move || scale::scale(shards, workers, seed))
                 .join()
                 .expect("the scale model");
+            if let Some(stuck) = events
+                .iter()
+                .find(|event| event.event.contains("NOT converged"))
+            {
+                eprintln!("tally-bench scale: did not converge: {}", stuck.event);
+                std::process::exit(1);
+            }
         }
         Some("recount") => {
             recount::recount(

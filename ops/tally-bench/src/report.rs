@@ -4,7 +4,7 @@
 //! Runs, one after another, each on its own emulator: the pipeline end to
 //! end (with the emulator's raw rate for the same calls), a worker holding
 //! 100 leased shards (memory), the producer against boto3, the gateway
-//! with 1,000 SSE clients, failover, and the scale model. The in-process
+//! with 19,000 SSE clients, failover, and the scale model. The in-process
 //! rate comes from criterion's last run of `benches/in_process.rs`, read
 //! from `--criterion-dir` (`ops/bench` runs it first). Prints one table and
 //! writes it as JSON to `--out`; with `--compare`, each figure also shows
@@ -65,6 +65,10 @@ pub async fn all(options: Options) {
     let (events, requests) = std::thread::spawn(|| crate::scale::scale(334, 40, 1))
         .join()
         .expect("the scale model");
+    let stuck = events
+        .iter()
+        .find(|event| event.event.contains("NOT converged"))
+        .map(|event| event.event.clone());
     let keys = [
         "scale_cold_start_balanced_s",
         "scale_out_balanced_s",
@@ -169,6 +173,10 @@ pub async fn all(options: Options) {
     )
     .unwrap_or_else(|e| panic!("writing {}: {e}", options.out.display()));
     println!("(written to {})", options.out.display());
+    if let Some(stuck) = stuck {
+        eprintln!("report: the scale model did not converge: {stuck}");
+        std::process::exit(1);
+    }
 }
 
 fn format_value(value: f64) -> String {
