@@ -109,10 +109,11 @@ mod dynamo {
                 )
                 .build()
         };
-        let commit = |fence, id: &'static str| {
+        // A commit continuing from `from`, fenced by `fence`.
+        let commit_from = |fence, id: &'static str, from: Checkpoint| {
             let client = client.clone();
             let expect = Expect {
-                checkpoint: Some(Checkpoint::TrimHorizon),
+                checkpoint: Some(from),
                 ..Expect::from(fence)
             };
             let update = checkpoint_update(store.table_name(), &expect, &position).unwrap();
@@ -126,6 +127,7 @@ mod dynamo {
                     .await
             }
         };
+        let commit = |fence, id| commit_from(fence, id, Checkpoint::TrimHorizon);
         commit(mine.fence(), "one").await.expect("owner commits");
         assert_eq!(
             store
@@ -148,7 +150,18 @@ mod dynamo {
             .await
             .unwrap()
             .unwrap();
-        assert!(commit(mine.fence(), "two").await.is_err(), "fenced out");
+        // It continues from the stored checkpoint, so only the fence can
+        // refuse it.
+        assert!(
+            commit_from(mine.fence(), "two", position.clone())
+                .await
+                .is_err(),
+            "fenced out"
+        );
+        let theirs = store.get_lease(&lease.key).await.unwrap().unwrap();
+        commit_from(theirs.fence(), "three", position.clone())
+            .await
+            .expect("the same commit under the new owner's fence applies: the fence refused it");
         let leftover = client
             .get_item()
             .table_name(store.table_name())
