@@ -317,3 +317,74 @@ async fn a_huge_key_set_is_abandoned_while_it_is_read() {
         "the client stopped reading early; the server produced {produced} bytes of 64 MiB"
     );
 }
+
+/// Key rotation: the provider publishes a new key (and drops the old one)
+/// after the first fetch; a token signed with the new key is verified once
+/// the set may be fetched again, and the old key stops working.
+#[tokio::test]
+async fn a_rotated_key_is_fetched_and_the_old_one_dropped() {
+    let mut rng = rand::rngs::OsRng;
+    let ec_key = |rng: &mut rand::rngs::OsRng| {
+        let key = p256::SecretKey::random(rng);
+        let point = key.public_key().to_encoded_point(false);
+        let pem = key
+            .to_pkcs8_pem(p256::pkcs8::LineEnding::LF)
+            .unwrap()
+            .to_string();
+        let (x, y) = (
+            URL_SAFE_NO_PAD.encode(point.x().unwrap()),
+            URL_SAFE_NO_PAD.encode(point.y().unwrap()),
+        );
+        let jwk = move |kid: &str| {
+            json!({"kty": "EC", "kid": kid, "use": "sig", "alg": "ES256", "crv": "P-256",
+                   "x": x, "y": y})
+        };
+        (EncodingKey::from_ec_pem(pem.as_bytes()).unwrap(), jwk)
+    };
+    let (old_key, old_jwk) = ec_key(&mut rng);
+    let (new_key, new_jwk) = ec_key(&mut rng);
+    let before = json!({"keys": [old_jwk("ec-old")]});
+    let after = json!({"keys": [new_jwk("ec-new")]});
+    let rotated = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let url = serve(Router::new().route(
+        "/.well-known/jwks.json",
+        get({
+            let (rotated, fetches) = (rotated.clone(), fetches.clone());
+            move || async move {
+                fetches.fetch_add(1, Ordering::Relaxed);
+                axum::Json(if rotated.load(Ordering::Relaxed) {
+                    after
+                } else {
+                    before
+                })
+            }
+        }),
+    ))
+    .await;
+    let verifier = jwks_verifier(url).with_min_refresh(Duration::from_millis(300));
+    verifier.refresh().await.unwrap();
+    let now = tally_contract::time::now_millis() / 1000;
+    let claims =
+        json!({"sub": "u", "aud": "client-123", "iss": "https://issuer.example", "exp": now + 60});
+    let old_token = sign(Algorithm::ES256, "ec-old", &old_key, claims.clone());
+    let new_token = sign(Algorithm::ES256, "ec-new", &new_key, claims);
+    assert!(verifier.verify(&old_token).await.is_ok());
+    rotated.store(true, Ordering::Relaxed);
+    assert!(
+        verifier.verify(&new_token).await.is_err(),
+        "too soon after the last fetch: not fetched again yet"
+    );
+    assert_eq!(fetches.load(Ordering::Relaxed), 1);
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let caller = verifier
+        .verify(&new_token)
+        .await
+        .expect("the rotated key is fetched");
+    assert_eq!(caller.subject, "u");
+    assert_eq!(fetches.load(Ordering::Relaxed), 2);
+    assert!(
+        verifier.verify(&old_token).await.is_err(),
+        "the old key left the set"
+    );
+}

@@ -74,6 +74,8 @@ struct JwksKeys {
     url: String,
     client: reqwest::Client,
     keys: RwLock<KeysById>,
+    /// At most one fetch this often after a success (see [`JWKS_MIN_REFRESH`]).
+    min_refresh: Duration,
     /// Held for the whole of a fetch: one fetch at a time.
     fetching: tokio::sync::Mutex<Attempts>,
 }
@@ -87,9 +89,9 @@ struct Attempts {
 
 impl Attempts {
     /// How long after the last attempt the next may be made.
-    fn wait(&self) -> Duration {
+    fn wait(&self, min_refresh: Duration) -> Duration {
         match self.failures {
-            0 => JWKS_MIN_REFRESH,
+            0 => min_refresh,
             n => (JWKS_FIRST_BACKOFF * 2u32.saturating_pow(n - 1)).min(JWKS_MAX_BACKOFF),
         }
     }
@@ -137,7 +139,7 @@ impl JwksKeys {
             }
         }
         if let Some(last) = attempts.last {
-            let wait = attempts.wait();
+            let wait = attempts.wait(self.min_refresh);
             if last.elapsed() < wait {
                 return Err(format!(
                     "the key set {} was asked for {} ms ago; the next fetch is due in {} ms",
@@ -262,11 +264,21 @@ impl Verifier {
                     url: url.clone(),
                     client,
                     keys: RwLock::new((None, HashMap::new())),
+                    min_refresh: JWKS_MIN_REFRESH,
                     fetching: Default::default(),
                 }))
             }
         };
         Ok(Self { config, jwks })
+    }
+
+    /// The same verifier with another minimum interval between key set
+    /// fetches after a success (tests of key rotation).
+    pub fn with_min_refresh(mut self, interval: Duration) -> Self {
+        if let Some(jwks) = self.jwks.as_mut().and_then(Arc::get_mut) {
+            jwks.min_refresh = interval;
+        }
+        self
     }
 
     /// Loads the key set (a no-op for a shared secret), unless it was
