@@ -117,10 +117,15 @@ async fn auth_failures_are_401_or_403_with_their_codes() {
         };
         let response = request.bearer_auth(&voter).send().await.unwrap();
         expect_error(response, 403, "forbidden").await;
-        let response = client.get(gateway.url(path)).send().await.unwrap();
-        if method == "GET" {
-            expect_error(response, 401, "missing_token").await;
-        }
+        // Without a token, with the route's own method (and a valid body).
+        let anonymous = match method {
+            "POST" => client.post(gateway.url(path)).json(&json!({
+                "poll_id": "anon", "question": "?", "options": [{"id": "a"}, {"id": "b"}]
+            })),
+            _ => client.get(gateway.url(path)),
+        };
+        let response = anonymous.send().await.unwrap();
+        expect_error(response, 401, "missing_token").await;
     }
     let response = client
         .get(gateway.url("/v1/polls/auth/votes/me"))
