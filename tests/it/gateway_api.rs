@@ -1268,3 +1268,62 @@ async fn silent_connections_are_closed_after_the_header_timeout() {
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
 }
+
+/// A retry of a counted vote on another gateway process: the same key and
+/// option answer 202 with that vote id (read from the counted vote, since
+/// this process never saw the key), another option 409
+/// `idempotency_key_reused`, another key 409 `already_voted`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counted_votes_key_is_honoured_by_another_gateway() {
+    let stack = Stack::new().await;
+    let first = stack.gateway(&[]).await;
+    let second = stack.gateway(&[]).await;
+    first.open_poll("retry", &["a", "b"]).await;
+    let _worker = stack.worker("w1");
+    let client = Client::new();
+    let token = first.token("retrier");
+    let vote = |gateway: &local_stack::TestGateway, key: &str, option: &str| {
+        client
+            .post(gateway.url("/v1/polls/retry/votes"))
+            .bearer_auth(&token)
+            .header("idempotency-key", key)
+            .json(&json!({"option": option}))
+            .send()
+    };
+    let (status, accepted) = body(vote(&first, "key-1", "a").await.unwrap()).await;
+    assert_eq!(
+        (status.as_u16(), accepted["vote_id"].as_str()),
+        (202, Some("key-1"))
+    );
+    eventually(Duration::from_secs(30), "the vote is counted", || async {
+        let (_, me) = body(
+            client
+                .get(second.url("/v1/polls/retry/votes/me"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        me["status"] == "counted"
+    })
+    .await;
+    let (status, again) = body(vote(&second, "key-1", "a").await.unwrap()).await;
+    assert_eq!(
+        (status.as_u16(), again["vote_id"].as_str()),
+        (202, Some("key-1")),
+        "{again}"
+    );
+    expect_error(
+        vote(&second, "key-1", "b").await.unwrap(),
+        409,
+        "idempotency_key_reused",
+    )
+    .await;
+    expect_error(
+        vote(&second, "key-2", "a").await.unwrap(),
+        409,
+        "already_voted",
+    )
+    .await;
+}
