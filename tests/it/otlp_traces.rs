@@ -17,21 +17,34 @@ use tally_producer::{KinesisSink, Producer, ProducerConfig, VoteBuilder};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_exports_spans_over_otlp_when_asked() {
     let exports = Arc::new(AtomicUsize::new(0));
-    let app = axum::Router::new().route(
-        "/v1/traces",
-        post({
-            let exports = exports.clone();
-            move |headers: HeaderMap, body: axum::body::Bytes| async move {
-                let protobuf = headers
-                    .get("content-type")
-                    .is_some_and(|value| value == "application/x-protobuf");
-                if protobuf && !body.is_empty() && body.windows(11).any(|w| w == b"count_batch") {
-                    exports.fetch_add(1, Ordering::Relaxed);
+    // Every request the collector gets, whatever it holds.
+    let requests = Arc::new(AtomicUsize::new(0));
+    let app = axum::Router::new()
+        .route(
+            "/v1/traces",
+            post({
+                let (exports, requests) = (exports.clone(), requests.clone());
+                move |headers: HeaderMap, body: axum::body::Bytes| async move {
+                    requests.fetch_add(1, Ordering::Relaxed);
+                    let protobuf = headers
+                        .get("content-type")
+                        .is_some_and(|value| value == "application/x-protobuf");
+                    if protobuf && !body.is_empty() && body.windows(11).any(|w| w == b"count_batch")
+                    {
+                        exports.fetch_add(1, Ordering::Relaxed);
+                    }
+                    ""
                 }
-                ""
+            }),
+        )
+        .fallback({
+            // Any other path (metrics, logs) counts too.
+            let requests = requests.clone();
+            move || async move {
+                requests.fetch_add(1, Ordering::Relaxed);
+                axum::http::StatusCode::NOT_FOUND
             }
-        }),
-    );
+        });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let collector = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -90,9 +103,9 @@ async fn a_worker_exports_spans_over_otlp_when_asked() {
     eventually(Duration::from_secs(20), "20 votes counted", || counted(20)).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(
-        exports.load(Ordering::Relaxed),
+        requests.load(Ordering::Relaxed),
         0,
-        "no traces unless TALLY_OTLP is set"
+        "no request at all to the collector unless TALLY_OTLP is set"
     );
     drop(quiet);
 
