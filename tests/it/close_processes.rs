@@ -176,6 +176,66 @@ async fn a_closed_poll_is_recounted_and_finalized_and_a_corrupted_one_is_not() {
         .unwrap();
     assert!(again.status.success(), "finalizing again is a no-op");
 
+    // The final result in S3 holds the audit record that was stored.
+    let snapshots = tally_worker::snapshot::Snapshots::new(
+        &tally_testkit::emulators::sdk_config(&local_stack::endpoint()).await,
+        &tally_worker::snapshot::SnapshotSettings {
+            snapshot_bucket: Some(bucket.clone()),
+            snapshot_prefix: "tally/".into(),
+        },
+    )
+    .unwrap()
+    .unwrap();
+    let finals: Vec<String> = snapshots
+        .keys("close-me")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|key| key.contains("/final/"))
+        .collect();
+    assert_eq!(finals.len(), 1, "{finals:?}");
+    let object: serde_json::Value =
+        serde_json::from_str(&snapshots.get(&finals[0]).await.unwrap()).unwrap();
+    let stored: serde_json::Value =
+        serde_json::from_str(&store.audit_records("close-me").await.unwrap().0.unwrap()).unwrap();
+    assert_eq!(object["audit"], stored, "the S3 object is the audit record");
+    assert_eq!(object["results"]["total"], 300);
+
+    // Replays of a correct poll, from the votes table and from the stream,
+    // equal the live tallies (exit 0).
+    let replay = |poll: &'static str, from: &'static str, shadow: String| {
+        let mut command = stack.tally();
+        command.args([
+            "replay",
+            poll,
+            "--from",
+            from,
+            "--shadow-prefix",
+            &shadow,
+            "--json",
+        ]);
+        if from == "stream" {
+            command.args([
+                "--replay-app",
+                &tally_testkit::emulators::unique_name("replay"),
+                "--timeout-s",
+                "120",
+            ]);
+        }
+        command.output().unwrap()
+    };
+    let shadow = |what: &str| format!("{}-", tally_testkit::emulators::unique_name(what));
+    for from in ["votes", "stream"] {
+        let output = replay("close-me", from, shadow("shadow"));
+        assert!(
+            output.status.success(),
+            "replay from {from}: {}",
+            output_text(&output)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(report["equal"], true, "replay from {from}: {report}");
+    }
+
     // A corrupted counter item: audit reports it, finalize refuses.
     let corrupt = store.get_poll("corrupt").await.unwrap().unwrap();
     let poll_counts = |store: Arc<tally_store::dynamo::DynamoVoteStore>,
@@ -236,6 +296,23 @@ async fn a_closed_poll_is_recounted_and_finalized_and_a_corrupted_one_is_not() {
     let (record, mismatch) = store.audit_records("corrupt").await.unwrap();
     assert!(record.is_none());
     assert!(mismatch.unwrap().contains("\"equal\":false"));
+    // A replay from the votes table finds the corrupted counter too.
+    let output = replay("corrupt", "votes", shadow("shadow"));
+    assert_eq!(output.status.code(), Some(3), "{}", output_text(&output));
+    // The gauge of closed polls whose recount differs: 1 now, 0 after
+    // `tally resolve` (each gateway reads it once per 10 s: a new one).
+    let gauge = |gateway: &local_stack::TestGateway| {
+        let url = gateway.url("/metrics");
+        async move {
+            let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+            text.lines()
+                .find_map(|line| line.strip_prefix("tally_recount_mismatch_polls "))
+                .and_then(|value| value.parse::<f64>().ok())
+                .expect("the gauge")
+        }
+    };
+    let before = stack.gateway(&[]).await;
+    assert_eq!(gauge(&before).await, 1.0);
     let output = stack
         .tally()
         .args(["resolve", "corrupt", "--use", "recount"])
@@ -266,4 +343,6 @@ async fn a_closed_poll_is_recounted_and_finalized_and_a_corrupted_one_is_not() {
     assert_eq!(record["resolution"]["used"], "recount");
     assert_eq!(record["resolution"]["previous_tallies"]["a"], 15);
     assert!(mismatch.is_none());
+    let after = stack.gateway(&[]).await;
+    assert_eq!(gauge(&after).await, 0.0);
 }

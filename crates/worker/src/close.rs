@@ -367,15 +367,18 @@ pub async fn finalize(
         &recounted,
         tally_contract::time::now_millis(),
     );
-    let record = serde_json::to_string(&audit)?;
     if audit.equal {
+        // The record kept is the one of the final poll, as printed and as
+        // written to S3.
+        let mut final_audit = audit;
+        final_audit.status = tally_core::poll::PollStatus::Final.as_str().to_owned();
+        let record = serde_json::to_string(&final_audit)?;
         if !store.finalize_poll(poll_id, &record).await? {
             anyhow::bail!("poll {poll_id} changed while it was being finalized; try again");
         }
-        let mut final_audit = audit;
-        final_audit.status = tally_core::poll::PollStatus::Final.as_str().to_owned();
         Ok(Finalized::Final(final_audit))
     } else {
+        let record = serde_json::to_string(&audit)?;
         store.set_mismatch(poll_id, Some(&record)).await?;
         tracing::error!(poll_id = %poll_id, differences = audit.differences.len(), "recount does not match the tallies; the poll stays closed");
         Ok(Finalized::Mismatch(audit))
@@ -428,13 +431,13 @@ pub async fn resolve(
         previous_tallies: previous.by_option,
         resolved_at: format_rfc3339(tally_contract::time::now_millis()),
     });
+    audit.status = tally_core::poll::PollStatus::Final.as_str().to_owned();
     if !store
         .finalize_poll(poll_id, &serde_json::to_string(&audit)?)
         .await?
     {
         anyhow::bail!("poll {poll_id} changed while it was being resolved; try again");
     }
-    audit.status = tally_core::poll::PollStatus::Final.as_str().to_owned();
     Ok(audit)
 }
 
