@@ -1327,3 +1327,54 @@ async fn a_counted_votes_key_is_honoured_by_another_gateway() {
     )
     .await;
 }
+
+/// `/v1/pipeline` reads a running worker's metrics: the worker is up,
+/// named, and has counted the vote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_route_reads_a_running_workers_metrics() {
+    let stack = Stack::new().await;
+    let _worker = stack.worker("w1");
+    let log = stack.dir.join("w1.log");
+    let mut address = None;
+    eventually(
+        Duration::from_secs(30),
+        "the worker logs its health address",
+        || {
+            address = std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                .find_map(|line| line["health_addr"].as_str().map(str::to_owned));
+            let found = address.is_some();
+            async move { found }
+        },
+    )
+    .await;
+    let metrics_url = format!("http://{}/metrics", address.unwrap());
+    let gateway = stack
+        .gateway(&["--worker-metrics-urls", &metrics_url])
+        .await;
+    gateway.open_poll("piped", &["a", "b"]).await;
+    let client = Client::new();
+    let voted = client
+        .post(gateway.url("/v1/polls/piped/votes"))
+        .bearer_auth(gateway.token("p1"))
+        .json(&json!({"option": "a"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(voted.status(), 202);
+    let admin = gateway.admin_token();
+    eventually(Duration::from_secs(30), "the worker's count shows", || {
+        let (client, url, admin) = (client.clone(), gateway.url("/v1/pipeline"), admin.clone());
+        async move {
+            let (status, health) =
+                body(client.get(url).bearer_auth(admin).send().await.unwrap()).await;
+            status == 200
+                && health["workers"][0]["up"] == true
+                && health["workers"][0]["worker_id"] == "w1"
+                && health["votes_counted_total"].as_u64().unwrap_or(0) >= 1
+        }
+    })
+    .await;
+}
