@@ -445,6 +445,28 @@ mod tests {
             let _ = deaggregate(&bytes);
         }
 
+        /// Arbitrary bodies with a correct checksum, so that the protobuf
+        /// parser and the limits behind it are reached; whatever comes out
+        /// keeps within the limits.
+        #[test]
+        fn never_panics_behind_a_correct_checksum(body in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let mut bytes = MAGIC.to_vec();
+            bytes.extend_from_slice(&body);
+            bytes.extend_from_slice(Md5::digest(&body).as_slice());
+            match deaggregate(&bytes) {
+                Err(AggregateError::BadChecksum | AggregateError::TooShort(_)) => {
+                    prop_assert!(false, "the checksum is right and the input long enough");
+                }
+                Ok(records) => {
+                    prop_assert!(records.len() <= MAX_SUB_RECORDS);
+                    for record in records {
+                        prop_assert!(record.partition_key.chars().count() <= MAX_PARTITION_KEY_CHARS);
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+
         #[test]
         fn aggregate_round_trip(items in proptest::collection::vec(("[a-z]{1,8}", proptest::option::of("[0-9]{1,38}"), proptest::collection::vec(any::<u8>(), 0..64)), 1..40)) {
             let records: Vec<UserRecord> = items.into_iter().map(|(key, hash, data)| UserRecord {
