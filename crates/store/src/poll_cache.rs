@@ -61,6 +61,8 @@ pub struct PollCache {
     config: PollCacheConfig,
     /// Reads of the polls table, counted for the owner's metrics.
     reads: Arc<AtomicU64>,
+    /// Lookups, cached or not (for tests and benchmarks).
+    lookups: AtomicU64,
 }
 
 impl PollCache {
@@ -70,6 +72,7 @@ impl PollCache {
             slots: std::sync::Mutex::default(),
             config,
             reads,
+            lookups: AtomicU64::new(0),
         }
     }
 
@@ -79,6 +82,7 @@ impl PollCache {
         id: &str,
         max_age: Duration,
     ) -> Result<Option<Arc<Poll>>, VoteStoreError> {
+        self.lookups.fetch_add(1, Ordering::Relaxed);
         let slot = self.slot(id);
         let mut cached = slot.lock().await;
         if let Some(entry) = cached.as_ref() {
@@ -116,6 +120,11 @@ impl PollCache {
             });
         }
         slots.entry(id.to_owned()).or_default().clone()
+    }
+
+    /// Lookups so far, cached or not.
+    pub fn lookups(&self) -> u64 {
+        self.lookups.load(Ordering::Relaxed)
     }
 
     /// Forgets a poll, so that the next read sees a change made here.

@@ -252,7 +252,15 @@ impl VoteProcessor {
         }
     }
 
-    async fn validate(&self, record: &Record) -> Result<Verdict, VoteStoreError> {
+    /// Decides one record. `seen` holds the polls this batch has looked
+    /// up: a poll is looked up once per batch, and only a reject for an
+    /// unknown or closed poll goes back to the cache (which confirms it
+    /// with a fresh read).
+    async fn validate(
+        &self,
+        record: &Record,
+        seen: &mut HashMap<String, Arc<Poll>>,
+    ) -> Result<Verdict, VoteStoreError> {
         if let Some(problem) = &record.bad_aggregate {
             return Ok(Verdict::Rejected {
                 rejection: Rejection::new(Reason::BadAggregate, problem.clone()),
@@ -269,8 +277,26 @@ impl VoteProcessor {
             }
         };
         let arrival_ms = tally_contract::time::millis(record.arrival);
+        if let Some(poll) = seen.get(&vote.poll_id) {
+            match poll.check(&vote, arrival_ms) {
+                Ok(()) => {
+                    let poll = poll.clone();
+                    return Ok(Verdict::Valid { vote, poll });
+                }
+                Err(rejection) if rejection.reason == Reason::InvalidOption => {
+                    return Ok(Verdict::Rejected {
+                        rejection,
+                        vote: Some(vote),
+                    })
+                }
+                Err(_) => {}
+            }
+        }
         Ok(match self.pipeline.polls.check(&vote, arrival_ms).await? {
-            Ok(poll) => Verdict::Valid { vote, poll },
+            Ok(poll) => {
+                seen.insert(vote.poll_id.clone(), poll.clone());
+                Verdict::Valid { vote, poll }
+            }
             Err(rejection) => Verdict::Rejected {
                 rejection,
                 vote: Some(vote),
@@ -302,8 +328,9 @@ impl VoteProcessor {
             return Ok(Some(Vec::new()));
         }
         let mut verdicts = Vec::with_capacity(records.len());
+        let mut seen = HashMap::new();
         for record in &records {
-            verdicts.push(self.validate(record).await?);
+            verdicts.push(self.validate(record, &mut seen).await?);
         }
         crash_point("after_validate");
 

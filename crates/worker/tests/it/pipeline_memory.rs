@@ -314,3 +314,70 @@ async fn hostile_records_become_rejects_within_the_item_limit() {
     }
     assert_eq!(rejects[1].raw_len, 1 << 20, "the full length is recorded");
 }
+
+/// A poll is looked up once per batch, not once per vote.
+#[tokio::test]
+async fn a_batch_looks_each_poll_up_once() {
+    let (memory, leases) = stores();
+    let poll = Poll {
+        id: "once".into(),
+        question: "?".into(),
+        options: vec![
+            tally_core::poll::parse_option("a").unwrap(),
+            tally_core::poll::parse_option("b").unwrap(),
+        ],
+        opens_at: None,
+        closes_at: None,
+        status: PollStatus::Open,
+        counter_shards: 4,
+        created_at: 0,
+    };
+    memory.create_poll(&poll).await.unwrap();
+    let stream = Arc::new(MemoryStream::with_shards(1));
+    for index in 0..300 {
+        let vote = tally_contract::vote::Vote {
+            vote_id: format!("id{index}"),
+            poll_id: "once".into(),
+            option: if index % 2 == 0 { "a" } else { "b" }.into(),
+            voter_id: format!("v{index}"),
+            cast_at: None,
+        };
+        stream.put(
+            &vote.voter_id,
+            bytes::Bytes::from(tally_contract::vote::encode(&vote)),
+        );
+    }
+    let pipeline = Pipeline::new(
+        Arc::new(memory.clone()),
+        PipelineConfig::default(),
+        Arc::new(Metrics::default()),
+    );
+    let mut config = WorkerConfig::new("w1");
+    config.max_records = 100;
+    config.poll_interval = Duration::from_millis(20);
+    let worker = Worker::new(
+        config,
+        leases,
+        stream,
+        Arc::new(VoteProcessorFactory {
+            pipeline: pipeline.clone(),
+        }),
+    )
+    .unwrap();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(worker.run(stop.clone()));
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if memory.counts(&poll).await.unwrap().total() == 300 {
+            break;
+        }
+    }
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    assert_eq!(memory.counts(&poll).await.unwrap().total(), 300);
+    let lookups = pipeline.polls.lookups();
+    assert!(
+        (3..=10).contains(&lookups),
+        "300 votes in batches of 100 made {lookups} poll lookups"
+    );
+}
