@@ -1020,9 +1020,15 @@ fn the_worker_deletes_only_leases_and_never_writes_polls() {
         granted(&worker, r#"[var.table_arns["polls"]]"#),
         set(&["dynamodb:GetItem"])
     );
+    // put_votes (BatchExecuteStatement INSERTs, a BatchGetItem of the
+    // refused ones) and put_vote (crates/store/src/dynamo.rs).
     assert_eq!(
         granted(&worker, r#"[var.table_arns["votes"]]"#),
-        set(&["dynamodb:PutItem"])
+        set(&[
+            "dynamodb:PartiQLInsert",
+            "dynamodb:BatchGetItem",
+            "dynamodb:PutItem"
+        ])
     );
     assert_eq!(
         granted(&worker, r#"[var.table_arns["tallies"]]"#),
@@ -1075,9 +1081,10 @@ fn the_worker_deletes_only_leases_and_never_writes_polls() {
 fn the_gateway_reads_ballots_by_key_only() {
     let iam = module_text("service");
     let gateway = statements(&iam, "gateway");
+    // get_vote (votes/me) and get_votes (the batched 409 pre-check).
     assert_eq!(
         granted(&gateway, r#"[var.table_arns["votes"]]"#),
-        set(&["dynamodb:GetItem"])
+        set(&["dynamodb:GetItem", "dynamodb:BatchGetItem"])
     );
     assert_eq!(
         granted(&gateway, r#"[var.table_arns["polls"]]"#),
@@ -1153,8 +1160,11 @@ fn the_key_lets_only_this_accounts_alarms_use_it() {
             && attr(c, "variable") == Some(r#""aws:SourceAccount""#)
             && attr(c, "values") == Some("[local.account_id]")
     }));
-    // Every service principal of the key policy is held by a condition.
-    for statement in &key {
+    // Every service principal of the key policies (the main key's and the
+    // per-region part every key shares) is held by a condition.
+    let logs_key = statements(&tally, "logs_key");
+    assert!(logs_key.iter().any(|s| s.sid == "LogsEncrypt"));
+    for statement in key.iter().chain(&logs_key) {
         if statement.body.contains("type        = \"Service\"") {
             assert!(
                 !blocks(statement.body, "condition").is_empty(),

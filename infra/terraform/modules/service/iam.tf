@@ -83,10 +83,13 @@ data "aws_iam_policy_document" "worker" {
     actions   = ["dynamodb:GetItem"]
     resources = [var.table_arns["polls"]]
   }
-  # The dedupe: one conditional PutItem per vote.
+  # The dedupe: batched PartiQL INSERTs (BatchExecuteStatement checks
+  # PartiQLInsert), a consistent BatchGetItem of the inserts refused as
+  # duplicates, and one conditional PutItem per vote on the single path and
+  # for a statement resent alone.
   statement {
     sid       = "PutVotes"
-    actions   = ["dynamodb:PutItem"]
+    actions   = ["dynamodb:PartiQLInsert", "dynamodb:BatchGetItem", "dynamodb:PutItem"]
     resources = [var.table_arns["votes"]]
   }
   # The commit: counter deltas as Updates in TransactWriteItems.
@@ -143,10 +146,11 @@ data "aws_iam_policy_document" "gateway" {
     actions   = ["dynamodb:GetItem", "dynamodb:Scan", "dynamodb:PutItem", "dynamodb:UpdateItem"]
     resources = [var.table_arns["polls"]]
   }
-  # The caller's own ballot, by key: never a scan of everyone's.
+  # Ballots by key only, never a scan of everyone's: the caller's own
+  # (votes/me, GetItem) and the 409 pre-check's batched reads (BatchGetItem).
   statement {
     sid       = "ReadBallot"
-    actions   = ["dynamodb:GetItem"]
+    actions   = ["dynamodb:GetItem", "dynamodb:BatchGetItem"]
     resources = [var.table_arns["votes"]]
   }
   statement {
