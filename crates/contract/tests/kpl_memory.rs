@@ -56,6 +56,21 @@ fn the_worst_aggregates_stay_within_the_stated_memory_bound() {
     );
     assert!(peak < 1 << 20, "refusing it allocated {peak} bytes");
 
+    // Accepted, and cheap: one record carrying 400,000 empty tags (field
+    // 4, which nothing reads and the decoder skips without allocating).
+    let mut record = vec![0x08, 0x00, 0x1a, 0x00];
+    for _ in 0..400_000 {
+        record.extend_from_slice(&[0x22, 0x00]);
+    }
+    let mut body = vec![0x0a, 0x01, b'k', 0x1a];
+    varint(record.len(), &mut body);
+    body.extend_from_slice(&record);
+    let tagged = framed(&body);
+    assert!(tagged.len() <= kpl::MAX_AGGREGATE_BYTES);
+    let (result, peak) = peak_of(|| kpl::deaggregate(&tagged));
+    assert_eq!(result.unwrap().len(), 1);
+    assert!(peak < 1 << 20, "an aggregate of tags allocated {peak} bytes");
+
     // Accepted: the most records, each carrying the longest key (256
     // four-byte characters) and the longest explicit hash key.
     let records: Vec<UserRecord> = (0..kpl::MAX_SUB_RECORDS)
