@@ -23,6 +23,11 @@ async fn body(response: Response) -> (StatusCode, Value) {
 }
 
 /// Asserts an error answer's status and stable code.
+/// GET `url` with a bearer token: the status and the JSON body.
+async fn get_with(client: &Client, url: String, token: &str) -> (StatusCode, Value) {
+    body(client.get(url).bearer_auth(token).send().await.unwrap()).await
+}
+
 async fn expect_error(response: Response, status: u16, code: &str) -> Value {
     let (actual, value) = body(response).await;
     assert_eq!(actual.as_u16(), status, "{value}");
@@ -213,15 +218,7 @@ async fn poll_routes_and_their_errors() {
     expect_error(response, 400, "invalid_body").await;
 
     // A draft: listed to the admin only.
-    let (status, list) = body(
-        client
-            .get(gateway.url("/v1/polls"))
-            .bearer_auth(&admin)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, list) = get_with(&client, gateway.url("/v1/polls"), &admin).await;
     assert_eq!(status, 200);
     assert_eq!(list["polls"].as_array().unwrap().len(), 1);
     let (status, shown) = body(
@@ -399,15 +396,7 @@ async fn poll_routes_and_their_errors() {
         .await
         .unwrap();
     expect_error(response, 400, "invalid_idempotency_key").await;
-    let (status, me) = body(
-        client
-            .get(gateway.url("/v1/polls/draftless/votes/me"))
-            .bearer_auth(&voter)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, me) = get_with(&client, gateway.url("/v1/polls/draftless/votes/me"), &voter).await;
     assert_eq!(
         (status.as_u16(), me["status"].as_str()),
         (200, Some("unknown"))
@@ -528,15 +517,7 @@ async fn a_vote_is_counted_and_shows_in_results_and_on_the_stream() {
         ),
         (Some("red"), Some(1))
     );
-    let (_, me) = body(
-        client
-            .get(gateway.url("/v1/polls/live/votes/me"))
-            .bearer_auth(&voter)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, me) = get_with(&client, gateway.url("/v1/polls/live/votes/me"), &voter).await;
     assert_eq!(
         (me["status"].as_str(), me["counted"]["vote_id"].as_str()),
         (Some("counted"), Some("k-1"))
@@ -1126,15 +1107,17 @@ async fn results_carry_caching_headers_and_answer_304_until_they_change() {
     };
     let (status, etag, cache) = get(None).await;
     assert_eq!(status, 200);
-    assert_eq!(etag.as_deref(), Some("\"0-open\""));
+    assert_eq!(etag.as_deref(), Some("W/\"0-open\""));
     assert_eq!(
         cache.as_deref(),
         Some("public, max-age=1, stale-while-revalidate=2")
     );
     let (status, again, _) = get(etag.clone()).await;
-    assert_eq!((status, again.as_deref()), (304, Some("\"0-open\"")));
-    let (status, ..) = get(Some("W/\"0-open\", \"x\"".into())).await;
-    assert_eq!(status, 304, "a weak tag in a list matches");
+    assert_eq!((status, again.as_deref()), (304, Some("W/\"0-open\"")));
+    let (status, ..) = get(Some("\"x\", \"0-open\"".into())).await;
+    assert_eq!(status, 304, "a tag in a list matches, weak or not");
+    let (status, ..) = get(Some("\"0-closed\"".into())).await;
+    assert_eq!(status, 200, "another tag does not");
 
     // A vote is counted: the old tag gets a 200 with the new one.
     let poll = stack.store.get_poll("cached").await.unwrap().unwrap();
@@ -1147,7 +1130,7 @@ async fn results_carry_caching_headers_and_answer_304_until_they_change() {
     })
     .await;
     let (_, moved, _) = get(None).await;
-    assert_eq!(moved.as_deref(), Some("\"1-open\""));
+    assert_eq!(moved.as_deref(), Some("W/\"1-open\""));
 
     // Closed: still short; final: a day.
     let closed = client
@@ -1159,7 +1142,7 @@ async fn results_carry_caching_headers_and_answer_304_until_they_change() {
         .unwrap();
     assert_eq!(closed.status(), 200, "{:?}", closed.text().await);
     eventually(Duration::from_secs(5), "closed", || async {
-        get(None).await.1.as_deref() == Some("\"1-closed\"")
+        get(None).await.1.as_deref() == Some("W/\"1-closed\"")
     })
     .await;
     assert_eq!(
@@ -1169,7 +1152,7 @@ async fn results_carry_caching_headers_and_answer_304_until_they_change() {
     assert!(stack.store.finalize_poll("cached", "{}").await.unwrap());
     gateway.gateway.polls.forget("cached").await;
     eventually(Duration::from_secs(5), "final", || async {
-        get(None).await.1.as_deref() == Some("\"1-final\"")
+        get(None).await.1.as_deref() == Some("W/\"1-final\"")
     })
     .await;
     assert_eq!(get(None).await.2.as_deref(), Some("public, max-age=86400"));
@@ -1296,15 +1279,7 @@ async fn a_counted_votes_key_is_honoured_by_another_gateway() {
         (202, Some("key-1"))
     );
     eventually(Duration::from_secs(30), "the vote is counted", || async {
-        let (_, me) = body(
-            client
-                .get(second.url("/v1/polls/retry/votes/me"))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (_, me) = get_with(&client, second.url("/v1/polls/retry/votes/me"), &token).await;
         me["status"] == "counted"
     })
     .await;
@@ -1368,8 +1343,7 @@ async fn the_pipeline_route_reads_a_running_workers_metrics() {
     eventually(Duration::from_secs(30), "the worker's count shows", || {
         let (client, url, admin) = (client.clone(), gateway.url("/v1/pipeline"), admin.clone());
         async move {
-            let (status, health) =
-                body(client.get(url).bearer_auth(admin).send().await.unwrap()).await;
+            let (status, health) = get_with(&client, url, &admin).await;
             status == 200
                 && health["workers"][0]["up"] == true
                 && health["workers"][0]["worker_id"] == "w1"

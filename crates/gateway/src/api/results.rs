@@ -36,7 +36,10 @@ fn none_match(headers: &HeaderMap, etag: &str) -> bool {
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
         .map(|tag| tag.trim())
-        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
+        .any(|tag| {
+            tag == "*"
+                || tag.strip_prefix("W/").unwrap_or(tag) == etag.strip_prefix("W/").unwrap_or(etag)
+        })
 }
 
 /// A poll's live results (no older than 250 ms), cacheable: `ETag` is the
@@ -59,7 +62,9 @@ pub async fn results(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let snapshot = gateway.hub.current(&poll_id).await?;
-    let etag = format!("\"{}\"", snapshot.id);
+    // Weak: bodies with one tag differ in `as_of` and `votes_per_second`,
+    // which a revalidation need not fetch again.
+    let etag = format!("W/\"{}\"", snapshot.id);
     let cache_control = if snapshot.results.status == "final" {
         FINAL_CACHE_CONTROL
     } else {
