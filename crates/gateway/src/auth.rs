@@ -258,6 +258,8 @@ impl Verifier {
                 acceptable_key_set_url(url)?;
                 let client = reqwest::Client::builder()
                     .timeout(Duration::from_secs(5))
+                    // A redirect could lead to plain http or elsewhere.
+                    .redirect(reqwest::redirect::Policy::none())
                     .build()
                     .map_err(|e| e.to_string())?;
                 Some(Arc::new(JwksKeys {

@@ -15,6 +15,9 @@ use tokio::sync::{mpsc, oneshot};
 pub const LINGER: Duration = Duration::from_millis(2);
 /// Most keys in one read (`BatchGetItem`'s limit).
 pub const MAX_KEYS: usize = 100;
+/// Most reads in flight: beyond, lookups wait (and the channel pushes back
+/// on votes) instead of piling reads on a slow or throttled table.
+pub const MAX_READS: usize = 32;
 
 type Answer = Result<Option<VoteItem>, VoteStoreError>;
 type Lookup = ((String, String), oneshot::Sender<Answer>);
@@ -46,6 +49,7 @@ impl VoteLookups {
 }
 
 async fn run(store: Arc<dyn VoteReads>, mut receiver: mpsc::Receiver<Lookup>) {
+    let reads = Arc::new(tokio::sync::Semaphore::new(MAX_READS));
     while let Some(first) = receiver.recv().await {
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + LINGER;
@@ -56,8 +60,12 @@ async fn run(store: Arc<dyn VoteReads>, mut receiver: mpsc::Receiver<Lookup>) {
             }
         }
         let store = store.clone();
+        let Ok(permit) = reads.clone().acquire_owned().await else {
+            return;
+        };
         // Reads run side by side; the next batch gathers meanwhile.
         tokio::spawn(async move {
+            let _permit = permit;
             let (keys, answers): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
             match store.get_votes(&keys).await {
                 Ok(votes) => {

@@ -212,6 +212,13 @@ impl VoteProcessor {
                         pipeline.retried(|| pipeline.store.put_votes(chunk)).await?
                     }
                 };
+                if results.len() != chunk.len() {
+                    return Err(VoteStoreError::Other(format!(
+                        "the store answered {} of {} votes",
+                        results.len(),
+                        chunk.len()
+                    )));
+                }
                 let mut outcomes = Vec::with_capacity(chunk.len());
                 for (at, result) in results.into_iter().enumerate() {
                     let outcome = match result {
