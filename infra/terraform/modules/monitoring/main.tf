@@ -88,102 +88,117 @@ resource "aws_cloudwatch_dashboard" "tally" {
   })
 }
 
-resource "aws_cloudwatch_metric_alarm" "iterator_age" {
-  alarm_name          = "${var.app}-iterator-age"
-  alarm_description   = "Workers are falling behind the stream: results are late (runbook: ops/runbooks/scale.md)"
-  namespace           = "AWS/Kinesis"
-  metric_name         = "GetRecords.IteratorAgeMilliseconds"
-  dimensions          = { StreamName = var.stream_name }
-  statistic           = "Maximum"
-  period              = 60
-  evaluation_periods  = 3
-  threshold           = var.iterator_age_ms_max
+# Every alarm, in one table: what it watches and when it fires. `ok`: also
+# tell the topic when it clears (for the alarms a person waits on).
+locals {
+  alarms = {
+    iterator_age = {
+      description        = "Workers are falling behind the stream: results are late (runbook: ops/runbooks/scale.md)"
+      namespace          = "AWS/Kinesis"
+      metric_name        = "GetRecords.IteratorAgeMilliseconds"
+      dimensions         = { StreamName = var.stream_name }
+      statistic          = "Maximum"
+      period             = 60
+      evaluation_periods = 3
+      threshold          = var.iterator_age_ms_max
+      ok                 = true
+    }
+    rejects = {
+      description        = "Many malformed votes: a producer is broken or hostile (tally vote-status, the rejects table)"
+      namespace          = var.namespace
+      metric_name        = "VotesRejected"
+      dimensions         = { Application = var.app, Reason = "malformed" }
+      statistic          = "Sum"
+      period             = 300
+      evaluation_periods = 1
+      threshold          = 1000
+      ok                 = false
+    }
+    lost_leases = {
+      description        = "Workers keep losing leases: paused or overloaded tasks (runbook: ops/runbooks/failover.md)"
+      namespace          = var.namespace
+      metric_name        = "LeasesLost"
+      dimensions         = { Application = var.app }
+      statistic          = "Sum"
+      period             = 300
+      evaluation_periods = 2
+      threshold          = 10
+      ok                 = false
+    }
+    lease_table_skipped_items = {
+      description        = "The lease table holds items that are not leases: every worker skips them, and a shard whose lease it is goes unread (tally leases lists them; fix or delete them)"
+      namespace          = var.namespace
+      metric_name        = "LeaseTableSkippedItems"
+      dimensions         = { Application = var.app }
+      statistic          = "Maximum"
+      period             = 60
+      evaluation_periods = 1
+      threshold          = 0
+      ok                 = true
+    }
+    recount_mismatch = {
+      description        = "A closed poll's recount differs from its tallies; it stays unfinalized (runbook: ops/runbooks/recount.md)"
+      namespace          = var.namespace
+      metric_name        = "RecountMismatchPolls"
+      dimensions         = { Application = var.app }
+      statistic          = "Maximum"
+      period             = 60
+      evaluation_periods = 1
+      threshold          = 0
+      ok                 = false
+    }
+    throttling = {
+      description        = "DynamoDB throttles the workers: raise table limits or pre-warm (docs/DESIGN.md section 3)"
+      namespace          = var.namespace
+      metric_name        = "Retries"
+      dimensions         = { Application = var.app, Cause = "throttled" }
+      statistic          = "Sum"
+      period             = 60
+      evaluation_periods = 3
+      threshold          = 100
+      ok                 = false
+    }
+  }
+}
+
+resource "aws_cloudwatch_metric_alarm" "alarm" {
+  for_each            = local.alarms
+  alarm_name          = "${var.app}-${replace(each.key, "_", "-")}"
+  alarm_description   = each.value.description
+  namespace           = each.value.namespace
+  metric_name         = each.value.metric_name
+  dimensions          = each.value.dimensions
+  statistic           = each.value.statistic
+  period              = each.value.period
+  evaluation_periods  = each.value.evaluation_periods
+  threshold           = each.value.threshold
   comparison_operator = "GreaterThanThreshold"
   treat_missing_data  = "notBreaching"
   alarm_actions       = [var.alarm_topic_arn]
-  ok_actions          = [var.alarm_topic_arn]
+  ok_actions          = each.value.ok ? [var.alarm_topic_arn] : []
   tags                = var.tags
 }
 
-resource "aws_cloudwatch_metric_alarm" "rejects" {
-  alarm_name          = "${var.app}-rejects"
-  alarm_description   = "Many malformed votes: a producer is broken or hostile (tally vote-status, the rejects table)"
-  namespace           = var.namespace
-  metric_name         = "VotesRejected"
-  dimensions          = { Application = var.app, Reason = "malformed" }
-  statistic           = "Sum"
-  period              = 300
-  evaluation_periods  = 1
-  threshold           = 1000
-  comparison_operator = "GreaterThanThreshold"
-  treat_missing_data  = "notBreaching"
-  alarm_actions       = [var.alarm_topic_arn]
-  tags                = var.tags
+# The alarms were resources of their own: keep them, do not replace them.
+moved {
+  from = aws_cloudwatch_metric_alarm.iterator_age
+  to   = aws_cloudwatch_metric_alarm.alarm["iterator_age"]
 }
-
-resource "aws_cloudwatch_metric_alarm" "lost_leases" {
-  alarm_name          = "${var.app}-lost-leases"
-  alarm_description   = "Workers keep losing leases: paused or overloaded tasks (runbook: ops/runbooks/failover.md)"
-  namespace           = var.namespace
-  metric_name         = "LeasesLost"
-  dimensions          = { Application = var.app }
-  statistic           = "Sum"
-  period              = 300
-  evaluation_periods  = 2
-  threshold           = 10
-  comparison_operator = "GreaterThanThreshold"
-  treat_missing_data  = "notBreaching"
-  alarm_actions       = [var.alarm_topic_arn]
-  tags                = var.tags
+moved {
+  from = aws_cloudwatch_metric_alarm.rejects
+  to   = aws_cloudwatch_metric_alarm.alarm["rejects"]
 }
-
-resource "aws_cloudwatch_metric_alarm" "lease_table_skipped_items" {
-  alarm_name          = "${var.app}-lease-table-skipped-items"
-  alarm_description   = "The lease table holds items that are not leases: every worker skips them, and a shard whose lease it is goes unread (tally leases lists them; fix or delete them)"
-  namespace           = var.namespace
-  metric_name         = "LeaseTableSkippedItems"
-  dimensions          = { Application = var.app }
-  statistic           = "Maximum"
-  period              = 60
-  evaluation_periods  = 1
-  threshold           = 0
-  comparison_operator = "GreaterThanThreshold"
-  treat_missing_data  = "notBreaching"
-  alarm_actions       = [var.alarm_topic_arn]
-  ok_actions          = [var.alarm_topic_arn]
-  tags                = var.tags
+moved {
+  from = aws_cloudwatch_metric_alarm.lost_leases
+  to   = aws_cloudwatch_metric_alarm.alarm["lost_leases"]
 }
-
-resource "aws_cloudwatch_metric_alarm" "recount_mismatch" {
-  alarm_name          = "${var.app}-recount-mismatch"
-  alarm_description   = "A closed poll's recount differs from its tallies; it stays unfinalized (runbook: ops/runbooks/recount.md)"
-  namespace           = var.namespace
-  metric_name         = "RecountMismatchPolls"
-  dimensions          = { Application = var.app }
-  statistic           = "Maximum"
-  period              = 60
-  evaluation_periods  = 1
-  threshold           = 0
-  comparison_operator = "GreaterThanThreshold"
-  treat_missing_data  = "notBreaching"
-  alarm_actions       = [var.alarm_topic_arn]
-  tags                = var.tags
+moved {
+  from = aws_cloudwatch_metric_alarm.recount_mismatch
+  to   = aws_cloudwatch_metric_alarm.alarm["recount_mismatch"]
 }
-
-resource "aws_cloudwatch_metric_alarm" "throttling" {
-  alarm_name          = "${var.app}-throttling"
-  alarm_description   = "DynamoDB throttles the workers: raise table limits or pre-warm (docs/DESIGN.md section 3)"
-  namespace           = var.namespace
-  metric_name         = "Retries"
-  dimensions          = { Application = var.app, Cause = "throttled" }
-  statistic           = "Sum"
-  period              = 60
-  evaluation_periods  = 3
-  threshold           = 100
-  comparison_operator = "GreaterThanThreshold"
-  treat_missing_data  = "notBreaching"
-  alarm_actions       = [var.alarm_topic_arn]
-  tags                = var.tags
+moved {
+  from = aws_cloudwatch_metric_alarm.throttling
+  to   = aws_cloudwatch_metric_alarm.alarm["throttling"]
 }
 
 output "dashboard_name" {

@@ -12,10 +12,15 @@ locals {
   account_id   = data.aws_caller_identity.current.account_id
 }
 
-data "aws_iam_policy_document" "key" {
+# What every key of the application allows, per region: the account
+# administers it, and that region's CloudWatch Logs encrypts with it (the
+# main key in var.region; the edge key in us-east-1, for CloudFront's WAF
+# logs).
+data "aws_iam_policy_document" "logs_key" {
   #checkov:skip=CKV_AWS_109:a key policy's resource is the key itself; administration stays with the account
   #checkov:skip=CKV_AWS_111:a key policy's resource is the key itself; services are limited by conditions
   #checkov:skip=CKV_AWS_356:a key policy's resource is the key itself ("*" means this key)
+  for_each = toset([var.region, "us-east-1"])
   statement {
     sid       = "AccountAdministers"
     actions   = ["kms:*"]
@@ -31,14 +36,21 @@ data "aws_iam_policy_document" "key" {
     resources = ["*"] # a key policy's resource is the key itself
     principals {
       type        = "Service"
-      identifiers = ["logs.${var.region}.amazonaws.com"]
+      identifiers = ["logs.${each.value}.amazonaws.com"]
     }
     condition {
       test     = "ArnLike"
       variable = "kms:EncryptionContext:aws:logs:arn"
-      values   = ["arn:aws:logs:${var.region}:${local.account_id}:log-group:*"]
+      values   = ["arn:aws:logs:${each.value}:${local.account_id}:log-group:*"]
     }
   }
+}
+
+data "aws_iam_policy_document" "key" {
+  #checkov:skip=CKV_AWS_109:a key policy's resource is the key itself; administration stays with the account
+  #checkov:skip=CKV_AWS_111:a key policy's resource is the key itself; services are limited by conditions
+  #checkov:skip=CKV_AWS_356:a key policy's resource is the key itself ("*" means this key)
+  source_policy_documents = [data.aws_iam_policy_document.logs_key[var.region].json]
   statement {
     sid       = "AlarmsPublish"
     actions   = ["kms:Decrypt", "kms:GenerateDataKey*"]
@@ -76,40 +88,11 @@ resource "aws_kms_alias" "tally" {
 
 # CloudFront's web ACL lives in us-east-1, and so does its log group, whose
 # key must be in the same region: a second key, for those logs only.
-data "aws_iam_policy_document" "edge_key" {
-  #checkov:skip=CKV_AWS_109:a key policy's resource is the key itself; administration stays with the account
-  #checkov:skip=CKV_AWS_111:a key policy's resource is the key itself; services are limited by conditions
-  #checkov:skip=CKV_AWS_356:a key policy's resource is the key itself ("*" means this key)
-  statement {
-    sid       = "AccountAdministers"
-    actions   = ["kms:*"]
-    resources = ["*"] # a key policy's resource is the key itself
-    principals {
-      type        = "AWS"
-      identifiers = ["arn:aws:iam::${local.account_id}:root"]
-    }
-  }
-  statement {
-    sid       = "LogsEncrypt"
-    actions   = ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:DescribeKey"]
-    resources = ["*"] # a key policy's resource is the key itself
-    principals {
-      type        = "Service"
-      identifiers = ["logs.us-east-1.amazonaws.com"]
-    }
-    condition {
-      test     = "ArnLike"
-      variable = "kms:EncryptionContext:aws:logs:arn"
-      values   = ["arn:aws:logs:us-east-1:${local.account_id}:log-group:*"]
-    }
-  }
-}
-
 resource "aws_kms_key" "edge" {
   provider            = aws.us_east_1
   description         = "${var.app}: CloudFront's WAF logs (us-east-1)"
   enable_key_rotation = true
-  policy              = data.aws_iam_policy_document.edge_key.json
+  policy              = data.aws_iam_policy_document.logs_key["us-east-1"].json
   tags                = var.tags
 }
 
