@@ -22,12 +22,12 @@ async fn body(response: Response) -> (StatusCode, Value) {
     )
 }
 
-/// Asserts an error answer's status and stable code.
 /// GET `url` with a bearer token: the status and the JSON body.
 async fn get_with(client: &Client, url: String, token: &str) -> (StatusCode, Value) {
     body(client.get(url).bearer_auth(token).send().await.unwrap()).await
 }
 
+/// Asserts an error answer's status and stable code.
 async fn expect_error(response: Response, status: u16, code: &str) -> Value {
     let (actual, value) = body(response).await;
     assert_eq!(actual.as_u16(), status, "{value}");

