@@ -17,7 +17,9 @@
 //!   number attribute per option, `opt_<option>`.
 //! - `rejects`: `position` (`shard/seq/sub`, hash key), `reason`, `detail`,
 //!   `raw` (binary, truncated), `raw_len`, `partition_key`, `arrival_ms`,
-//!   and `poll_id` / `voter_id` / `vote_id` when known; the sparse index
+//!   `expires_at` (epoch seconds, [`REJECT_RETENTION`] after the arrival:
+//!   the table's TTL attribute), and `poll_id` / `voter_id` / `vote_id`
+//!   when known; the sparse index
 //!   `voter-index` (`voter_id`, `poll_id`) answers `tally vote-status`.
 
 use std::collections::HashMap;
@@ -411,6 +413,45 @@ fn vote_from_item(item: &Item) -> Result<VoteItem, VoteStoreError> {
     })
 }
 
+/// How long a reject is kept: DynamoDB's TTL deletes a `rejects` item
+/// after its `expires_at` (epoch seconds), this long after the record
+/// arrived.
+pub const REJECT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// A reject's item, expiring [`REJECT_RETENTION`] after its arrival (or
+/// after `now_ms` when the arrival is unknown).
+fn reject_item(reject: &RejectItem, now_ms: i64) -> Item {
+    let mut item = HashMap::from([
+        ("position".to_owned(), s(reject.origin.key())),
+        ("reason".to_owned(), s(reject.reason.as_str())),
+        ("detail".to_owned(), s(&reject.detail)),
+        (
+            "raw".to_owned(),
+            AttributeValue::B(aws_smithy_types::Blob::new(reject.raw.clone())),
+        ),
+        ("raw_len".to_owned(), n(reject.raw_len)),
+        ("partition_key".to_owned(), s(&reject.partition_key)),
+        ("arrival_ms".to_owned(), n(reject.arrival_ms)),
+    ]);
+    for (name, value) in [
+        ("poll_id", &reject.poll_id),
+        ("voter_id", &reject.voter_id),
+        ("vote_id", &reject.vote_id),
+    ] {
+        if let Some(value) = value {
+            item.insert(name.to_owned(), s(value));
+        }
+    }
+    let since_ms = if reject.arrival_ms > 0 {
+        reject.arrival_ms
+    } else {
+        now_ms
+    };
+    let expires_at = since_ms / 1000 + REJECT_RETENTION.as_secs() as i64;
+    item.insert("expires_at".to_owned(), n(expires_at));
+    item
+}
+
 fn reject_from_item(item: &Item) -> Result<RejectItem, VoteStoreError> {
     let fields = Fields {
         item,
@@ -699,27 +740,7 @@ impl CountStore for DynamoVoteStore {
     }
 
     async fn put_reject(&self, reject: &RejectItem) -> Result<(), VoteStoreError> {
-        let mut item = HashMap::from([
-            ("position".to_owned(), s(reject.origin.key())),
-            ("reason".to_owned(), s(reject.reason.as_str())),
-            ("detail".to_owned(), s(&reject.detail)),
-            (
-                "raw".to_owned(),
-                AttributeValue::B(aws_smithy_types::Blob::new(reject.raw.clone())),
-            ),
-            ("raw_len".to_owned(), n(reject.raw_len)),
-            ("partition_key".to_owned(), s(&reject.partition_key)),
-            ("arrival_ms".to_owned(), n(reject.arrival_ms)),
-        ]);
-        for (name, value) in [
-            ("poll_id", &reject.poll_id),
-            ("voter_id", &reject.voter_id),
-            ("vote_id", &reject.vote_id),
-        ] {
-            if let Some(value) = value {
-                item.insert(name.to_owned(), s(value));
-            }
-        }
+        let item = reject_item(reject, tally_contract::time::now_millis());
         self.count();
         let output = self
             .client
@@ -1194,5 +1215,40 @@ impl DynamoVoteStore {
         } else {
             CommitOutcome::Lost
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reject_expires_after_the_retention() {
+        let now_ms = tally_contract::time::now_millis();
+        let reject = RejectItem {
+            origin: Origin::parse(
+                "shardId-000000000000/49590338271490256608559692538361571095921575989136588898/0",
+            )
+            .expect("an origin"),
+            reason: Reason::Malformed,
+            detail: "not JSON".into(),
+            raw: b"x".to_vec(),
+            raw_len: 1,
+            partition_key: "u-1".into(),
+            arrival_ms: now_ms,
+            poll_id: None,
+            voter_id: None,
+            vote_id: None,
+        };
+        let expected = now_ms / 1000 + 30 * 24 * 3600;
+        let item = reject_item(&reject, now_ms + 5_000);
+        assert_eq!(item.get("expires_at"), Some(&n(expected)));
+        // Without an arrival time, from now.
+        let unknown = RejectItem {
+            arrival_ms: 0,
+            ..reject
+        };
+        let item = reject_item(&unknown, now_ms);
+        assert_eq!(item.get("expires_at"), Some(&n(expected)));
     }
 }
