@@ -140,7 +140,10 @@ pub struct GatewayArgs {
     #[arg(long, env = "TALLY_RESULTS_POLL_MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(500..=60_000))]
     pub results_poll_ms: u64,
     /// The workers' metrics URLs (`http://host:9464/metrics`), comma-
-    /// separated, for the admin page's pipeline health.
+    /// separated, for the admin page's pipeline health. A
+    /// `dns+http://name:port/path` entry stands for one `http://` URL per
+    /// address the name resolves to when the page is read (a service
+    /// discovery name that answers every worker's address).
     #[arg(long, env = "TALLY_WORKER_METRICS_URLS", value_delimiter = ',')]
     pub worker_metrics_urls: Vec<String>,
     /// How long a vote may wait for others to share its Kinesis call.
@@ -218,8 +221,11 @@ impl GatewayArgs {
             }
         }
         for url in &self.worker_metrics_urls {
-            if !url.starts_with("http://") && !url.starts_with("https://") {
-                bail!("invalid setting TALLY_WORKER_METRICS_URLS: {url:?} is not an http(s) URL");
+            if !["http://", "https://", "dns+http://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme))
+            {
+                bail!("invalid setting TALLY_WORKER_METRICS_URLS: {url:?} is not an http(s) or dns+http URL");
             }
         }
         for origin in &self.cors_origins {

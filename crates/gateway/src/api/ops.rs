@@ -28,11 +28,15 @@ pub async fn pipeline(
     State(gateway): Shared,
     Admin(_admin): Admin,
 ) -> Result<Json<PipelineHealth>, ApiError> {
-    let fetches = gateway.args.worker_metrics_urls.iter().map(|url| {
+    let urls = worker_urls(&gateway.args.worker_metrics_urls).await;
+    let fetches = urls.into_iter().map(|url| {
         let client = gateway.http.clone();
         async move {
             let answer = async {
-                let response = client.get(url).send().await.map_err(|e| e.to_string())?;
+                if url.starts_with(DNS_SCHEME) {
+                    return Err("the name resolves to no address".to_owned());
+                }
+                let response = client.get(&url).send().await.map_err(|e| e.to_string())?;
                 if !response.status().is_success() {
                     return Err(format!("answered {}", response.status()));
                 }
@@ -42,7 +46,7 @@ pub async fn pipeline(
                     .map_err(|e| e.to_string())
             }
             .await;
-            (url.clone(), answer)
+            (url, answer)
         }
     });
     let mut health = PipelineHealth {
@@ -105,6 +109,51 @@ pub async fn pipeline(
     }
     *sample = Some((now, health.votes_counted_total));
     Ok(Json(health))
+}
+
+/// The scheme of a metrics URL entry that names every address of a host.
+const DNS_SCHEME: &str = "dns+";
+
+/// The metrics URLs to read: an `http(s)://` entry as it is; a
+/// `dns+http://name:port/path` entry as `http://address:port/path` for each
+/// address `name` resolves to now (in order, each once), or as itself when
+/// it resolves to none (then read as a worker that is down).
+async fn worker_urls(configured: &[String]) -> Vec<String> {
+    let mut urls = Vec::with_capacity(configured.len());
+    for entry in configured {
+        let Some(plain) = entry.strip_prefix(DNS_SCHEME) else {
+            urls.push(entry.clone());
+            continue;
+        };
+        let addresses = match reqwest::Url::parse(plain) {
+            Ok(url) => match (url.host_str(), url.port_or_known_default()) {
+                (Some(host), Some(port)) => {
+                    let path = match url.query() {
+                        Some(query) => format!("{}?{query}", url.path()),
+                        None => url.path().to_owned(),
+                    };
+                    let mut found: Vec<std::net::SocketAddr> =
+                        tokio::net::lookup_host((host, port))
+                            .await
+                            .map(Iterator::collect)
+                            .unwrap_or_default();
+                    found.sort();
+                    found.dedup();
+                    found
+                        .into_iter()
+                        .map(|address| format!("http://{address}{path}"))
+                        .collect()
+                }
+                _ => Vec::new(),
+            },
+            Err(_) => Vec::new(),
+        };
+        if addresses.is_empty() {
+            urls.push(entry.clone());
+        }
+        urls.extend(addresses);
+    }
+    urls
 }
 
 /// Liveness: the process serves requests.
@@ -212,4 +261,33 @@ pub async fn dev_token(
         "role": if admin { "admin" } else { "voter" },
         "expires_at": format_rfc3339(now_millis() + lifetime.as_millis() as i64),
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_dns_entry_is_one_url_per_address() {
+        let urls = worker_urls(&[
+            "http://10.0.0.1:9464/metrics".to_owned(),
+            "dns+http://localhost:9464/metrics?x=1".to_owned(),
+            "dns+http://no-such-name.invalid:9464/metrics".to_owned(),
+        ])
+        .await;
+        assert_eq!(urls[0], "http://10.0.0.1:9464/metrics");
+        assert!(
+            urls.contains(&"http://127.0.0.1:9464/metrics?x=1".to_owned()),
+            "{urls:?}"
+        );
+        // Every address of the name, each once, then the unresolved entry
+        // as it is (read as a worker that is down).
+        assert!(urls[1..urls.len() - 1]
+            .iter()
+            .all(|url| url.starts_with("http://") && url.ends_with(":9464/metrics?x=1")));
+        assert_eq!(
+            urls.last().map(String::as_str),
+            Some("dns+http://no-such-name.invalid:9464/metrics")
+        );
+    }
 }
