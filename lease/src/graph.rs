@@ -310,6 +310,7 @@ mod tests {
             steps in proptest::collection::vec((any::<bool>(), 0usize..8), 0..12),
             initial in 1usize..5,
             seed_existing in proptest::collection::vec(any::<bool>(), 0..40),
+            deleted in proptest::collection::vec(any::<bool>(), 0..40),
         ) {
             let shards = history(steps, initial);
             let existing: HashSet<ShardId> = shards.iter().zip(seed_existing.iter().chain(std::iter::repeat(&false)))
@@ -329,6 +330,18 @@ mod tests {
             }
             // Running it again creates nothing: sync is idempotent.
             prop_assert!(leases_to_create(&shards, &seen, InitialPosition::TrimHorizon).is_empty());
+            // Clean-up deletes finished parents whose children all have
+            // leases, the oldest first: a deleted parent is never created
+            // again (it would replay its records).
+            let mut cleaned = seen.clone();
+            for (shard, delete) in shards.iter().zip(deleted.iter().chain(std::iter::repeat(&true))) {
+                let children: Vec<&Shard> = shards.iter().filter(|c| c.parents().contains(&shard.id)).collect();
+                if *delete && !children.is_empty() && children.iter().all(|c| cleaned.contains(&c.id)) {
+                    cleaned.remove(&shard.id);
+                }
+            }
+            let again = leases_to_create(&shards, &cleaned, InitialPosition::TrimHorizon);
+            prop_assert!(again.is_empty(), "deleted parents created again: {:?}", again.iter().map(|l| l.key.as_str()).collect::<Vec<_>>());
         }
 
         #[test]

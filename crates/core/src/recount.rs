@@ -254,6 +254,42 @@ mod tests {
             proptest::prop_assert_eq!(first.votes, whole.votes);
             proptest::prop_assert_eq!(&first.digest, &whole.digest);
         }
+
+        /// Another vote set has another digest: a vote whose id changed,
+        /// a vote added, or a vote dropped.
+        #[test]
+        fn the_digest_changes_with_the_vote_set(
+            voters in proptest::collection::btree_set("[a-z]{1,6}", 1..40),
+            pick in proptest::prelude::any::<proptest::sample::Index>(),
+            new_id in "[a-z0-9-]{1,12}",
+            added in "[A-Z]{1,6}",
+        ) {
+            let votes: Vec<VoteItem> = voters
+                .iter()
+                .enumerate()
+                .map(|(index, voter)| vote(voter, if index % 3 == 0 { "a" } else { "b" }))
+                .collect();
+            let digest = |votes: &[VoteItem]| {
+                let mut recount = Recount::default();
+                votes.iter().for_each(|v| recount.add(v));
+                recount.digest
+            };
+            let honest = digest(&votes);
+            let at = pick.index(votes.len());
+
+            let mut renamed = votes.clone();
+            proptest::prop_assume!(renamed[at].vote_id != new_id);
+            renamed[at].vote_id = new_id;
+            proptest::prop_assert_ne!(&digest(&renamed), &honest, "a changed vote id");
+
+            let mut more = votes.clone();
+            more.push(vote(&added, "a"));
+            proptest::prop_assert_ne!(&digest(&more), &honest, "a vote added");
+
+            let mut fewer = votes.clone();
+            fewer.remove(at);
+            proptest::prop_assert_ne!(&digest(&fewer), &honest, "a vote dropped");
+        }
     }
 
     #[test]
