@@ -105,7 +105,8 @@ module "tally" {
   workers_min         = 1
   workers_max         = 4
   shards_per_worker   = 4
-  gateway_count       = 1
+  gateways_min        = 1
+  gateways_max        = 2
   worker_cpu          = 512
   worker_memory       = 1024
   gateway_cpu         = 512

@@ -82,9 +82,12 @@ variable "voter_registration" {
   default     = "self"
 }
 
-# The design point (docs/DESIGN.md section 3): 250,000 votes/s peak. 334
-# shards carry plain records (64 with KPL aggregation through the gateway);
-# about 102 vCPUs of workers: 4 shards per 1-vCPU worker, 84 at most.
+# The design point (docs/DESIGN.md section 3, "Prod sizing"): 250,000
+# votes/s peak. 334 shards carry plain records (64 with KPL aggregation
+# through the gateway). The shards, not the CPU, size the worker fleet:
+# 9 shards per 1-vCPU worker, ceil(334 / 9) = 38 workers at the design
+# point, 40 at most (tests/it/infra.rs checks these against the design doc
+# and the infra README).
 module "tally" {
   source = "../../modules/tally"
   providers = {
@@ -105,9 +108,10 @@ module "tally" {
   voter_registration       = var.voter_registration
   shard_count              = 334
   workers_min              = 8
-  workers_max              = 128
-  shards_per_worker        = 4
-  gateway_count            = 12
+  workers_max              = 40
+  shards_per_worker        = 9
+  gateways_min             = 12
+  gateways_max             = 48
   worker_cpu               = 1024
   worker_memory            = 2048
   gateway_cpu              = 2048

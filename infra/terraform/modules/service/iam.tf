@@ -233,3 +233,59 @@ resource "aws_iam_role_policy" "finalizer" {
   role   = aws_iam_role.finalizer.id
   policy = data.aws_iam_policy_document.finalizer.json
 }
+
+# `tally replay` (a one-off task of its own): reads the live poll, votes
+# and counters and the stream, never writes them; creates and writes its
+# shadow tables and its own lease table, which are named <app>-replay-* or
+# <app>-restored-* (var.replay_table_arns), never a live table's name.
+resource "aws_iam_role" "replay" {
+  name               = "${var.app}-replay"
+  assume_role_policy = data.aws_iam_policy_document.assume_ecs_tasks.json
+  tags               = var.tags
+}
+
+locals {
+  replay_arns = flatten([for arn in var.replay_table_arns : [arn, "${arn}/index/*"]])
+}
+
+data "aws_iam_policy_document" "replay" {
+  statement {
+    sid       = "ReadStream"
+    actions   = ["kinesis:ListShards", "kinesis:GetShardIterator", "kinesis:GetRecords"]
+    resources = [var.stream_arn]
+  }
+  statement {
+    sid       = "ReadPoll"
+    actions   = ["dynamodb:GetItem"]
+    resources = [var.table_arns["polls"]]
+  }
+  statement {
+    sid       = "RecountVotes"
+    actions   = ["dynamodb:Scan"]
+    resources = [var.table_arns["votes"]]
+  }
+  statement {
+    sid       = "ReadTallies"
+    actions   = ["dynamodb:BatchGetItem"]
+    resources = [var.table_arns["tallies"]]
+  }
+  # The shadow tables (created unless they exist, with the poll copied in,
+  # the votes, rejects and counters of the replay) and the replay's lease
+  # table (leases created, renewed, checkpointed and cleaned up).
+  statement {
+    sid       = "ShadowTables"
+    actions   = ["dynamodb:CreateTable", "dynamodb:DescribeTable", "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Scan", "dynamodb:Query", "dynamodb:BatchGetItem", "dynamodb:PartiQLInsert"]
+    resources = local.replay_arns
+  }
+  statement {
+    sid       = "Decrypt"
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
+    resources = [var.kms_key_arn]
+  }
+}
+
+resource "aws_iam_role_policy" "replay" {
+  name   = "replay-polls"
+  role   = aws_iam_role.replay.id
+  policy = data.aws_iam_policy_document.replay.json
+}

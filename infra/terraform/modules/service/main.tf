@@ -27,6 +27,12 @@ resource "aws_ecs_cluster" "this" {
 locals {
   # The gateway's /metrics listener (in-VPC scraping only).
   gateway_metrics_port = 9465
+  # The worker's /health and /metrics listener (TALLY_HEALTH_ADDR): the
+  # container's health check, and the gateway's pipeline health page.
+  worker_metrics_port = 9464
+  # Every running worker's address, from Cloud Map (discovery.tf): the
+  # gateway expands the name to one URL per address.
+  worker_metrics_urls = "dns+http://${aws_service_discovery_service.workers.name}.${aws_service_discovery_private_dns_namespace.tally.name}:${local.worker_metrics_port}/metrics"
   common_environment = [
     { name = "TALLY_STREAM", value = var.stream_name },
     { name = "TALLY_APP", value = var.app },
@@ -58,9 +64,12 @@ resource "aws_ecs_task_definition" "worker" {
     name        = "worker"
     image       = var.image
     command     = ["worker"]
-    environment = concat(local.common_environment, [{ name = "TALLY_HEALTH_ADDR", value = "0.0.0.0:9464" }])
+    environment = concat(local.common_environment, [{ name = "TALLY_HEALTH_ADDR", value = "0.0.0.0:${local.worker_metrics_port}" }])
+    portMappings = [
+      { containerPort = local.worker_metrics_port, protocol = "tcp" },
+    ]
     healthCheck = {
-      command     = ["CMD", "/usr/local/bin/tally", "probe", "http://127.0.0.1:9464/health"]
+      command     = ["CMD", "/usr/local/bin/tally", "probe", "http://127.0.0.1:${local.worker_metrics_port}/health"]
       interval    = 15
       timeout     = 3
       retries     = 3
@@ -105,6 +114,8 @@ resource "aws_ecs_task_definition" "gateway" {
       # appends it, and the load balancer keeps the header as it is.
       { name = "TALLY_TRUST_FORWARDED_FOR", value = "true" },
       { name = "TALLY_CORS_ORIGINS", value = join(",", var.cors_origins) },
+      # The admin page's pipeline health reads every worker's /metrics.
+      { name = "TALLY_WORKER_METRICS_URLS", value = local.worker_metrics_urls },
     ])
     portMappings = [
       { containerPort = 8080, protocol = "tcp" },
@@ -129,9 +140,11 @@ resource "aws_ecs_task_definition" "gateway" {
   tags = var.tags
 }
 
-# One-off runs of `tally finalize`, `tally audit`, `tally replay` and
-# `tally snapshot` (ops/runbooks/recount.md): run this task with the command
-# overridden, e.g. ["finalize", "<poll>"].
+# One-off runs of the operator's commands on the live tables (the runbooks
+# in ops/runbooks): `tally finalize`, `resolve`, `audit`, `snapshot`,
+# `poll`, `leases`, `results` and `vote-status`. Run this task with the
+# command overridden, e.g. ["finalize", "<poll>"]. `tally replay` has a task
+# of its own (below), whose role may create tables.
 resource "aws_ecs_task_definition" "finalizer" {
   family                   = "${var.app}-finalizer"
   requires_compatibilities = ["FARGATE"]
@@ -153,6 +166,36 @@ resource "aws_ecs_task_definition" "finalizer" {
         awslogs-group         = aws_cloudwatch_log_group.worker.name
         awslogs-region        = var.region
         awslogs-stream-prefix = "finalizer"
+      }
+    }
+  })])
+  tags = var.tags
+}
+
+# One-off runs of `tally replay` (ops/runbooks/recount.md, restore.md):
+# run with the command overridden, e.g. ["replay", "<poll>", "--from",
+# "votes", "--shadow-prefix", "<app>-replay-1-"]. Its role reads the live
+# tables and creates and writes only tables named <app>-replay-* and
+# <app>-restored-* (var.replay_table_arns).
+resource "aws_ecs_task_definition" "replay" {
+  family                   = "${var.app}-replay"
+  requires_compatibilities = ["FARGATE"]
+  network_mode             = "awsvpc"
+  cpu                      = var.worker_cpu
+  memory                   = var.worker_memory
+  execution_role_arn       = aws_iam_role.execution.arn
+  task_role_arn            = aws_iam_role.replay.arn
+  container_definitions = jsonencode([merge(local.container_defaults, {
+    name        = "replay"
+    image       = var.image
+    command     = ["replay", "--help"]
+    environment = local.common_environment
+    logConfiguration = {
+      logDriver = "awslogs"
+      options = {
+        awslogs-group         = aws_cloudwatch_log_group.worker.name
+        awslogs-region        = var.region
+        awslogs-stream-prefix = "replay"
       }
     }
   })])
@@ -242,11 +285,30 @@ resource "aws_vpc_security_group_egress_rule" "gateway_https" {
   ip_protocol       = "tcp"
 }
 
+# The admin page's pipeline health: the gateway reads the workers' /metrics.
+resource "aws_vpc_security_group_egress_rule" "gateway_to_worker_metrics" {
+  security_group_id            = aws_security_group.gateway.id
+  description                  = "The workers' /metrics (pipeline health)"
+  referenced_security_group_id = aws_security_group.worker.id
+  from_port                    = local.worker_metrics_port
+  to_port                      = local.worker_metrics_port
+  ip_protocol                  = "tcp"
+}
+
 resource "aws_security_group" "worker" {
   name        = "${var.app}-worker"
-  description = "Worker tasks: no ingress, AWS APIs only"
+  description = "Worker tasks: metrics from the gateway, AWS APIs out"
   vpc_id      = var.vpc_id
   tags        = var.tags
+}
+
+resource "aws_vpc_security_group_ingress_rule" "worker_metrics_from_gateway" {
+  security_group_id            = aws_security_group.worker.id
+  description                  = "/metrics from the gateway (pipeline health)"
+  referenced_security_group_id = aws_security_group.gateway.id
+  from_port                    = local.worker_metrics_port
+  to_port                      = local.worker_metrics_port
+  ip_protocol                  = "tcp"
 }
 
 resource "aws_vpc_security_group_egress_rule" "worker_https" {
@@ -361,7 +423,7 @@ resource "aws_ecs_service" "gateway" {
   name            = "gateway"
   cluster         = aws_ecs_cluster.this.id
   task_definition = aws_ecs_task_definition.gateway.arn
-  desired_count   = var.gateway_count
+  desired_count   = var.gateways_min
   launch_type     = "FARGATE"
   network_configuration {
     subnets          = var.private_subnet_ids
@@ -379,6 +441,9 @@ resource "aws_ecs_service" "gateway" {
   }
   propagate_tags = "SERVICE"
   tags           = var.tags
+  lifecycle {
+    ignore_changes = [desired_count] # owned by the autoscaling (autoscaling.tf)
+  }
 }
 
 resource "aws_ecs_service" "worker" {
@@ -391,6 +456,10 @@ resource "aws_ecs_service" "worker" {
     subnets          = var.private_subnet_ids
     security_groups  = [aws_security_group.worker.id]
     assign_public_ip = false
+  }
+  # Each task's address under the workers' Cloud Map name (discovery.tf).
+  service_registries {
+    registry_arn = aws_service_discovery_service.workers.arn
   }
   # Replace workers gradually: leases move to the survivors in seconds.
   deployment_minimum_healthy_percent = 100

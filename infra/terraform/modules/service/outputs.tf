@@ -33,7 +33,12 @@ output "finalizer_task_definition" {
   value       = aws_ecs_task_definition.finalizer.arn
 }
 
+output "replay_task_definition" {
+  description = "Run with the command overridden: [\"replay\", \"<poll>\", \"--from\", \"votes\", \"--shadow-prefix\", \"<app>-replay-<n>-\"]."
+  value       = aws_ecs_task_definition.replay.arn
+}
+
 output "worker_security_group_id" {
-  description = "For one-off finalizer runs (no ingress, HTTPS out)."
+  description = "For one-off finalizer and replay runs (HTTPS out)."
   value       = aws_security_group.worker.id
 }

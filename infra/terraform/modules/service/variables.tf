@@ -72,6 +72,11 @@ variable "table_arns" {
   type        = map(string)
 }
 
+variable "replay_table_arns" {
+  description = "ARN patterns of the tables `tally replay` may create and write (its shadow tables and its lease table), e.g. arn:aws:dynamodb:<region>:<account>:table/<app>-replay-*: never the live tables."
+  type        = list(string)
+}
+
 variable "kms_key_arn" {
   description = "The key of the stream, the tables and the logs."
   type        = string
@@ -124,9 +129,28 @@ variable "gateway_memory" {
   default = 2048
 }
 
-variable "gateway_count" {
-  type    = number
-  default = 2
+variable "gateways_min" {
+  description = "Fewest gateway tasks; the service starts with this many and scales on CPU and requests between gateways_min and gateways_max."
+  type        = number
+  default     = 2
+}
+
+variable "gateways_max" {
+  description = "Most gateway tasks."
+  type        = number
+  default     = 8
+}
+
+variable "gateway_cpu_target" {
+  description = "Average CPU (percent) the gateway service's target tracking keeps."
+  type        = number
+  default     = 60
+}
+
+variable "gateway_requests_per_target" {
+  description = "Requests a minute per gateway task (ALBRequestCountPerTarget) the gateway service's target tracking keeps."
+  type        = number
+  default     = 30000
 }
 
 variable "auth_jwks_url" {

@@ -8,8 +8,22 @@
 data "aws_caller_identity" "current" {}
 
 locals {
+  # The names of the tables this module makes (modules/tables): fixed by
+  # the app's name, so that no input can replace a protected table.
   table_prefix = "${var.app}-"
   account_id   = data.aws_caller_identity.current.account_id
+  table_arn    = "arn:aws:dynamodb:${var.region}:${local.account_id}:table"
+  # The vote tables the tasks use: this module's, or restored ones
+  # (var.vote_tables_prefix, ops/runbooks/restore.md). The lease table
+  # stays this module's.
+  service_table_prefix = var.vote_tables_prefix == "" ? local.table_prefix : var.vote_tables_prefix
+  service_table_arns = var.vote_tables_prefix == "" ? module.tables.arns : merge(module.tables.arns, {
+    for role in ["polls", "votes", "tallies", "rejects"] : role => "${local.table_arn}/${var.vote_tables_prefix}${role}"
+  })
+  # What `tally replay` may create and write: its shadow tables and lease
+  # table (<app>-replay-*), and restored tables (<app>-restored-*), into
+  # which restore.md replays the stream. No live table is named so.
+  replay_table_arns = ["${local.table_arn}/${var.app}-replay-*", "${local.table_arn}/${var.app}-restored-*"]
 }
 
 # What every key of the application allows, per region: the account
@@ -152,14 +166,18 @@ module "service" {
   alb_logs_bucket                    = module.buckets.alb_logs_bucket
   stream_name                        = module.stream.name
   stream_arn                         = module.stream.arn
-  table_prefix                       = local.table_prefix
-  table_arns                         = module.tables.arns
+  table_prefix                       = local.service_table_prefix
+  table_arns                         = local.service_table_arns
+  replay_table_arns                  = local.replay_table_arns
   kms_key_arn                        = aws_kms_key.tally.arn
   snapshot_bucket                    = module.buckets.snapshot_bucket
   workers_min                        = var.workers_min
   workers_max                        = var.workers_max
   shards_per_worker                  = var.shards_per_worker
-  gateway_count                      = var.gateway_count
+  gateways_min                       = var.gateways_min
+  gateways_max                       = var.gateways_max
+  gateway_cpu_target                 = var.gateway_cpu_target
+  gateway_requests_per_target        = var.gateway_requests_per_target
   worker_cpu                         = var.worker_cpu
   worker_memory                      = var.worker_memory
   gateway_cpu                        = var.gateway_cpu

@@ -54,6 +54,20 @@ output "finalizer_task_definition" {
   value = module.service.finalizer_task_definition
 }
 
+output "replay_task_definition" {
+  value = module.service.replay_task_definition
+}
+
+output "worker_security_group_id" {
+  description = "The network configuration of one-off finalizer and replay runs."
+  value       = module.service.worker_security_group_id
+}
+
+output "private_subnet_ids" {
+  description = "The network configuration of one-off runs."
+  value       = var.private_subnet_ids
+}
+
 output "voter_claim" {
   description = "The claim both vote paths take the voter id from."
   value       = var.voter_claim

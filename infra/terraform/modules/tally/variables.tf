@@ -80,9 +80,28 @@ variable "shards_per_worker" {
   default = 4
 }
 
-variable "gateway_count" {
-  type    = number
-  default = 2
+variable "gateways_min" {
+  description = "Fewest gateway tasks (the service autoscales on CPU and requests per task up to gateways_max)."
+  type        = number
+  default     = 2
+}
+
+variable "gateways_max" {
+  description = "Most gateway tasks."
+  type        = number
+  default     = 8
+}
+
+variable "gateway_cpu_target" {
+  description = "Average CPU (percent) the gateway autoscaling keeps."
+  type        = number
+  default     = 60
+}
+
+variable "gateway_requests_per_target" {
+  description = "Requests a minute per gateway task (ALBRequestCountPerTarget) the gateway autoscaling keeps."
+  type        = number
+  default     = 30000
 }
 
 variable "worker_cpu" {
@@ -260,6 +279,16 @@ variable "alarm_email" {
   description = "Address subscribed to the alarms (empty: none)."
   type        = string
   default     = ""
+}
+
+variable "vote_tables_prefix" {
+  description = "Empty: the tasks use the vote tables this module makes (<app>-polls, -votes, -tallies, -rejects). Set after a point-in-time restore (ops/runbooks/restore.md) to the restored tables' prefix, <app>-restored-<something>-: the tasks and their roles then use <prefix>polls, votes, tallies and rejects, which the restore made outside Terraform; the tables this module made stay as they are. The lease table is always <app>-leases."
+  type        = string
+  default     = ""
+  validation {
+    condition     = var.vote_tables_prefix == "" || can(regex("^[A-Za-z0-9._-]+-restored-[A-Za-z0-9._-]*-$", var.vote_tables_prefix))
+    error_message = "vote_tables_prefix must be empty or <app>-restored-<name>- (the replay role may write tables named so, the restore runbook names them so)."
+  }
 }
 
 variable "deletion_protection" {
