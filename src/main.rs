@@ -4,6 +4,7 @@
 
 mod cli;
 mod cmd;
+mod operations;
 
 use std::process::ExitCode;
 

@@ -1909,3 +1909,575 @@ fn only_the_distribution_reaches_the_load_balancer() {
     let associated = attr(block(&tally, "module \"waf\""), "associate_arns").unwrap();
     assert!(!associated.contains("module.service"), "{associated}");
 }
+
+// What each command calls on AWS (src/operations.rs), against the roles of
+// the tasks that run it, and the commands the runbooks name.
+
+#[path = "../../src/operations.rs"]
+#[allow(dead_code)]
+mod operations;
+
+/// The task that runs a command on AWS, by its role's policy document in
+/// modules/service: the services, the one-off finalizer task (the
+/// operator's commands on the live tables) and the one-off replay task.
+/// `None`: not run on AWS (Terraform does what `init` does; `tail` and
+/// `load` are for the local stack), so no runbook may name it.
+fn role_of(command: &str) -> Option<&'static str> {
+    match command {
+        "worker" => Some("worker"),
+        "gateway" => Some("gateway"),
+        "finalize" | "resolve" | "audit" | "snapshot" | "poll" | "leases" | "results"
+        | "vote-status" => Some("finalizer"),
+        "replay" => Some("replay"),
+        // The container health check of both services: no AWS call.
+        "probe" => Some("worker"),
+        _ => None,
+    }
+}
+
+/// The elements of a one-line `resources` value (`[a, "b"]`, or a bare
+/// `local.x`).
+fn resource_elements(value: &str) -> Vec<String> {
+    match value.strip_prefix('[').and_then(|v| v.strip_suffix(']')) {
+        Some(inner) => inner
+            .split(", ")
+            .map(|element| element.trim().to_owned())
+            .collect(),
+        None => vec![value.trim().to_owned()],
+    }
+}
+
+/// The `resources` elements that stand for a resource kind of
+/// src/operations.rs in modules/service (the locals are checked below to
+/// mean what they say).
+fn elements_for(kind: &str) -> Vec<&'static str> {
+    use operations::*;
+    let all = "local.table_and_index_arns";
+    match kind {
+        k if k == STREAM => vec!["var.stream_arn"],
+        k if k == LEASES => vec![r#"var.table_arns["leases"]"#, "local.leases_arns", all],
+        k if k == LEASES_INDEX => vec!["local.leases_arns", all],
+        k if k == POLLS => vec![r#"var.table_arns["polls"]"#, all],
+        k if k == VOTES => vec![r#"var.table_arns["votes"]"#, all],
+        k if k == TALLIES => vec![r#"var.table_arns["tallies"]"#, all],
+        k if k == REJECTS => vec![r#"var.table_arns["rejects"]"#, all],
+        k if k == REJECTS_INDEX => vec![r#""${var.table_arns["rejects"]}/index/voter-index""#, all],
+        k if k == SHADOW || k == SHADOW_INDEX => vec!["local.replay_arns"],
+        k if k == OBJECTS => vec![r#""arn:aws:s3:::${statement.value}/*""#],
+        k if k == METRICS => vec![r#""*""#],
+        // No task may create or probe buckets.
+        _ => vec![],
+    }
+}
+
+/// Whether the role's statements allow `action` on `kind`.
+fn role_allows(statements: &[Statement], action: &str, kind: &str) -> bool {
+    let wanted = elements_for(kind);
+    statements.iter().any(|statement| {
+        statement.effect == "Allow"
+            && statement.actions.contains(action)
+            && resource_elements(&statement.resources)
+                .iter()
+                .any(|element| wanted.contains(&element.as_str()))
+            && (kind != operations::METRICS
+                || statement
+                    .body
+                    .contains("values   = [var.metrics_namespace]"))
+    })
+}
+
+#[test]
+fn every_role_allows_what_its_commands_call() {
+    let service = module_text("service");
+    // The locals the roles name mean what elements_for() takes them for.
+    assert_eq!(
+        local(&service, "leases_arns"),
+        Some(r#"[var.table_arns["leases"], "${var.table_arns["leases"]}/index/*"]"#)
+    );
+    assert_eq!(
+        local(&service, "table_and_index_arns"),
+        Some(r#"flatten([for arn in values(var.table_arns) : [arn, "${arn}/index/*"]])"#)
+    );
+    assert_eq!(
+        local(&service, "replay_arns"),
+        Some(r#"flatten([for arn in var.replay_table_arns : [arn, "${arn}/index/*"]])"#)
+    );
+    let mut missing = Vec::new();
+    for (command, calls) in operations::OPERATIONS {
+        let Some(role) = role_of(command) else {
+            continue;
+        };
+        let statements = statements(&service, role);
+        for (action, kind) in *calls {
+            if !role_allows(&statements, action, kind) {
+                missing.push(format!("`tally {command}` calls {action} on the {kind}: the {role} role does not allow it"));
+            }
+        }
+        // The stream and the tables are encrypted with the key.
+        if !calls.is_empty() {
+            assert!(
+                granted(&statements, "[var.kms_key_arn]").contains("kms:Decrypt"),
+                "the {role} role may not decrypt"
+            );
+        }
+    }
+    assert!(missing.is_empty(), "{}", missing.join("\n"));
+    // Each task definition runs with the role its commands are checked
+    // against.
+    for (task, role, command) in [
+        ("worker", "worker", "worker"),
+        ("gateway", "gateway", "gateway"),
+        ("finalizer", "finalizer", "finalize"),
+        ("replay", "replay", "replay"),
+    ] {
+        let body = resource(&service, "aws_ecs_task_definition", task);
+        assert_eq!(
+            attr(body, "task_role_arn"),
+            Some(format!("aws_iam_role.{role}.arn").as_str())
+        );
+        assert!(
+            squeeze(body).contains(&format!("command = [\"{command}\"")),
+            "the {task} task runs `tally {command}`"
+        );
+        assert_eq!(role_of(command), Some(role));
+    }
+}
+
+#[test]
+fn the_replay_role_writes_only_tables_apart_from_the_live_ones() {
+    let service = module_text("service");
+    let replay = statements(&service, "replay");
+    for statement in &replay {
+        let writes = statement.actions.iter().any(|action| {
+            [
+                "dynamodb:CreateTable",
+                "dynamodb:PutItem",
+                "dynamodb:UpdateItem",
+                "dynamodb:DeleteItem",
+                "dynamodb:PartiQLInsert",
+            ]
+            .contains(&action.as_str())
+        });
+        if writes {
+            assert_eq!(
+                statement.resources, "local.replay_arns",
+                "{}",
+                statement.sid
+            );
+        }
+    }
+    // The patterns: <app>-replay-* and <app>-restored-*, which no table of
+    // modules/tables is named (they are <app>-leases and <app>-<role>).
+    let tally = module_text("tally");
+    assert_eq!(
+        local(&tally, "replay_table_arns"),
+        Some(
+            r#"["${local.table_arn}/${var.app}-replay-*", "${local.table_arn}/${var.app}-restored-*"]"#
+        )
+    );
+    assert_eq!(
+        attr(block(&tally, "module \"service\""), "replay_table_arns"),
+        Some("local.replay_table_arns")
+    );
+    let tables = module_text("tables");
+    for role in ["polls", "votes", "tallies", "rejects"] {
+        assert!(tables.contains(&format!("name  = \"${{var.table_prefix}}{role}\"")));
+    }
+    assert_eq!(local(&tally, "table_prefix"), Some(r#""${var.app}-""#));
+    // The finalizer creates nothing.
+    let finalizer = statements(&service, "finalizer");
+    assert!(finalizer
+        .iter()
+        .all(|s| !s.actions.contains("dynamodb:CreateTable")));
+}
+
+#[test]
+fn a_restore_points_the_tasks_at_restored_tables_and_replaces_none() {
+    let tally = module_text("tally");
+    // The tables module's names never depend on the restore input...
+    assert_eq!(
+        attr(block(&tally, "module \"tables\""), "table_prefix"),
+        Some("local.table_prefix")
+    );
+    // ...the tasks' prefix and their roles' table ARNs do.
+    let call = block(&tally, "module \"service\"");
+    assert_eq!(
+        attr(call, "table_prefix"),
+        Some("local.service_table_prefix")
+    );
+    assert_eq!(attr(call, "table_arns"), Some("local.service_table_arns"));
+    assert_eq!(
+        local(&tally, "service_table_prefix"),
+        Some(r#"var.vote_tables_prefix == "" ? local.table_prefix : var.vote_tables_prefix"#)
+    );
+    assert!(validation(&tally, "vote_tables_prefix").contains("-restored-"));
+    // The runbook uses that input, and restores under that name.
+    let restore = std::fs::read_to_string(runbooks().join("restore.md")).unwrap();
+    assert!(restore.contains("vote_tables_prefix = \"<app>-restored-1-\""));
+    assert!(restore.contains("--target-table-name <app>-restored-1-votes"));
+    assert!(
+        !restore.contains("table_prefix`)"),
+        "table_prefix is not an input"
+    );
+}
+
+#[test]
+fn the_gateway_service_autoscales_on_cpu_and_requests() {
+    let service = module_text("service");
+    let gateway = resource(&service, "aws_ecs_service", "gateway");
+    assert_eq!(attr(gateway, "desired_count"), Some("var.gateways_min"));
+    assert_eq!(
+        attr(block(gateway, "lifecycle"), "ignore_changes"),
+        Some("[desired_count]")
+    );
+    let target = resource(&service, "aws_appautoscaling_target", "gateways");
+    assert_eq!(
+        attr(target, "resource_id"),
+        Some(r#""service/${aws_ecs_cluster.this.name}/${aws_ecs_service.gateway.name}""#)
+    );
+    assert_eq!(attr(target, "min_capacity"), Some("var.gateways_min"));
+    assert_eq!(attr(target, "max_capacity"), Some("var.gateways_max"));
+    for (label, metric) in [
+        ("gateway_cpu", "ECSServiceAverageCPUUtilization"),
+        ("gateway_requests", "ALBRequestCountPerTarget"),
+    ] {
+        let policy = resource(&service, "aws_appautoscaling_policy", label);
+        assert_eq!(
+            attr(policy, "resource_id"),
+            Some("aws_appautoscaling_target.gateways.resource_id")
+        );
+        let tracking = block(policy, "target_tracking_scaling_policy_configuration");
+        let predefined = block(tracking, "predefined_metric_specification");
+        assert_eq!(
+            attr(predefined, "predefined_metric_type"),
+            Some(format!("\"{metric}\"").as_str())
+        );
+    }
+    // The scale runbook says so, with the inputs' names.
+    let scale = std::fs::read_to_string(runbooks().join("scale.md")).unwrap();
+    for name in ["gateways_min", "gateways_max", "ALBRequestCountPerTarget"] {
+        assert!(scale.contains(name), "scale.md names {name}");
+    }
+    let tally = module_text("tally");
+    for name in ["gateways_min", "gateways_max"] {
+        assert_eq!(
+            attr(block(&tally, "module \"service\""), name),
+            Some(format!("var.{name}").as_str())
+        );
+    }
+}
+
+#[test]
+fn the_gateway_reads_every_workers_metrics() {
+    let service = module_text("service");
+    let gateway = squeeze(resource(&service, "aws_ecs_task_definition", "gateway"));
+    assert!(gateway
+        .contains(r#"{ name = "TALLY_WORKER_METRICS_URLS", value = local.worker_metrics_urls }"#));
+    assert_eq!(
+        local(&service, "worker_metrics_urls"),
+        Some(
+            r#""dns+http://${aws_service_discovery_service.workers.name}.${aws_service_discovery_private_dns_namespace.tally.name}:${local.worker_metrics_port}/metrics""#
+        )
+    );
+    assert_eq!(local(&service, "worker_metrics_port"), Some("9464"));
+    // The workers serve /metrics there...
+    let worker = squeeze(resource(&service, "aws_ecs_task_definition", "worker"));
+    assert!(worker.contains(
+        r#"{ name = "TALLY_HEALTH_ADDR", value = "0.0.0.0:${local.worker_metrics_port}" }"#
+    ));
+    // ...registered under that name, every task's address (A records,
+    // multivalue)...
+    let ecs = resource(&service, "aws_ecs_service", "worker");
+    assert_eq!(
+        attr(block(ecs, "service_registries"), "registry_arn"),
+        Some("aws_service_discovery_service.workers.arn")
+    );
+    let discovery = resource(&service, "aws_service_discovery_service", "workers");
+    let dns = block(discovery, "dns_config");
+    assert_eq!(attr(dns, "routing_policy"), Some(r#""MULTIVALUE""#));
+    assert_eq!(attr(block(dns, "dns_records"), "type"), Some(r#""A""#));
+    // ...and the security groups let the gateway reach that port.
+    let egress = resource(
+        &service,
+        "aws_vpc_security_group_egress_rule",
+        "gateway_to_worker_metrics",
+    );
+    let ingress = resource(
+        &service,
+        "aws_vpc_security_group_ingress_rule",
+        "worker_metrics_from_gateway",
+    );
+    for (rule, from, to) in [
+        (
+            egress,
+            "aws_security_group.gateway.id",
+            "aws_security_group.worker.id",
+        ),
+        (
+            ingress,
+            "aws_security_group.worker.id",
+            "aws_security_group.gateway.id",
+        ),
+    ] {
+        assert_eq!(attr(rule, "security_group_id"), Some(from));
+        assert_eq!(attr(rule, "referenced_security_group_id"), Some(to));
+        assert_eq!(attr(rule, "from_port"), Some("local.worker_metrics_port"));
+        assert_eq!(attr(rule, "to_port"), Some("local.worker_metrics_port"));
+    }
+    // The gateway accepts the entry.
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: tally_gateway::GatewayArgs,
+    }
+    let args = Wrapper::try_parse_from([
+        "x",
+        "--auth-secret",
+        "0123456789abcdef0123456789abcdef",
+        "--worker-metrics-urls",
+        "dns+http://workers.tally.tally.internal:9464/metrics",
+    ])
+    .unwrap()
+    .args;
+    args.auth_config().expect("a dns+http entry is valid");
+}
+
+#[test]
+fn rejects_carry_the_ttl_attribute_the_table_expires_on() {
+    let tables = module_text("tables");
+    let ttl = block(
+        resource(&tables, "aws_dynamodb_table", "this"),
+        "dynamic \"ttl\"",
+    );
+    assert_eq!(
+        attr(ttl, "for_each"),
+        Some(r#"each.key == "rejects" ? ["expires_at"] : []"#)
+    );
+    assert_eq!(
+        tally_store::dynamo::REJECT_RETENTION,
+        std::time::Duration::from_secs(30 * 24 * 3600)
+    );
+    let readme = std::fs::read_to_string(infra().join("README.md")).unwrap();
+    assert!(readme.contains("TTL on `rejects.expires_at`"));
+    assert!(
+        readme.contains("30 days"),
+        "the README states the retention"
+    );
+}
+
+/// The number after `name` on the marked line of `text`
+/// (`<!-- prod-sizing -->`).
+fn marked_number(text: &str, marker: &str, name: &str) -> u64 {
+    let line = text
+        .lines()
+        .find(|line| line.contains(marker))
+        .unwrap_or_else(|| panic!("a line marked {marker}"));
+    let at = line
+        .find(name)
+        .unwrap_or_else(|| panic!("{name} on the line marked {marker}: {line}"));
+    line[at + name.len()..]
+        .trim_start_matches(|c: char| !c.is_ascii_digit())
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|digits| digits.parse().ok())
+        .unwrap_or_else(|| panic!("a number after {name}: {line}"))
+}
+
+#[test]
+fn prod_sizing_is_the_design_docs() {
+    let prod = std::fs::read_to_string(infra().join("envs/prod/main.tf")).unwrap();
+    let call = block(&prod, "module \"tally\"");
+    let number = |name: &str| -> u64 {
+        attr(call, name)
+            .unwrap_or_else(|| panic!("prod sets {name}"))
+            .parse()
+            .unwrap()
+    };
+    let shards = number("shard_count");
+    let per_worker = number("shards_per_worker");
+    let workers_max = number("workers_max");
+    let vcpus = number("worker_cpu") / 1024;
+    let fleet = shards.div_ceil(per_worker);
+    assert!(
+        fleet <= workers_max,
+        "the autoscaler may reach the design point"
+    );
+    let design =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/DESIGN.md"))
+            .unwrap();
+    let readme = std::fs::read_to_string(infra().join("README.md")).unwrap();
+    for (doc, text) in [
+        ("docs/DESIGN.md", &design),
+        ("infra/terraform/README.md", &readme),
+    ] {
+        for (name, value) in [
+            ("shards:", shards),
+            ("shards per worker:", per_worker),
+            ("workers at the design point:", fleet),
+            ("at most:", workers_max),
+            ("vCPUs per worker:", vcpus),
+        ] {
+            assert_eq!(
+                marked_number(text, "<!-- prod-sizing -->", name),
+                value,
+                "{doc}: {name}"
+            );
+        }
+    }
+}
+
+fn runbooks() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("ops/runbooks")
+}
+
+/// Every `tally ...` command line a runbook names: the text of each
+/// backtick span that starts with `tally `, and each ECS command override
+/// (`"command":["finalize","ID"]`), as words.
+fn runbook_commands() -> Vec<(String, Vec<String>)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(runbooks()).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        for (index, span) in text.split('`').enumerate() {
+            if index % 2 == 1 {
+                if let Some(rest) = span.strip_prefix("tally ") {
+                    let words = rest
+                        .split_whitespace()
+                        .map(|word| word.trim_matches('"').to_owned())
+                        .collect();
+                    found.push((name.clone(), words));
+                }
+            }
+        }
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("\"command\":[") {
+            let after = &rest[at + "\"command\":[".len()..];
+            let end = after.find(']').expect("a closed command array");
+            let words: Vec<String> = strings(&after[..end])
+                .into_iter()
+                .map(str::to_owned)
+                .collect();
+            if !words.is_empty() {
+                found.push((name.clone(), words));
+            }
+            rest = &after[end..];
+        }
+        // JSON arrays written as a command on their own: ["replay", ...].
+        for (index, span) in text.split('`').enumerate() {
+            if index % 2 == 1 && span.starts_with("[\"") && span.ends_with(']') {
+                let words = strings(span).into_iter().map(str::to_owned).collect();
+                found.push((name.clone(), words));
+            }
+        }
+    }
+    found
+}
+
+/// The subcommand path of a command line's words (`poll close`, `audit`),
+/// after the global flags (each with its value) before it.
+fn subcommand(words: &[String]) -> Vec<String> {
+    let mut index = 0;
+    while index < words.len() && words[index].starts_with("--") {
+        index += if words[index].contains('=') { 1 } else { 2 };
+    }
+    let Some(first) = words.get(index) else {
+        return Vec::new();
+    };
+    let mut path = vec![first.clone()];
+    if first == "poll" {
+        if let Some(second) = words[index + 1..].iter().find(|w| !w.starts_with("--")) {
+            path.push(second.clone());
+        }
+    }
+    path
+}
+
+/// The flags `tally <path> --help` lists.
+fn help_flags(path: &[String]) -> BTreeSet<String> {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(path)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "`tally {} --help` fails: it is not a command",
+        path.join(" ")
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .filter_map(|word| word.strip_prefix("--"))
+        .map(|flag| {
+            let end = flag
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+                .unwrap_or(flag.len());
+            format!("--{}", &flag[..end])
+        })
+        .collect()
+}
+
+#[test]
+fn every_command_a_runbook_names_exists_and_runs_in_a_task_that_may() {
+    let commands = runbook_commands();
+    assert!(
+        commands.len() >= 10,
+        "the scan finds the runbooks' commands: {commands:?}"
+    );
+    let mut refused = Vec::new();
+    for (runbook, words) in &commands {
+        let path = subcommand(words);
+        let command = path.first().cloned().unwrap_or_default();
+        let flags = help_flags(&path);
+        for word in words {
+            if let Some(flag) = word.strip_prefix("--") {
+                let flag = format!("--{}", flag.split('=').next().unwrap());
+                assert!(
+                    flags.contains(&flag),
+                    "{runbook}: `tally {}` has no flag {flag}",
+                    path.join(" ")
+                );
+            }
+        }
+        // Every command a runbook names runs in a task whose role is
+        // checked against what it calls.
+        match role_of(&command) {
+            Some(_) => assert!(
+                operations::of(&command).is_some(),
+                "src/operations.rs says what `tally {command}` calls"
+            ),
+            None => refused.push(format!(
+                "{runbook} names `tally {}`, which no task on AWS may run",
+                words.join(" ")
+            )),
+        }
+    }
+    assert!(refused.is_empty(), "{}", refused.join("\n"));
+}
+
+#[test]
+fn every_command_is_in_the_operations_table() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&output.stdout).into_owned();
+    let listed: BTreeSet<String> = help
+        .split("Commands:")
+        .nth(1)
+        .expect("a command list")
+        .split("Options:")
+        .next()
+        .unwrap()
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .map(str::to_owned)
+        .collect();
+    let table: BTreeSet<String> = operations::OPERATIONS
+        .iter()
+        .map(|(command, _)| (*command).to_owned())
+        .collect();
+    assert_eq!(listed, table, "one entry per subcommand of `tally`");
+}
