@@ -19,7 +19,14 @@
 //!   behind Origin Shield) and nothing else (every other route of the
 //!   gateway's OpenAPI document, the streams), speaks HTTPS only, has the
 //!   edge web ACL and logs, never serves `/metrics`, and is the only way
-//!   to the load balancer.
+//!   to the load balancer;
+//! - the role of the task that runs each command on AWS allows every
+//!   operation `src/operations.rs` lists for it, on the right resources;
+//!   every `tally` command a runbook names exists with its flags and runs
+//!   in such a task; replay writes only tables apart from the live ones, a
+//!   restore replaces no table, the gateway service autoscales and reads
+//!   every worker's metrics, rejects expire, and the prod sizing is the
+//!   design doc's and the infra README's.
 //!
 //! The Terraform is read as text with the small helpers below (`blocks`,
 //! `attr`, `strings`), which rely on `terraform fmt`'s layout: one
