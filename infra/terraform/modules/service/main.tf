@@ -296,7 +296,7 @@ resource "aws_vpc_security_group_egress_rule" "gateway_to_worker_metrics" {
 }
 
 resource "aws_security_group" "worker" {
-  name        = "${var.app}-worker"
+  name = "${var.app}-worker"
   # Kept as first written: a new description would replace the group.
   # The workers admit /metrics from the gateways (the rule below).
   description = "Worker tasks: no ingress, AWS APIs only"
