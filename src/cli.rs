@@ -128,3 +128,183 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Load(args) => cmd::load::run(common, args).await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// One setting: its variable, its flag, its default, the commands that
+    /// read it and the first sentence of its help.
+    #[derive(Default)]
+    struct Setting {
+        flag: String,
+        default: String,
+        commands: BTreeSet<String>,
+        help: String,
+    }
+
+    fn first_sentence(help: &str) -> String {
+        let text = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        let end = text
+            .match_indices(". ")
+            .map(|(at, _)| at + 1)
+            .next()
+            .unwrap_or(text.len());
+        text[..end].trim_end_matches('.').replace('|', "\\|")
+    }
+
+    fn collect(command: &clap::Command, path: &str, settings: &mut BTreeMap<String, Setting>) {
+        for arg in command.get_arguments() {
+            let Some(env) = arg.get_env() else { continue };
+            let env = env.to_string_lossy().into_owned();
+            let setting = settings.entry(env).or_default();
+            setting.flag = arg.get_long().map(|l| format!("--{l}")).unwrap_or_default();
+            setting.default = arg
+                .get_default_values()
+                .iter()
+                .map(|v| v.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(", ");
+            if let Some(help) = arg.get_long_help().or(arg.get_help()) {
+                setting.help = first_sentence(&help.to_string());
+            }
+            setting
+                .commands
+                .insert(if arg.is_global_set() || path.is_empty() {
+                    "every command".to_owned()
+                } else {
+                    path.to_owned()
+                });
+        }
+        for sub in command.get_subcommands() {
+            let path = format!("{path} {}", sub.get_name()).trim().to_owned();
+            collect(sub, &path, settings);
+        }
+    }
+
+    /// The README's settings table, from the command definitions that
+    /// `--help` prints.
+    fn settings_table() -> String {
+        let mut settings = BTreeMap::new();
+        collect(&Cli::command(), "", &mut settings);
+        let mut table = String::from(
+            "| variable | flag | default | read by | what it sets |\n| --- | --- | --- | --- | --- |\n",
+        );
+        for (env, setting) in &settings {
+            let commands = if setting.commands.contains("every command") {
+                "every command".to_owned()
+            } else {
+                setting
+                    .commands
+                    .iter()
+                    .map(|c| format!("`{c}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let default = if setting.default.is_empty() {
+                String::new()
+            } else {
+                format!("`{}`", setting.default)
+            };
+            table.push_str(&format!(
+                "| `{env}` | `{}` | {default} | {commands} | {} |\n",
+                setting.flag, setting.help
+            ));
+        }
+        table
+    }
+
+    const BEGIN: &str = "<!-- settings: begin (generated from the command definitions; `TALLY_WRITE_README=1 cargo test -p tally settings` rewrites it) -->\n";
+    const END: &str = "<!-- settings: end -->";
+
+    /// Every setting `--help` shows is in the README's table, with its flag,
+    /// default and commands, and the table has nothing else.
+    #[test]
+    fn the_readme_settings_table_is_what_help_shows() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
+        let readme = std::fs::read_to_string(path).expect("README.md");
+        let (start, end) = match (readme.find(BEGIN), readme.find(END)) {
+            (Some(start), Some(end)) if start < end => (start + BEGIN.len(), end),
+            _ => panic!("README.md has no settings table between its markers"),
+        };
+        let table = settings_table();
+        if std::env::var_os("TALLY_WRITE_README").is_some() {
+            let written = format!("{}{table}{}", &readme[..start], &readme[end..]);
+            std::fs::write(path, written).expect("write README.md");
+            return;
+        }
+        assert!(
+            readme[start..end] == table,
+            "README.md's settings table differs from the command definitions; run TALLY_WRITE_README=1 cargo test -p tally settings\n\nexpected:\n{table}"
+        );
+    }
+
+    /// The flags without a variable (`--json`, `--watch`, ...) of every
+    /// command are named in that command's row of the README's command
+    /// table.
+    #[test]
+    fn the_readme_command_table_names_every_flag() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+            .expect("README.md");
+        let rows: Vec<&str> = readme
+            .lines()
+            .filter(|line| line.starts_with("| `tally "))
+            .collect();
+        let mut missing = Vec::new();
+        fn walk(command: &clap::Command, path: &str, rows: &[&str], missing: &mut Vec<String>) {
+            let subcommands: Vec<&clap::Command> = command.get_subcommands().collect();
+            if subcommands.is_empty() && !path.is_empty() {
+                let mine: Vec<&&str> = rows
+                    .iter()
+                    .filter(|row| row.contains(&format!("`tally {path}")))
+                    .collect();
+                if mine.is_empty() {
+                    missing.push(format!("tally {path}: no row"));
+                }
+                for arg in command.get_arguments() {
+                    let Some(long) = arg.get_long() else { continue };
+                    if arg.get_env().is_some() || arg.is_global_set() || long == "help" {
+                        continue;
+                    }
+                    if !mine.iter().any(|row| row.contains(&format!("--{long}"))) {
+                        missing.push(format!("tally {path} --{long}"));
+                    }
+                }
+            }
+            for sub in subcommands {
+                let path = format!("{path} {}", sub.get_name()).trim().to_owned();
+                walk(sub, &path, rows, missing);
+            }
+        }
+        walk(&Cli::command(), "", &rows, &mut missing);
+        assert!(
+            missing.is_empty(),
+            "not in the README's command table: {missing:?}"
+        );
+    }
+
+    /// The table is complete: a setting of a subcommand appears in it.
+    #[test]
+    fn the_settings_table_names_every_command_setting() {
+        let table = settings_table();
+        for env in [
+            "TALLY_HEALTH_ADDR",
+            "TALLY_GATEWAY_ADDR",
+            "TALLY_STREAM",
+            "TALLY_VOTE_WRITES",
+        ] {
+            assert!(
+                table.contains(&format!("`{env}`")),
+                "{env} missing:\n{table}"
+            );
+        }
+        assert!(
+            table.contains("| `TALLY_STREAM` | `--stream` | `tally-votes` | every command |"),
+            "{table}"
+        );
+    }
+}

@@ -139,8 +139,8 @@ pub struct GatewayArgs {
     /// How often a client told to poll reads the results (jittered by the page).
     #[arg(long, env = "TALLY_RESULTS_POLL_MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(500..=60_000))]
     pub results_poll_ms: u64,
-    /// The workers' metrics URLs (`http://host:9464/metrics`), comma-
-    /// separated, for the admin page's pipeline health. A
+    /// The workers' metrics URLs (`http://host:9464/metrics`), separated
+    /// by commas, for the admin page's pipeline health. A
     /// `dns+http://name:port/path` entry stands for one `http://` URL per
     /// address the name resolves to when the page is read (a service
     /// discovery name that answers every worker's address).

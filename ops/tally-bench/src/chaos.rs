@@ -17,17 +17,29 @@
 //! the fault layer on: throttling, transaction conflicts, 5xx, latency,
 //! lost responses and partial `PutRecords` failures.
 //!
+//! It counts effects, not signals sent: before each kill or pause the
+//! process must still be running, a paused worker must lose a lease to
+//! another while it is stopped, and every lease a killed worker held must be
+//! taken by another. A process that exits unplanned, or a panic in any log,
+//! fails the run.
+//!
 //! At the end it waits for quiet (every shard processed to its end or its
 //! tip) and checks: the counts equal the ground truth, the votes table
 //! equals it, its recount equals the counts for every poll (and `tally
 //! audit` finds no difference on the live poll and the two busiest), every
 //! rejected record is in `rejects` at its position with its reason (and any
 //! other reject is a copy of such a record put again by a retry), no shard
-//! is stuck, every graceful stop exited 0, every fault kind was injected
-//! and every kind of action happened. It prints what it did and what it
-//! found, writes `report.json` beside the logs, and exits 1 on any
-//! difference. `--sabotage` adds a vote to a counter behind the pipeline's
-//! back after quiet, to see the checks fail.
+//! is stuck, no process exited unplanned or panicked, every graceful stop
+//! and the final SIGTERM of every process exited 0, every HTTP voter had a
+//! definite answer (a 500 is a failure; a request without an answer only
+//! while the gateway was down), every fault kind was injected into the
+//! workers themselves, and every kind of action happened. It prints what it
+//! did and what it found, writes `report.json` beside the logs, and exits 1
+//! on any difference.
+//!
+//! `--sabotage MODES` tests the checks themselves: after the checks above
+//! passed, it breaks the system in each named way (see [`Sabotage`]),
+//! checks again, and passes only if every mode made its own check fail.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -62,10 +74,86 @@ pub struct Options {
     pub gateway_rate: u64,
     /// Longest wait for quiet after the load.
     pub quiet_timeout: Duration,
-    /// Adds one vote to a counter after quiet: the checks must then fail
-    /// (a test of the harness itself).
-    pub sabotage: bool,
+    /// Ways to break the system after the checks passed; each must make
+    /// its own check fail (a test of the harness itself).
+    pub sabotage: Vec<Sabotage>,
 }
+
+/// One way to break the system behind its back, and the check that must
+/// see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Sabotage {
+    /// One vote added to a counter.
+    Counter,
+    /// A copy of a vote item under another voter.
+    DoubledVote,
+    /// A reject item deleted.
+    LostReject,
+    /// Every worker paused and a record put on the stream.
+    StuckShard,
+    /// A worker killed without the harness knowing.
+    DeadWorker,
+}
+
+impl Sabotage {
+    pub const ALL: [Sabotage; 5] = [
+        Sabotage::Counter,
+        Sabotage::DoubledVote,
+        Sabotage::LostReject,
+        Sabotage::StuckShard,
+        Sabotage::DeadWorker,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Sabotage::Counter => "counter",
+            Sabotage::DoubledVote => "doubled-vote",
+            Sabotage::LostReject => "lost-reject",
+            Sabotage::StuckShard => "stuck-shard",
+            Sabotage::DeadWorker => "dead-worker",
+        }
+    }
+
+    /// The check this sabotage must make fail.
+    fn check(self) -> &'static str {
+        match self {
+            Sabotage::Counter => CHECK_COUNTS,
+            Sabotage::DoubledVote => CHECK_VOTES,
+            Sabotage::LostReject => CHECK_REJECTS,
+            Sabotage::StuckShard => CHECK_STUCK,
+            Sabotage::DeadWorker => CHECK_ALIVE,
+        }
+    }
+
+    /// `all`, or modes separated by commas.
+    pub fn parse(text: &str) -> Result<Vec<Sabotage>, String> {
+        if text == "all" {
+            return Ok(Self::ALL.to_vec());
+        }
+        let mut modes = Vec::new();
+        for name in text.split(',') {
+            let mode = Self::ALL
+                .into_iter()
+                .find(|mode| mode.name() == name)
+                .ok_or_else(|| {
+                    format!(
+                        "unknown sabotage {name:?}: all, or some of {}",
+                        Self::ALL.map(Sabotage::name).join(", ")
+                    )
+                })?;
+            if !modes.contains(&mode) {
+                modes.push(mode);
+            }
+        }
+        Ok(modes)
+    }
+}
+
+const CHECK_COUNTS: &str = "counts equal the ground truth";
+const CHECK_VOTES: &str = "votes table equals the ground truth";
+const CHECK_REJECTS: &str = "every rejected record in rejects";
+const CHECK_STUCK: &str = "no stuck shard";
+const CHECK_ALIVE: &str = "no unplanned exit or panic";
 
 /// The lease duration the workers run with; a pause lasts longer.
 const LEASE_DURATION_MS: u64 = 3_000;
@@ -138,6 +226,7 @@ struct System {
     app: String,
     prefix: String,
     kinesis: aws_sdk_kinesis::Client,
+    dynamodb: aws_sdk_dynamodb::Client,
     store: DynamoVoteStore,
     leases: DynamoStore,
 }
@@ -183,6 +272,64 @@ struct Fleet {
     started: Instant,
     done: BTreeMap<Action, usize>,
     graceful: Vec<(String, Option<i32>, f64)>,
+    /// Processes found exited that nothing stopped, and planned actions
+    /// whose process had already gone.
+    unplanned: Vec<String>,
+    /// What each kill and pause did to the leases (kills are watched in
+    /// the background).
+    effects: Arc<Mutex<Vec<Effect>>>,
+    watchers: Vec<tokio::task::JoinHandle<()>>,
+    /// When the gateway was down: from its kill to its answering again
+    /// (`None`: it never did).
+    gateway_down: Arc<Mutex<Vec<DownWindow>>>,
+    /// The exit codes of the final SIGTERM to each process.
+    final_stops: Vec<(String, Option<i32>)>,
+}
+
+/// From a gateway kill to its answering again (`None`: it never did).
+type DownWindow = (Instant, Option<Instant>);
+
+/// What a kill or a pause did: the leases the worker held, and when (after
+/// the signal) another worker had taken them (a kill: all; a pause: one).
+#[derive(Clone, Debug)]
+struct Effect {
+    action: Action,
+    worker: String,
+    held: usize,
+    taken_after: Option<Duration>,
+}
+
+/// The leases `worker` holds on shards not ended.
+async fn held_by(leases: &DynamoStore, worker: &str) -> Vec<tally_contract::stream::ShardId> {
+    leases
+        .list_leases()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|lease| {
+            lease.owner.as_deref() == Some(worker)
+                && lease.checkpoint != tally_contract::stream::Checkpoint::ShardEnd
+        })
+        .map(|lease| lease.key)
+        .collect()
+}
+
+/// How many of `shards` another worker than `worker` holds now (or ended).
+async fn taken_from(
+    leases: &DynamoStore,
+    worker: &str,
+    shards: &[tally_contract::stream::ShardId],
+) -> Option<usize> {
+    let now = leases.list_leases().await.ok()?;
+    Some(
+        now.iter()
+            .filter(|lease| shards.contains(&lease.key))
+            .filter(|lease| {
+                lease.checkpoint == tally_contract::stream::Checkpoint::ShardEnd
+                    || lease.owner.as_deref().is_some_and(|owner| owner != worker)
+            })
+            .count(),
+    )
 }
 
 impl Fleet {
@@ -294,6 +441,93 @@ impl Fleet {
         Ok(started.elapsed())
     }
 
+    /// Records every process that exited although nothing stopped it.
+    fn check_alive(&mut self) {
+        let at = self.started.elapsed().as_secs_f64();
+        let mut found = Vec::new();
+        for slot in &mut self.slots {
+            if let Some(child) = &mut slot.child {
+                if let Ok(Some(status)) = child.try_wait() {
+                    found.push(format!(
+                        "{} exited unplanned ({status}), seen at t+{at:.1}s",
+                        slot.id
+                    ));
+                    slot.child = None;
+                }
+            }
+        }
+        if let Some(child) = &mut self.gateway.child {
+            if let Ok(Some(status)) = child.try_wait() {
+                found.push(format!(
+                    "the gateway exited unplanned ({status}), seen at t+{at:.1}s"
+                ));
+                self.gateway.child = None;
+            }
+        }
+        for text in found {
+            self.log(text.clone());
+            self.unplanned.push(text);
+        }
+    }
+
+    /// Panics in any process's log: (log, line).
+    fn panics(&self) -> Vec<String> {
+        self.slots
+            .iter()
+            .flat_map(|slot| &slot.logs)
+            .chain(&self.gateway.logs)
+            .flat_map(|log| {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                let name = log
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                text.lines()
+                    .filter(|line| line.contains("panicked at"))
+                    .map(|line| format!("{name}: {}", line.chars().take(200).collect::<String>()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// No process exited unplanned (from `since` in the list) and no log
+    /// has a panic.
+    fn alive_check(&mut self, since: usize) -> Check {
+        self.check_alive();
+        let mut problems: Vec<String> = self.unplanned[since.min(self.unplanned.len())..].to_vec();
+        problems.extend(self.panics());
+        let running = self.slots.iter().filter(|s| s.child.is_some()).count()
+            + usize::from(self.gateway.child.is_some());
+        Check {
+            name: CHECK_ALIVE,
+            ok: problems.is_empty(),
+            detail: if problems.is_empty() {
+                format!(
+                    "{running} processes running, {} logs without a panic",
+                    self.slots.iter().map(|s| s.logs.len()).sum::<usize>()
+                        + self.gateway.logs.len()
+                )
+            } else {
+                problems.into_iter().take(5).collect::<Vec<_>>().join("; ")
+            },
+        }
+    }
+
+    /// A slot for a kill or a pause: one whose worker holds leases if any
+    /// does, so that the action has something to cost.
+    async fn slot_with_leases(&mut self) -> usize {
+        let mut holding = Vec::new();
+        for (index, slot) in self.slots.iter().enumerate() {
+            if slot.child.is_some() && !held_by(&self.system.leases, &slot.id).await.is_empty() {
+                holding.push(index);
+            }
+        }
+        match holding.choose(&mut self.random) {
+            Some(index) => *index,
+            None => self.random.gen_range(0..self.slots.len()),
+        }
+    }
+
     fn signal(&self, slot: usize, signal: &str) {
         if let Some(child) = &self.slots[slot].child {
             let _ = Command::new("kill")
@@ -303,14 +537,41 @@ impl Fleet {
     }
 
     async fn act(&mut self, action: Action) {
-        let slot = self.random.gen_range(0..self.slots.len());
+        // Before any planned action every process must still be running.
+        self.check_alive();
+        let slot = match action {
+            Action::Kill | Action::Pause => self.slot_with_leases().await,
+            _ => self.random.gen_range(0..self.slots.len()),
+        };
         let id = self.slots[slot].id.clone();
         match action {
             Action::Kill => {
+                let held = held_by(&self.system.leases, &id).await;
+                let killed = Instant::now();
                 self.signal(slot, "-KILL");
                 if let Some(mut child) = self.slots[slot].child.take() {
                     let _ = child.wait();
                 }
+                // Every lease it held must be taken by another worker.
+                let (system, effects) = (self.system.clone(), self.effects.clone());
+                let worker = id.clone();
+                self.watchers.push(tokio::spawn(async move {
+                    let deadline = killed + Duration::from_secs(30);
+                    let mut taken_after = None;
+                    while !held.is_empty() && Instant::now() < deadline {
+                        if taken_from(&system.leases, &worker, &held).await == Some(held.len()) {
+                            taken_after = Some(killed.elapsed());
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                    effects.lock().expect("lock").push(Effect {
+                        action: Action::Kill,
+                        worker,
+                        held: held.len(),
+                        taken_after,
+                    });
+                }));
                 let down = Duration::from_millis(self.random.gen_range(500..3_000));
                 self.log(format!(
                     "kill      {id} (SIGKILL), restart in {:.1} s",
@@ -322,15 +583,51 @@ impl Fleet {
             Action::Pause => {
                 let pause =
                     Duration::from_millis(LEASE_DURATION_MS + self.random.gen_range(2_000..4_000));
+                let held = held_by(&self.system.leases, &id).await;
+                let paused = Instant::now();
                 self.signal(slot, "-STOP");
                 self.log(format!(
-                    "pause     {id} (SIGSTOP) for {:.1} s, past the {:.1} s lease duration",
+                    "pause     {id} (SIGSTOP) for {:.1} s, past the {:.1} s lease duration, holding {} leases",
                     pause.as_secs_f64(),
-                    LEASE_DURATION_MS as f64 / 1000.0
+                    LEASE_DURATION_MS as f64 / 1000.0,
+                    held.len()
                 ));
                 tokio::time::sleep(pause).await;
+                // The pause must cost it a lease: wait for that (at most
+                // 10 s more) before it resumes.
+                let deadline = Instant::now() + Duration::from_secs(10);
+                let mut taken_after = None;
+                while !held.is_empty() {
+                    if taken_from(&self.system.leases, &id, &held)
+                        .await
+                        .unwrap_or(0)
+                        > 0
+                    {
+                        taken_after = Some(paused.elapsed());
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                self.effects.lock().expect("lock").push(Effect {
+                    action: Action::Pause,
+                    worker: id.clone(),
+                    held: held.len(),
+                    taken_after,
+                });
                 self.signal(slot, "-CONT");
-                self.log(format!("resume    {id} (SIGCONT)"));
+                self.log(format!(
+                    "resume    {id} (SIGCONT){}",
+                    match taken_after {
+                        Some(after) => format!(
+                            ": a lease taken {:.1} s after the pause",
+                            after.as_secs_f64()
+                        ),
+                        None => ": no lease taken".to_owned(),
+                    }
+                ));
             }
             Action::Stop => {
                 let stopping = Instant::now();
@@ -360,6 +657,11 @@ impl Fleet {
                 self.start(slot);
             }
             Action::KillGateway => {
+                let down_at = Instant::now();
+                self.gateway_down
+                    .lock()
+                    .expect("lock")
+                    .push((down_at, None));
                 if let Some(mut child) = self.gateway.child.take() {
                     let _ = child.kill();
                     let _ = child.wait();
@@ -372,10 +674,15 @@ impl Fleet {
                 tokio::time::sleep(down).await;
                 self.start_gateway();
                 match self.gateway_ready().await {
-                    Ok(took) => self.log(format!(
-                        "start     the gateway again: ready in {:.1} s",
-                        took.as_secs_f64()
-                    )),
+                    Ok(took) => {
+                        if let Some(window) = self.gateway_down.lock().expect("lock").last_mut() {
+                            window.1 = Some(Instant::now());
+                        }
+                        self.log(format!(
+                            "start     the gateway again: ready in {:.1} s",
+                            took.as_secs_f64()
+                        ))
+                    }
                     Err(error) => {
                         self.log(format!("start     the gateway again: {error}"));
                         return;
@@ -395,8 +702,10 @@ impl Fleet {
         *self.done.entry(action).or_default() += 1;
     }
 
-    /// Stops every worker and the gateway (SIGTERM, then SIGKILL after 30 s).
+    /// Stops every worker and the gateway (SIGTERM, then SIGKILL after
+    /// 30 s), recording each exit code.
     async fn stop_all(&mut self) {
+        self.check_alive();
         for slot in 0..self.slots.len() {
             self.signal(slot, "-TERM");
         }
@@ -408,18 +717,28 @@ impl Fleet {
         let children = self
             .slots
             .iter_mut()
-            .map(|slot| &mut slot.child)
-            .chain(std::iter::once(&mut self.gateway.child));
-        for child in children {
+            .map(|slot| (slot.id.clone(), &mut slot.child))
+            .chain(std::iter::once((
+                "the gateway".to_owned(),
+                &mut self.gateway.child,
+            )));
+        let mut codes = Vec::new();
+        for (id, child) in children {
             if let Some(mut child) = child.take() {
                 let deadline = Instant::now() + Duration::from_secs(30);
-                while !matches!(child.try_wait(), Ok(Some(_))) && Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                let code = loop {
+                    match child.try_wait() {
+                        Ok(Some(status)) => break status.code(),
+                        _ if Instant::now() > deadline => break None,
+                        _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                };
                 let _ = child.kill();
                 let _ = child.wait();
+                codes.push((id, code));
             }
         }
+        self.final_stops.extend(codes);
     }
 }
 
@@ -661,6 +980,8 @@ struct GatewayLoad {
     requests: u64,
     by_status: BTreeMap<String, u64>,
     problems: Vec<String>,
+    /// When a request had no answer at all (connection refused or cut).
+    no_answers: Vec<Instant>,
 }
 
 /// One vote through the gateway, retried with its key until it has a
@@ -690,6 +1011,9 @@ async fn vote_until_answered(
             let mut load = load.lock().expect("lock");
             load.requests += 1;
             *load.by_status.entry(status).or_default() += 1;
+            if answer.is_err() {
+                load.no_answers.push(Instant::now());
+            }
         }
         let mut wait = Duration::from_millis(300);
         if let Ok(response) = answer {
@@ -709,7 +1033,9 @@ async fn vote_until_answered(
                     return Ok(body["vote"]["vote_id"] == key);
                 }
                 429 => wait = Duration::from_secs(retry_after.unwrap_or(1)),
-                500..=599 => {}
+                // A 500 is a bug; 503 (a busy dependency) is retried.
+                500 => return Err(format!("{key}: answered 500 {body}")),
+                501..=599 => {}
                 _ => return Err(format!("{key}: answered {status} {body}")),
             }
         }
@@ -858,6 +1184,7 @@ pub async fn chaos(options: Options) -> bool {
         app,
         prefix,
         kinesis: aws_sdk_kinesis::Client::new(&sdk_config(&kinesis_mock.endpoint).await),
+        dynamodb: dynamodb.clone(),
         store: DynamoVoteStore::new(dynamodb.clone(), names.clone()),
         leases: DynamoStore::new(dynamodb, names.leases.clone()),
     });
@@ -906,6 +1233,11 @@ pub async fn chaos(options: Options) -> bool {
         started: Instant::now(),
         done: BTreeMap::new(),
         graceful: Vec::new(),
+        unplanned: Vec::new(),
+        effects: Arc::default(),
+        watchers: Vec::new(),
+        gateway_down: Arc::default(),
+        final_stops: Vec::new(),
     };
     fleet.start_gateway();
     if let Err(error) = fleet.gateway_ready().await {
@@ -1000,7 +1332,6 @@ pub async fn chaos(options: Options) -> bool {
     // A moment more: nothing may change after quiet.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let mut checks = Vec::new();
     let (truth, polls) = {
         let mut truth = producer
             .workload
@@ -1035,23 +1366,260 @@ pub async fn chaos(options: Options) -> bool {
             .and_then(|o| o.get_mut(option))
             .expect("a known option") += 1;
     }
-    if options.sabotage {
-        let poll = &polls[polls.len() - 1];
-        let mut counts = system.store.counts(poll).await.expect("counts");
-        let option = poll.options[0].id.clone();
-        *counts.by_option.entry(option.clone()).or_default() += 1;
-        system
-            .store
-            .set_counts(poll, &counts)
-            .await
-            .expect("set counts");
-        fleet.log(format!(
-            "sabotage  one vote added to {}/{option} behind the pipeline's back",
-            poll.id
-        ));
+    let ground = Ground {
+        truth,
+        polls,
+        expected_counts,
+        live_poll: live_poll.clone(),
+        quiet,
+    };
+
+    let mut checks = data_checks(&system, &ground, &producer).await;
+    let unplanned_before = fleet.unplanned.len();
+    checks.push(fleet.alive_check(0));
+    checks.push(graceful_check(&fleet));
+    for watcher in std::mem::take(&mut fleet.watchers) {
+        let _ = watcher.await;
     }
+    checks.push(effects_check(&fleet));
+    checks.push(gateway_check(&gateway_votes, voters));
+    checks.push(silence_check(&gateway_votes, &fleet));
+
+    // Sabotage: break the system in each named way, check again, and see
+    // each mode's own check fail.
+    let mut sabotaged: Vec<(Sabotage, bool, String)> = Vec::new();
+    let mut unplanned_seen = unplanned_before.max(fleet.unplanned.len());
+    if !options.sabotage.is_empty() {
+        for mode in &options.sabotage {
+            match sabotage(*mode, &system, &mut fleet, &ground, &producer).await {
+                Ok(text) => fleet.log(format!("sabotage  {}: {text}", mode.name())),
+                Err(error) => fleet.log(format!("sabotage  {}: not done: {error}", mode.name())),
+            }
+        }
+        let mut again = data_checks(&system, &ground, &producer).await;
+        again.push(fleet.alive_check(unplanned_seen));
+        unplanned_seen = fleet.unplanned.len();
+        for mode in &options.sabotage {
+            let check = again.iter().find(|c| c.name == mode.check());
+            sabotaged.push((
+                *mode,
+                check.is_some_and(|c| !c.ok),
+                check.map_or("no such check".to_owned(), |c| {
+                    format!("{}: {}", c.name, c.detail)
+                }),
+            ));
+        }
+        if options.sabotage.contains(&Sabotage::StuckShard) {
+            for slot in 0..fleet.slots.len() {
+                fleet.signal(slot, "-CONT");
+            }
+        }
+    }
+
+    // Stop everything: every final SIGTERM exits 0; then read what the
+    // workers injected.
+    fleet.stop_all().await;
+    let mut stop_problems: Vec<String> = fleet.unplanned[unplanned_seen..].to_vec();
+    stop_problems.extend(
+        fleet
+            .final_stops
+            .iter()
+            .filter(|(_, code)| *code != Some(0))
+            .map(|(id, code)| match code {
+                Some(code) => format!("{id} exited {code}"),
+                None => format!("{id}: no exit in 30 s (killed)"),
+            }),
+    );
+    stop_problems.extend(fleet.panics());
+    checks.push(Check {
+        name: "final SIGTERMs exited 0",
+        ok: stop_problems.is_empty(),
+        detail: if stop_problems.is_empty() {
+            format!("{} processes", fleet.final_stops.len())
+        } else {
+            stop_problems
+                .into_iter()
+                .take(5)
+                .collect::<Vec<_>>()
+                .join("; ")
+        },
+    });
+    let injected = injected_by_workers(&fleet);
+    let mut elsewhere: BTreeMap<String, u64> = BTreeMap::new();
+    let by_gateway = fleet
+        .gateway
+        .logs
+        .iter()
+        .flat_map(|log| injected_by_gateway(log));
+    for (kind, count) in by_gateway.chain(
+        producer
+            .faults
+            .injected()
+            .into_iter()
+            .map(|(k, c)| (k.to_owned(), c)),
+    ) {
+        *elsewhere.entry(kind).or_default() += count;
+    }
+    let absent: Vec<&str> = KINDS
+        .iter()
+        .filter(|kind| injected.get(**kind).copied().unwrap_or(0) == 0)
+        .copied()
+        .collect();
+    checks.push(Check {
+        name: "every fault kind injected into workers",
+        ok: absent.is_empty(),
+        detail: format!(
+            "{}{}; producer and gateway: {}",
+            KINDS
+                .iter()
+                .map(|k| format!("{k} {}", injected.get(*k).copied().unwrap_or(0)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            if absent.is_empty() {
+                String::new()
+            } else {
+                format!("; none: {}", absent.join(", "))
+            },
+            elsewhere
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    });
+    let short: Vec<String> = REQUIRED
+        .iter()
+        .filter(|(action, least)| fleet.done.get(action).copied().unwrap_or(0) < *least)
+        .map(|(action, least)| {
+            format!(
+                "{} {} of {least}",
+                action.name(),
+                fleet.done.get(action).copied().unwrap_or(0)
+            )
+        })
+        .collect();
+    checks.push(Check {
+        name: "every kind of action happened",
+        ok: short.is_empty(),
+        detail: format!(
+            "{}{}",
+            fleet
+                .done
+                .iter()
+                .map(|(a, n)| format!("{} {n}", a.name()))
+                .collect::<Vec<_>>()
+                .join(", "),
+            if short.is_empty() {
+                String::new()
+            } else {
+                format!("; short: {}", short.join(", "))
+            }
+        ),
+    });
+
+    // The report.
+    let caught = sabotaged.iter().all(|(_, caught, _)| *caught);
+    let passed = checks.iter().all(|c| c.ok) && caught;
+    println!(
+        "chaos report: seed {}, {} s of load, {} workers, {:.0} s in all",
+        options.seed,
+        options.seconds,
+        options.workers,
+        started.elapsed().as_secs_f64()
+    );
+    println!("what it did:");
+    for event in &fleet.events {
+        println!("  {event}");
+    }
+    println!("what it found:");
+    for check in &checks {
+        println!(
+            "  {:<4} {:<42} {}",
+            if check.ok { "ok" } else { "FAIL" },
+            check.name,
+            check.detail
+        );
+    }
+    if !sabotaged.is_empty() {
+        println!("what each sabotage did to its check (after the checks above):");
+        for (mode, caught, detail) in &sabotaged {
+            println!(
+                "  {:<10} {:<13} {detail}",
+                if *caught { "caught" } else { "NOT CAUGHT" },
+                mode.name()
+            );
+        }
+    }
+    println!(
+        "producer: {}",
+        serde_json::to_string(&producer.metrics).unwrap_or_default()
+    );
+    let report = serde_json::json!({
+        "seed": options.seed,
+        "seconds": options.seconds,
+        "workers": options.workers,
+        "passed": passed,
+        "events": fleet.events,
+        "actions": fleet.done.iter().map(|(a, n)| (a.name(), *n)).collect::<BTreeMap<_, _>>(),
+        "faults_injected": injected,
+        "checks": checks.iter().map(|c| serde_json::json!({"name": c.name, "ok": c.ok, "detail": c.detail})).collect::<Vec<_>>(),
+        "sabotage": sabotaged.iter().map(|(mode, caught, detail)| serde_json::json!({"mode": mode.name(), "caught": caught, "check": detail})).collect::<Vec<_>>(),
+        "quiet_seconds": quiet,
+    });
+    let path = dir.join("report.json");
+    let _ = std::fs::write(
+        &path,
+        serde_json::to_vec_pretty(&report).unwrap_or_default(),
+    );
+    println!(
+        "chaos: {}; report {}, logs in {}",
+        if passed && sabotaged.is_empty() {
+            "passed: no difference".to_owned()
+        } else if passed {
+            format!(
+                "passed: no difference, and each of {} sabotages failed its check",
+                sabotaged.len()
+            )
+        } else {
+            format!(
+                "FAILED: {} of {} checks{}",
+                checks.iter().filter(|c| !c.ok).count(),
+                checks.len(),
+                if caught {
+                    String::new()
+                } else {
+                    format!(
+                        ", {} sabotages not caught",
+                        sabotaged.iter().filter(|s| !s.1).count()
+                    )
+                }
+            )
+        },
+        path.display(),
+        dir.display()
+    );
+    ministack.stop();
+    kinesis_mock.stop();
+    passed
+}
+
+/// The ground truth of both loads, for the checks.
+struct Ground {
+    /// (poll, voter) -> (option, vote id).
+    truth: BTreeMap<(String, String), (String, String)>,
+    polls: Vec<tally_core::poll::Poll>,
+    expected_counts: BTreeMap<String, BTreeMap<String, u64>>,
+    live_poll: String,
+    /// Seconds from the end of the load to quiet.
+    quiet: f64,
+}
+
+/// The checks of what the system stored, against the ground truth.
+async fn data_checks(system: &System, ground: &Ground, producer: &ProducerLoad) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let polls = &ground.polls;
     let mut counts = BTreeMap::new();
-    for poll in &polls {
+    for poll in polls {
         match system.store.counts(poll).await {
             Ok(found) => {
                 counts.insert(poll.id.clone(), found.by_option);
@@ -1062,14 +1630,19 @@ pub async fn chaos(options: Options) -> bool {
             }
         }
     }
-    let differing: Vec<String> = expected_counts
+    let differing: Vec<String> = ground
+        .expected_counts
         .iter()
         .filter(|(poll, expected)| counts.get(*poll) != Some(expected))
         .map(|(poll, expected)| format!("{poll}: {:?}, expected {expected:?}", counts.get(poll)))
         .collect();
-    let total: u64 = expected_counts.values().flat_map(|o| o.values()).sum();
+    let total: u64 = ground
+        .expected_counts
+        .values()
+        .flat_map(|o| o.values())
+        .sum();
     checks.push(Check {
-        name: "counts equal the ground truth",
+        name: CHECK_COUNTS,
         ok: differing.is_empty(),
         detail: if differing.is_empty() {
             format!("{} polls, {total} votes", polls.len())
@@ -1088,6 +1661,7 @@ pub async fn chaos(options: Options) -> bool {
             )
         })
         .collect();
+    let truth = &ground.truth;
     let missing = truth.keys().filter(|k| !stored.contains_key(*k)).count();
     let extra = stored.keys().filter(|k| !truth.contains_key(*k)).count();
     let other = stored
@@ -1095,8 +1669,8 @@ pub async fn chaos(options: Options) -> bool {
         .filter(|(k, v)| truth.get(*k).is_some_and(|t| t != *v))
         .count();
     checks.push(Check {
-        name: "votes table equals the ground truth",
-        ok: stored == truth && stored.len() == votes.len(),
+        name: CHECK_VOTES,
+        ok: stored == *truth && stored.len() == votes.len(),
         detail: format!(
             "{} items, expected {}: {missing} missing, {extra} extra, {other} another vote, {} doubled",
             votes.len(),
@@ -1141,7 +1715,8 @@ pub async fn chaos(options: Options) -> bool {
 
     // The operator's own command agrees, on the busiest polls (each audit
     // scans the whole votes table).
-    let mut busiest: Vec<(&String, u64)> = expected_counts
+    let mut busiest: Vec<(&String, u64)> = ground
+        .expected_counts
         .iter()
         .map(|(poll, options)| (poll, options.values().sum::<u64>()))
         .collect();
@@ -1150,7 +1725,7 @@ pub async fn chaos(options: Options) -> bool {
         .iter()
         .take(2)
         .map(|(poll, _)| *poll)
-        .chain(std::iter::once(&live_poll))
+        .chain(std::iter::once(&ground.live_poll))
         .collect();
     let mut audits = Vec::new();
     for poll in polls.iter().filter(|poll| audited.contains(&poll.id)) {
@@ -1193,10 +1768,17 @@ pub async fn chaos(options: Options) -> bool {
     });
 
     checks.push(check_rejects(
-        &producer,
+        producer,
         &system.store.scan_rejects().await.unwrap_or_default(),
     ));
 
+    // Every shard processed to its end or its tip, now.
+    let stream_source = KinesisStream::new(system.kinesis.clone(), &system.stream);
+    let stuck: Vec<String> =
+        match tally_worker::close::pending_shards(&stream_source, &system.leases, i64::MAX).await {
+            Ok(pending) => pending.into_iter().map(|p| p.shard).collect(),
+            Err(error) => vec![format!("(shard check failed: {error})")],
+        };
     let shards = open_shards(&system.kinesis, &system.stream)
         .await
         .map(|open| open.len())
@@ -1208,22 +1790,28 @@ pub async fn chaos(options: Options) -> bool {
         .map(|l| l.len())
         .unwrap_or(0);
     checks.push(Check {
-        name: "no stuck shard",
+        name: CHECK_STUCK,
         ok: stuck.is_empty(),
         detail: if stuck.is_empty() {
-            format!("{leases} leases, {shards} open shards, quiet {quiet:.1} s after the load")
+            format!(
+                "{leases} leases, {shards} open shards, quiet {:.1} s after the load",
+                ground.quiet
+            )
         } else {
-            format!("behind after {quiet:.1} s: {}", stuck.join(", "))
+            format!("behind: {}", stuck.join(", "))
         },
     });
+    checks
+}
 
+fn graceful_check(fleet: &Fleet) -> Check {
     let bad_stops: Vec<String> = fleet
         .graceful
         .iter()
         .filter(|(_, code, _)| *code != Some(0))
         .map(|(id, code, _)| format!("{id}: {code:?}"))
         .collect();
-    checks.push(Check {
+    Check {
         name: "graceful stops exited 0",
         ok: bad_stops.is_empty(),
         detail: if bad_stops.is_empty() {
@@ -1232,163 +1820,229 @@ pub async fn chaos(options: Options) -> bool {
         } else {
             bad_stops.join(", ")
         },
-    });
+    }
+}
 
-    checks.push(Check {
-        name: "gateway voters got definite answers",
-        ok: gateway_votes.problems.is_empty(),
-        detail: if gateway_votes.problems.is_empty() {
+/// Every kill was followed by all its leases taken by others, and every
+/// pause cost the paused worker a lease.
+fn effects_check(fleet: &Fleet) -> Check {
+    let effects = fleet.effects.lock().expect("lock").clone();
+    let failed: Vec<String> = effects
+        .iter()
+        .filter(|e| e.held == 0 || e.taken_after.is_none())
+        .map(|e| {
+            if e.held == 0 {
+                format!("{} of {}: it held no lease", e.action.name(), e.worker)
+            } else {
+                format!(
+                    "{} of {}: {} leases, {} taken",
+                    e.action.name(),
+                    e.worker,
+                    e.held,
+                    if e.action == Action::Kill {
+                        "not all"
+                    } else {
+                        "none"
+                    }
+                )
+            }
+        })
+        .collect();
+    let slowest = |action: Action| {
+        effects
+            .iter()
+            .filter(|e| e.action == action)
+            .filter_map(|e| e.taken_after)
+            .map(|d| d.as_secs_f64())
+            .fold(0.0, f64::max)
+    };
+    let count = |action: Action| effects.iter().filter(|e| e.action == action).count();
+    Check {
+        name: "kills and pauses cost their leases",
+        ok: failed.is_empty() && !effects.is_empty(),
+        detail: if failed.is_empty() {
             format!(
-                "{} voters, {} requests, by status {:?}",
-                voters, gateway_votes.requests, gateway_votes.by_status
+                "{} kills: all leases taken within {:.1} s; {} pauses: a lease taken within {:.1} s",
+                count(Action::Kill),
+                slowest(Action::Kill),
+                count(Action::Pause),
+                slowest(Action::Pause)
             )
         } else {
-            gateway_votes
-                .problems
+            failed.into_iter().take(5).collect::<Vec<_>>().join("; ")
+        },
+    }
+}
+
+fn gateway_check(load: &GatewayLoad, voters: u64) -> Check {
+    Check {
+        name: "gateway voters got definite answers",
+        ok: load.problems.is_empty(),
+        detail: if load.problems.is_empty() {
+            format!(
+                "{voters} voters, {} requests, by status {:?}",
+                load.requests, load.by_status
+            )
+        } else {
+            load.problems
                 .iter()
                 .take(5)
                 .cloned()
                 .collect::<Vec<_>>()
                 .join("; ")
         },
-    });
-
-    // Stop everything, then read what the processes injected.
-    fleet.stop_all().await;
-    let mut injected = injected_by_workers(&fleet);
-    let by_gateway = fleet
-        .gateway
-        .logs
-        .iter()
-        .flat_map(|log| injected_by_gateway(log));
-    for (kind, count) in by_gateway.chain(
-        producer
-            .faults
-            .injected()
-            .into_iter()
-            .map(|(k, c)| (k.to_owned(), c)),
-    ) {
-        *injected.entry(kind).or_default() += count;
     }
-    let absent: Vec<&str> = KINDS
-        .iter()
-        .filter(|kind| injected.get(**kind).copied().unwrap_or(0) == 0)
-        .copied()
-        .collect();
-    checks.push(Check {
-        name: "every fault kind injected",
-        ok: absent.is_empty(),
-        detail: format!(
-            "{}{}",
-            KINDS
-                .iter()
-                .map(|k| format!("{k} {}", injected.get(*k).copied().unwrap_or(0)))
-                .collect::<Vec<_>>()
-                .join(", "),
-            if absent.is_empty() {
-                String::new()
-            } else {
-                format!("; none: {}", absent.join(", "))
-            }
-        ),
-    });
-    let short: Vec<String> = REQUIRED
-        .iter()
-        .filter(|(action, least)| fleet.done.get(action).copied().unwrap_or(0) < *least)
-        .map(|(action, least)| {
-            format!(
-                "{} {} of {least}",
-                action.name(),
-                fleet.done.get(action).copied().unwrap_or(0)
-            )
-        })
-        .collect();
-    checks.push(Check {
-        name: "every kind of action happened",
-        ok: short.is_empty(),
-        detail: format!(
-            "{}{}",
-            fleet
-                .done
-                .iter()
-                .map(|(a, n)| format!("{} {n}", a.name()))
-                .collect::<Vec<_>>()
-                .join(", "),
-            if short.is_empty() {
-                String::new()
-            } else {
-                format!("; short: {}", short.join(", "))
-            }
-        ),
-    });
-
-    // The report.
-    let passed = checks.iter().all(|c| c.ok);
-    println!(
-        "chaos report: seed {}, {} s of load, {} workers, {:.0} s in all",
-        options.seed,
-        options.seconds,
-        options.workers,
-        started.elapsed().as_secs_f64()
-    );
-    println!("what it did:");
-    for event in &fleet.events {
-        println!("  {event}");
-    }
-    println!("what it found:");
-    for check in &checks {
-        println!(
-            "  {:<4} {:<40} {}",
-            if check.ok { "ok" } else { "FAIL" },
-            check.name,
-            check.detail
-        );
-    }
-    println!(
-        "producer: {}",
-        serde_json::to_string(&producer.metrics).unwrap_or_default()
-    );
-    let report = serde_json::json!({
-        "seed": options.seed,
-        "seconds": options.seconds,
-        "workers": options.workers,
-        "passed": passed,
-        "events": fleet.events,
-        "actions": fleet.done.iter().map(|(a, n)| (a.name(), *n)).collect::<BTreeMap<_, _>>(),
-        "faults_injected": injected,
-        "checks": checks.iter().map(|c| serde_json::json!({"name": c.name, "ok": c.ok, "detail": c.detail})).collect::<Vec<_>>(),
-        "quiet_seconds": quiet,
-    });
-    let path = dir.join("report.json");
-    let _ = std::fs::write(
-        &path,
-        serde_json::to_vec_pretty(&report).unwrap_or_default(),
-    );
-    println!(
-        "chaos: {}; report {}, logs in {}",
-        if passed {
-            "passed: no difference".to_owned()
-        } else {
-            format!(
-                "FAILED: {} of {} checks",
-                checks.iter().filter(|c| !c.ok).count(),
-                checks.len()
-            )
-        },
-        path.display(),
-        dir.display()
-    );
-    ministack.stop();
-    kinesis_mock.stop();
-    passed
 }
 
-/// Every record the workload expects rejected is in `rejects` at the
-/// position its receipt names, with its reason; any other reject is a copy
-/// of such a record (a retried put that had landed).
-fn check_rejects(producer: &ProducerLoad, rejects: &[tally_store::RejectItem]) -> Check {
-    let by_origin: HashMap<String, Reason> =
-        rejects.iter().map(|r| (r.origin.key(), r.reason)).collect();
+/// Every request without an answer came while the gateway was down (from
+/// its kill to 2 s after it answered again).
+fn silence_check(load: &GatewayLoad, fleet: &Fleet) -> Check {
+    let windows = fleet.gateway_down.lock().expect("lock").clone();
+    let slack = Duration::from_secs(2);
+    let outside: Vec<f64> = load
+        .no_answers
+        .iter()
+        .filter(|at| {
+            !windows
+                .iter()
+                .any(|(from, to)| **at >= *from && to.is_none_or(|to| **at <= to + slack))
+        })
+        .map(|at| at.saturating_duration_since(fleet.started).as_secs_f64())
+        .collect();
+    Check {
+        name: "no answer only while the gateway was down",
+        ok: outside.is_empty(),
+        detail: if outside.is_empty() {
+            format!(
+                "{} requests without an answer, all within {} gateway kills",
+                load.no_answers.len(),
+                windows.len()
+            )
+        } else {
+            format!(
+                "{} requests without an answer while the gateway ran, at t+{}",
+                outside.len(),
+                outside
+                    .iter()
+                    .take(5)
+                    .map(|t| format!("{t:.1}s"))
+                    .collect::<Vec<_>>()
+                    .join(", t+")
+            )
+        },
+    }
+}
+
+/// Breaks the system in one way, behind its back.
+async fn sabotage(
+    mode: Sabotage,
+    system: &System,
+    fleet: &mut Fleet,
+    ground: &Ground,
+    producer: &ProducerLoad,
+) -> Result<String, String> {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    match mode {
+        Sabotage::Counter => {
+            let poll = ground.polls.last().ok_or("no poll")?;
+            let mut counts = system.store.counts(poll).await.map_err(|e| e.to_string())?;
+            let option = poll.options[0].id.clone();
+            *counts.by_option.entry(option.clone()).or_default() += 1;
+            system
+                .store
+                .set_counts(poll, &counts)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(format!("one vote added to {}/{option}", poll.id))
+        }
+        Sabotage::DoubledVote => {
+            let table = &system.store.names().votes;
+            let scan = system
+                .dynamodb
+                .scan()
+                .table_name(table)
+                .limit(1)
+                .send()
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            let mut item = scan.items().first().cloned().ok_or("no vote item")?;
+            let voter = match item.get("voter_id") {
+                Some(AttributeValue::S(voter)) => voter.clone(),
+                _ => return Err("a vote item without voter_id".into()),
+            };
+            item.insert(
+                "voter_id".into(),
+                AttributeValue::S(format!("{voter}-doubled")),
+            );
+            system
+                .dynamodb
+                .put_item()
+                .table_name(table)
+                .set_item(Some(item))
+                .send()
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            Ok(format!(
+                "the vote of {voter} stored again as {voter}-doubled"
+            ))
+        }
+        Sabotage::LostReject => {
+            let expected = expected_rejects(producer);
+            let origin = expected.expected.keys().min().ok_or("no expected reject")?;
+            system
+                .dynamodb
+                .delete_item()
+                .table_name(&system.store.names().rejects)
+                .key("position", AttributeValue::S(origin.clone()))
+                .send()
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            Ok(format!("the reject at {origin} deleted"))
+        }
+        Sabotage::StuckShard => {
+            for slot in 0..fleet.slots.len() {
+                fleet.signal(slot, "-STOP");
+            }
+            let put = system
+                .kinesis
+                .put_record()
+                .stream_name(&system.stream)
+                .partition_key("sabotage")
+                .data(aws_sdk_kinesis::primitives::Blob::new(
+                    &b"a record no worker reads"[..],
+                ))
+                .send()
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            Ok(format!(
+                "every worker paused (SIGSTOP), a record put on {}",
+                put.shard_id()
+            ))
+        }
+        Sabotage::DeadWorker => {
+            let slot = fleet
+                .slots
+                .iter()
+                .position(|slot| slot.child.is_some())
+                .ok_or("no worker running")?;
+            fleet.signal(slot, "-KILL");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Ok(format!("{} killed (SIGKILL)", fleet.slots[slot].id))
+        }
+    }
+}
+
+/// What the producer load's receipts say `rejects` must hold.
+struct ExpectedRejects {
+    /// origin -> (reason, raw bytes as stored).
+    expected: HashMap<String, (Reason, Vec<u8>)>,
+    /// Origins of records that are valid votes.
+    valid: BTreeSet<String>,
+    /// Records that never had a receipt.
+    unplaced: u64,
+}
+
+fn expected_rejects(producer: &ProducerLoad) -> ExpectedRejects {
     let mut expected: HashMap<String, (Reason, Vec<u8>)> = HashMap::new();
     let mut valid: BTreeSet<String> = BTreeSet::new();
     let mut unplaced = 0u64;
@@ -1430,6 +2084,24 @@ fn check_rejects(producer: &ProducerLoad, rejects: &[tally_store::RejectItem]) -
             }
         }
     }
+    ExpectedRejects {
+        expected,
+        valid,
+        unplaced,
+    }
+}
+
+/// Every record the workload expects rejected is in `rejects` at the
+/// position its receipt names, with its reason; any other reject is a copy
+/// of such a record (a retried put that had landed).
+fn check_rejects(producer: &ProducerLoad, rejects: &[tally_store::RejectItem]) -> Check {
+    let by_origin: HashMap<String, Reason> =
+        rejects.iter().map(|r| (r.origin.key(), r.reason)).collect();
+    let ExpectedRejects {
+        expected,
+        valid,
+        unplaced,
+    } = expected_rejects(producer);
     let mut problems = Vec::new();
     let missing: Vec<&String> = expected
         .iter()
@@ -1475,7 +2147,7 @@ fn check_rejects(producer: &ProducerLoad, rejects: &[tally_store::RejectItem]) -
         *by_reason.entry(reason.to_string()).or_default() += 1;
     }
     Check {
-        name: "every rejected record in rejects",
+        name: CHECK_REJECTS,
         ok: problems.is_empty(),
         detail: if problems.is_empty() {
             format!(
