@@ -280,7 +280,7 @@ async fn three_workers_share_eight_shards_through_kill_stop_and_restart() {
     // leases wait for the expiry, about 3 s here).
     stop(workers.get_mut("w2").unwrap(), "-TERM");
     let took = setup
-        .wait_owned_by_others("w2", Duration::from_millis(2_500))
+        .wait_owned_by_others("w2", Duration::from_millis(1_500))
         .await;
     eprintln!("stopped worker's leases taken after {took:?}");
     assert!(

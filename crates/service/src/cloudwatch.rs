@@ -2,8 +2,8 @@
 //! published to CloudWatch with `PutMetricData`
 //! (<https://docs.aws.amazon.com/AmazonCloudWatch/latest/APIReference/API_PutMetricData.html>),
 //! batched, once per interval, under one namespace with an `Application`
-//! dimension (and `WorkerId`, `Reason`, `Code`, `Cause` or `Scope` where
-//! useful). Off unless `TALLY_CLOUDWATCH=true`.
+//! dimension (and `WorkerId` or `GatewayId`, `Reason`, `Code`, `Cause` or
+//! `Scope` where useful). Off unless `TALLY_CLOUDWATCH=true`.
 //!
 //! [`WORKER_METRICS`] and [`GATEWAY_METRICS`] are the one list of what is
 //! published: the dashboards and alarms in `infra/terraform/` may name only
@@ -39,8 +39,9 @@ pub struct MetricDef {
     pub unit: &'static str,
     /// For an object at `path`: one datum per key, with this dimension.
     pub split_by: Option<&'static str>,
-    /// Adds the `WorkerId` dimension.
-    pub per_process: bool,
+    /// Adds a dimension naming the process: `WorkerId` for a worker's
+    /// metric, `GatewayId` for a gateway's.
+    pub per_process: Option<&'static str>,
 }
 
 const fn metric(name: &'static str, path: &'static str, kind: Kind) -> MetricDef {
@@ -50,7 +51,7 @@ const fn metric(name: &'static str, path: &'static str, kind: Kind) -> MetricDef
         kind,
         unit: "Count",
         split_by: None,
-        per_process: false,
+        per_process: None,
     }
 }
 
@@ -64,8 +65,15 @@ const fn millis(mut def: MetricDef) -> MetricDef {
     def
 }
 
-const fn per_process(mut def: MetricDef) -> MetricDef {
-    def.per_process = true;
+/// Per worker process (`WorkerId`).
+const fn per_worker(mut def: MetricDef) -> MetricDef {
+    def.per_process = Some("WorkerId");
+    def
+}
+
+/// Per gateway process (`GatewayId`).
+const fn per_gateway(mut def: MetricDef) -> MetricDef {
+    def.per_process = Some("GatewayId");
     def
 }
 
@@ -95,7 +103,7 @@ pub const WORKER_METRICS: &[MetricDef] = &[
         metric("Retries", "/tally_retries_total", Kind::Counter),
         "Cause",
     ),
-    per_process(metric(
+    per_worker(metric(
         "LeasesHeld",
         "/tally_lease_leases_held",
         Kind::Gauge,
@@ -105,7 +113,7 @@ pub const WORKER_METRICS: &[MetricDef] = &[
         "/tally_lease_leases_lost_total",
         Kind::Counter,
     ),
-    per_process(millis(metric(
+    per_worker(millis(metric(
         "MillisBehindLatest",
         "/tally_lease_millis_behind_latest",
         Kind::Gauge,
@@ -135,7 +143,7 @@ pub const GATEWAY_METRICS: &[MetricDef] = &[
         "Scope",
     ),
     millis(metric("VoteLatency", "/vote_latency_ms", Kind::Average)),
-    per_process(metric("SseClients", "/sse_clients", Kind::Gauge)),
+    per_gateway(metric("SseClients", "/sse_clients", Kind::Gauge)),
     metric(
         "RecountMismatchPolls",
         "/recount_mismatch_polls",
@@ -219,8 +227,8 @@ pub fn datums(
             if let (Some(dimension), Some(key)) = (def.split_by, key) {
                 dimensions.push((dimension.to_owned(), key));
             }
-            if def.per_process {
-                dimensions.push(("WorkerId".to_owned(), process.to_owned()));
+            if let Some(dimension) = def.per_process {
+                dimensions.push((dimension.to_owned(), process.to_owned()));
             }
             out.push(Datum {
                 name: def.name,
@@ -366,6 +374,18 @@ mod tests {
         assert!(first
             .iter()
             .all(|d| d.dimensions[0] == ("Application".to_owned(), "tally".to_owned())));
+    }
+
+    #[test]
+    fn a_gateway_metric_names_its_gateway_not_a_worker() {
+        let now = serde_json::json!({"sse_clients": 7});
+        let data = datums(GATEWAY_METRICS, &now, None, "tally", "gw-1");
+        let sse = data.iter().find(|d| d.name == "SseClients").expect("sent");
+        assert_eq!(sse.value, 7.0);
+        assert!(sse
+            .dimensions
+            .contains(&("GatewayId".to_owned(), "gw-1".to_owned())));
+        assert!(sse.dimensions.iter().all(|(name, _)| name != "WorkerId"));
     }
 
     #[test]
