@@ -2050,6 +2050,35 @@ fn every_role_allows_what_its_commands_call() {
     }
 }
 
+/// Least privilege the other way round: a task role allows no action that
+/// none of the commands it runs calls (the key's actions aside).
+#[test]
+fn no_role_allows_what_its_commands_never_call() {
+    let service = module_text("service");
+    let mut unused = Vec::new();
+    for role in ["worker", "gateway", "finalizer", "replay"] {
+        let called: BTreeSet<&str> = operations::OPERATIONS
+            .iter()
+            .filter(|(command, _)| role_of(command) == Some(role))
+            .flat_map(|(_, calls)| calls.iter().map(|(action, _)| *action))
+            .collect();
+        for statement in statements(&service, role) {
+            if statement.effect == "Deny" {
+                continue;
+            }
+            for action in &statement.actions {
+                if !action.starts_with("kms:") && !called.contains(action.as_str()) {
+                    unused.push(format!(
+                        "the {role} role allows {action} ({}), which no command it runs calls",
+                        statement.sid
+                    ));
+                }
+            }
+        }
+    }
+    assert!(unused.is_empty(), "{}", unused.join("\n"));
+}
+
 #[test]
 fn the_replay_role_writes_only_tables_apart_from_the_live_ones() {
     let service = module_text("service");

@@ -62,7 +62,7 @@ resource "aws_iam_role" "worker" {
 data "aws_iam_policy_document" "worker" {
   statement {
     sid       = "ReadStream"
-    actions   = ["kinesis:DescribeStreamSummary", "kinesis:ListShards", "kinesis:GetShardIterator", "kinesis:GetRecords"]
+    actions   = ["kinesis:ListShards", "kinesis:GetShardIterator", "kinesis:GetRecords"]
     resources = [var.stream_arn]
   }
   # lease/src/store/dynamo.rs: at start CreateTable (the table exists, so
@@ -137,7 +137,7 @@ resource "aws_iam_role" "gateway" {
 data "aws_iam_policy_document" "gateway" {
   statement {
     sid       = "PutVotes"
-    actions   = ["kinesis:DescribeStreamSummary", "kinesis:ListShards", "kinesis:PutRecords", "kinesis:PutRecord"]
+    actions   = ["kinesis:DescribeStreamSummary", "kinesis:ListShards", "kinesis:PutRecords"]
     resources = [var.stream_arn]
   }
   # Listing (Scan), reading, creating, opening and closing polls.
@@ -205,7 +205,7 @@ data "aws_iam_policy_document" "finalizer" {
   }
   statement {
     sid       = "Tables"
-    actions   = ["dynamodb:DescribeTable", "dynamodb:GetItem", "dynamodb:Query", "dynamodb:Scan", "dynamodb:BatchGetItem"]
+    actions   = ["dynamodb:GetItem", "dynamodb:Query", "dynamodb:Scan", "dynamodb:BatchGetItem"]
     resources = local.table_and_index_arns
   }
   statement {
