@@ -6,9 +6,14 @@
 //! N runs; and idle lease-table requests per worker per minute with 2
 //! workers at 4 and 64 shards.
 //!
-//! `drain [--records N]`: one worker drains a pre-loaded 4-shard stream
-//! with a processor that only checkpoints; records per second, CPU seconds
-//! per 100,000 records, peak memory and start-up time.
+//! `drain [--records N] [--peer-bin PATH]`: one worker drains a pre-loaded
+//! 4-shard stream with a processor that only checkpoints; records per
+//! second, CPU seconds per 100,000 records, peak memory and start-up time.
+//! With a peer program (`--peer-bin`, or `TALLY_PEER_BIN`), the peer then
+//! drains the same stream, and the table shows both and their ratios.
+//!
+//! `peer [--peer-bin PATH] [--records N] [--runs N]`: Tally against a peer
+//! consumer in one run; see [`peer`].
 //!
 //! `producer [--records N]`: the producer SDK puts N records (100-byte
 //! votes, 10,000 keys) on a 4-shard stream, with aggregation off and on:
@@ -39,6 +44,7 @@
 mod chaos;
 mod fuzz;
 mod gateway;
+mod peer;
 mod recount;
 mod report;
 mod scale;
@@ -59,6 +65,8 @@ pub struct Figure {
     pub label: String,
     pub value: f64,
     pub unit: &'static str,
+    /// Why the value is missing (it is then NaN, `null` in the JSON).
+    pub note: Option<String>,
 }
 
 pub fn figure(
@@ -72,6 +80,20 @@ pub fn figure(
         label: label.into(),
         value,
         unit,
+        note: None,
+    }
+}
+
+/// A figure that could not be measured, and why: printed as "n/a".
+pub fn not_measured(
+    key: &'static str,
+    label: impl Into<String>,
+    unit: &'static str,
+    reason: impl Into<String>,
+) -> Figure {
+    Figure {
+        note: Some(reason.into()),
+        ..figure(key, label, f64::NAN, unit)
     }
 }
 
@@ -184,6 +206,40 @@ async fn shard_hash_keys(kinesis: &aws_sdk_kinesis::Client, stream: &str) -> Vec
         .collect()
 }
 
+/// Puts a record into every shard of `stream` every 50 ms until aborted.
+async fn spawn_ticker(
+    kinesis: &aws_sdk_kinesis::Client,
+    stream: &str,
+) -> tokio::task::JoinHandle<()> {
+    let shards = shard_hash_keys(kinesis, stream).await;
+    let kinesis = kinesis.clone();
+    let stream = stream.to_owned();
+    tokio::spawn(async move {
+        let mut tick = 0u64;
+        loop {
+            let entries = shards
+                .iter()
+                .map(|(_, hash)| {
+                    PutRecordsRequestEntry::builder()
+                        .partition_key("tick")
+                        .explicit_hash_key(hash)
+                        .data(Blob::new(format!("{tick}")))
+                        .build()
+                        .unwrap()
+                })
+                .collect();
+            let _ = kinesis
+                .put_records()
+                .stream_name(&stream)
+                .set_records(Some(entries))
+                .send()
+                .await;
+            tick += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+}
+
 /// One failover run: returns seconds until every shard the victim held
 /// was delivered again by the survivor.
 async fn failover_run(stack: &Stack, kill: bool) -> f64 {
@@ -206,36 +262,7 @@ async fn failover_run(stack: &Stack, kill: bool) -> f64 {
         "b",
         &["--output", outputs[1].to_str().unwrap()],
     );
-    let shards = shard_hash_keys(&stack.kinesis, &stream).await;
-    let ticker = {
-        let kinesis = stack.kinesis.clone();
-        let stream = stream.clone();
-        let shards = shards.clone();
-        tokio::spawn(async move {
-            let mut tick = 0u64;
-            loop {
-                let entries = shards
-                    .iter()
-                    .map(|(_, hash)| {
-                        PutRecordsRequestEntry::builder()
-                            .partition_key("tick")
-                            .explicit_hash_key(hash)
-                            .data(Blob::new(format!("{tick}")))
-                            .build()
-                            .unwrap()
-                    })
-                    .collect();
-                let _ = kinesis
-                    .put_records()
-                    .stream_name(&stream)
-                    .set_records(Some(entries))
-                    .send()
-                    .await;
-                tick += 1;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-    };
+    let ticker = spawn_ticker(&stack.kinesis, &stream).await;
     // Wait until both workers deliver (balanced 2/2).
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -980,14 +1007,10 @@ async fn pipeline_on(votes: usize, shards: i32, writes: &'static str) -> Vec<Fig
     ]
 }
 
-async fn drain(records: usize) {
-    let stack = Stack::new().await;
-    let stream = unique_name("drain");
-    let app = unique_name("app");
-    create_stream(&stack.kinesis, &stream, 4).await;
+/// Puts `records` small records on `stream` (500 per call, 997 keys).
+async fn preload(kinesis: &aws_sdk_kinesis::Client, stream: &str, records: usize) {
     eprintln!("pre-loading {records} records");
     let loading = Instant::now();
-    let mut batches = Vec::new();
     for start in (0..records).step_by(500) {
         let entries: Vec<PutRecordsRequestEntry> = (start..(start + 500).min(records))
             .map(|index| {
@@ -998,13 +1021,9 @@ async fn drain(records: usize) {
                     .unwrap()
             })
             .collect();
-        batches.push(entries);
-    }
-    for entries in batches {
-        let out = stack
-            .kinesis
+        let out = kinesis
             .put_records()
-            .stream_name(&stream)
+            .stream_name(stream)
             .set_records(Some(entries))
             .send()
             .await
@@ -1015,29 +1034,58 @@ async fn drain(records: usize) {
         "pre-loaded in {:.1} s; draining",
         loading.elapsed().as_secs_f64()
     );
-    let spawned = Instant::now();
+}
+
+/// What one consumer process took to drain a pre-loaded stream.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Drained {
+    pub records_per_s: f64,
+    pub cpu_s_per_100k: f64,
+    pub peak_mib: f64,
+    /// Spawn to the first record handled, by the process's own clock.
+    pub startup_s: f64,
+}
+
+impl Drained {
+    /// From the process's own (uptime ms, records handled) at its first
+    /// record and when it had handled them all, and its CPU and peak.
+    fn new(records: usize, first_ms: u64, done_ms: u64, cpu_s: f64, peak_kib: f64) -> Self {
+        let seconds = done_ms.saturating_sub(first_ms) as f64 / 1000.0;
+        Self {
+            records_per_s: records as f64 / seconds.max(0.001),
+            cpu_s_per_100k: cpu_s / (records as f64 / 100_000.0),
+            peak_mib: peak_kib / 1024.0,
+            startup_s: first_ms as f64 / 1000.0,
+        }
+    }
+}
+
+/// One `tally tail` drains the pre-loaded `stream`, with a processor that
+/// only checkpoints, metrics every 100 ms.
+async fn drain_tally(stack: &Stack, stream: &str, records: usize) -> Drained {
+    let app = unique_name("app");
     let worker = stack.worker(
-        &stream,
+        stream,
         &app,
         "drain",
         &["--quiet", "--metrics-interval-ms", "100"],
     );
     let pid = worker.id();
     let log = stack.log(&app, "drain");
-    let mut first: Option<(u64, i64)> = None;
+    let mut first: Option<u64> = None;
     let deadline = Instant::now() + Duration::from_secs(600);
-    let (done_ms, startup) = loop {
+    let (done_ms, first_ms) = loop {
         let lines = metrics_lines(&log);
         if first.is_none() {
             first = lines
                 .iter()
                 .find(|(_, m)| m["tally_lease_user_records_total"].as_i64().unwrap_or(0) > 0)
-                .map(|(t, m)| (*t, m["tally_lease_user_records_total"].as_i64().unwrap()));
+                .map(|(t, _)| *t);
         }
         if let Some((t, _)) = lines.iter().find(|(_, m)| {
             m["tally_lease_user_records_total"].as_i64().unwrap_or(0) >= records as i64
         }) {
-            break (*t, first.map(|(t0, _)| t0).unwrap_or(0));
+            break (*t, first.unwrap_or(0));
         }
         assert!(
             Instant::now() < deadline,
@@ -1050,37 +1098,67 @@ async fn drain(records: usize) {
     signal(&worker, "-TERM");
     let mut worker = worker;
     let _ = worker.wait();
-    let _ = spawned;
-    let drain_s = (done_ms.saturating_sub(startup)) as f64 / 1000.0;
-    let rate = records as f64 / drain_s.max(0.001);
+    Drained::new(records, first_ms, done_ms, cpu, peak_kib)
+}
+
+async fn drain(records: usize, peer_bin: Option<PathBuf>) {
+    let stack = Stack::new().await;
+    let stream = unique_name("drain");
+    create_stream(&stack.kinesis, &stream, 4).await;
+    preload(&stack.kinesis, &stream, records).await;
+    let tally = drain_tally(&stack, &stream, records).await;
+    let peer = match &peer_bin {
+        Some(bin) => {
+            eprintln!("draining the same stream with the peer");
+            Some(peer::drain_peer(&stack, bin, &stream, records).await)
+        }
+        None => None,
+    };
     println!("settings: 1 worker, 4 shards, {records} records, defaults (max records 10000, poll 200 ms), processor checkpoints each batch");
+    let peer_column = |value: Option<String>| value.unwrap_or_else(|| "-".into());
     println!(
-        "{:<34} {:>12} {:>32}",
-        "figure", "tally", "best peer here (disney-kcr)"
+        "{:<34} {:>12} {:>20} {:>12}",
+        "figure",
+        "tally",
+        peer::PEER_NAME,
+        "tally/peer"
     );
-    println!(
-        "{:<34} {:>12.0} {:>32}",
-        "records per second", rate, "72,000-80,000"
-    );
-    println!(
-        "{:<34} {:>12.3} {:>32}",
-        "CPU seconds per 100,000 records",
-        cpu / (records as f64 / 100_000.0),
-        "0.20"
-    );
-    println!(
-        "{:<34} {:>11.1}M {:>32}",
-        "peak memory (MiB, VmHWM)",
-        peak_kib / 1024.0,
-        "38-41"
-    );
-    println!(
-        "{:<34} {:>11.2}s {:>32}",
-        "start-up (spawn to first record)",
-        startup as f64 / 1000.0,
-        "1.4 s"
-    );
-    println!("(CPU includes start-up and the idle tail until the last metrics line; times from the worker's own clock)");
+    let rows: [(&str, f64, Option<f64>, &str); 4] = [
+        (
+            "records per second",
+            tally.records_per_s,
+            peer.map(|p| p.records_per_s),
+            "",
+        ),
+        (
+            "CPU seconds per 100,000 records",
+            tally.cpu_s_per_100k,
+            peer.map(|p| p.cpu_s_per_100k),
+            "",
+        ),
+        (
+            "peak memory (MiB, VmHWM)",
+            tally.peak_mib,
+            peer.map(|p| p.peak_mib),
+            "M",
+        ),
+        (
+            "start-up (spawn to first record)",
+            tally.startup_s,
+            peer.map(|p| p.startup_s),
+            "s",
+        ),
+    ];
+    for (label, ours, theirs, unit) in rows {
+        println!(
+            "{:<34} {:>12} {:>20} {:>12}",
+            label,
+            format!("{}{unit}", peer::amount(ours)),
+            peer_column(theirs.map(|v| format!("{}{unit}", peer::amount(v)))),
+            peer_column(theirs.map(|v| format!("{:.2}", ours / v))),
+        );
+    }
+    println!("(CPU includes start-up and the idle tail until the last metrics line; times from each process's own clock; best peer measured earlier here, disney-kinesis-client-rust: 72,000-80,000 records/s, 0.20 CPU s, 38-41 MiB, 1.4 s)");
 }
 
 #[tokio::main]
@@ -1101,7 +1179,15 @@ async fn main() {
         Some("failover") => {
             failover(number("--runs", 5)).await;
         }
-        Some("drain") => drain(number("--records", 200_000)).await,
+        Some("drain") => drain(number("--records", 200_000), peer::peer_bin(&args)).await,
+        Some("peer") => {
+            peer::peer(
+                peer::peer_bin(&args).as_deref(),
+                number("--records", 100_000),
+                number("--runs", 3),
+            )
+            .await;
+        }
         Some("pipeline") => {
             pipeline(number("--votes", 50_000)).await;
         }
@@ -1119,6 +1205,7 @@ async fn main() {
                 out: PathBuf::from(value("--out").unwrap_or_else(|| "bench-report.json".into())),
                 compare: value("--compare").map(PathBuf::from),
                 criterion_dir: value("--criterion-dir").map(PathBuf::from),
+                peer_bin: peer::peer_bin(&args),
             })
             .await;
         }

@@ -4,7 +4,9 @@
 //! Runs, one after another, each on its own emulator: the pipeline end to
 //! end (with the emulator's raw rate for the same calls), a worker holding
 //! 100 leased shards (memory), the producer against boto3, the gateway
-//! with 19,000 SSE clients, failover, and the scale model. The in-process
+//! with 19,000 SSE clients, failover, Tally against a peer consumer in the
+//! same run ([`crate::peer`], when `--peer-bin` names the peer program),
+//! and the scale model. The in-process
 //! rate comes from criterion's last run of `benches/in_process.rs`, read
 //! from `--criterion-dir` (`ops/bench` runs it first). Prints one table and
 //! writes it as JSON to `--out`; with `--compare`, each figure also shows
@@ -20,6 +22,8 @@ pub struct Options {
     pub out: PathBuf,
     pub compare: Option<PathBuf>,
     pub criterion_dir: Option<PathBuf>,
+    /// The peer program (`benches/peer_drain.rs`), if built.
+    pub peer_bin: Option<PathBuf>,
 }
 
 /// Votes per second on one core for batches of 10,000, from criterion's
@@ -61,6 +65,8 @@ pub async fn all(options: Options) {
     figures.extend(crate::gateway::gateway(gateway_votes, 64, crate::gateway::SSE_CLIENTS).await);
     step("failover");
     figures.extend(crate::failover(runs).await);
+    step("against a peer, same run");
+    figures.extend(crate::peer::peer(options.peer_bin.as_deref(), records, runs.min(3)).await);
     step("scale model");
     let (events, requests) = std::thread::spawn(|| crate::scale::scale(334, 40, 1))
         .join()
@@ -140,7 +146,11 @@ pub async fn all(options: Options) {
         );
     }
     for f in &figures {
-        let value = format_value(f.value);
+        let value = if f.value.is_finite() {
+            format_value(f.value)
+        } else {
+            "n/a".to_owned()
+        };
         match earlier.get(f.key) {
             Some(old) => println!(
                 "{:<60} {:>14} {:<5} {:>14} {:>8}",
@@ -156,6 +166,9 @@ pub async fn all(options: Options) {
             ),
             None => println!("{:<60} {:>14} {:<5}", f.label, value, f.unit),
         }
+        if let Some(note) = &f.note {
+            println!("    n/a: {note}");
+        }
     }
     let report = serde_json::json!({
         "version": version,
@@ -164,7 +177,13 @@ pub async fn all(options: Options) {
         "seconds": started.elapsed().as_secs_f64(),
         "figures": figures
             .iter()
-            .map(|f| (f.key, serde_json::json!({"label": f.label, "value": f.value, "unit": f.unit})))
+            .map(|f| {
+                let mut entry = serde_json::json!({"label": f.label, "value": f.value, "unit": f.unit});
+                if let Some(note) = &f.note {
+                    entry["note"] = serde_json::json!(note);
+                }
+                (f.key, entry)
+            })
             .collect::<BTreeMap<_, _>>(),
     });
     std::fs::write(
