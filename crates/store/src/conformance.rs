@@ -189,6 +189,20 @@ pub async fn batched_votes_dedupe_on_origin(store: &dyn VoteStore) {
         Some(batch[7].clone())
     );
     assert!(store.put_votes(&[]).await.unwrap().is_empty());
+    // One key twice in a call: refused whole, as DynamoDB refuses it, and
+    // nothing of it stored.
+    let twice = [
+        vote("b", "u-twice", "a", origin("shardId-1", "700", 0)),
+        vote("b", "u-fresh", "a", origin("shardId-1", "701", 0)),
+        vote("b", "u-twice", "b", origin("shardId-1", "702", 0)),
+    ];
+    let refused = store.put_votes(&twice).await;
+    assert!(
+        matches!(&refused, Err(VoteStoreError::Other(text)) if text.contains("twice")),
+        "{refused:?}"
+    );
+    assert_eq!(store.get_vote("b", "u-twice").await.unwrap(), None);
+    assert_eq!(store.get_vote("b", "u-fresh").await.unwrap(), None);
 }
 
 pub async fn rejects_are_kept_once(store: &dyn VoteStore) {

@@ -619,20 +619,13 @@ impl CountStore for DynamoVoteStore {
     /// conditional put. A statement that fails otherwise (throttled, a 5xx
     /// code inside the 200) is that vote's error, for the caller to resend
     /// alone; a 200 never means that every statement succeeded. AWS refuses
-    /// a request that names one key twice (the emulators may not): the
-    /// pipeline's first-wins rule never sends one.
+    /// a request that names one key twice (ministack does not): it is
+    /// refused here before it is sent, as the memory store refuses it.
     async fn put_votes(
         &self,
         votes: &[VoteItem],
     ) -> Result<Vec<Result<PutVote, VoteStoreError>>, VoteStoreError> {
-        debug_assert!(
-            {
-                let mut keys: Vec<_> = votes.iter().map(|v| (&v.voter_id, &v.poll_id)).collect();
-                keys.sort();
-                keys.windows(2).all(|pair| pair[0] != pair[1])
-            },
-            "one key twice in a batch of votes"
-        );
+        crate::distinct_vote_keys(votes)?;
         let statement = format!(
             "INSERT INTO \"{}\" VALUE {{'voter_id': ?, 'poll_id': ?, 'option': ?, 'vote_id': ?, 'origin': ?, 'arrival_ms': ?}}",
             self.names.votes

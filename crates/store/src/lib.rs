@@ -103,6 +103,24 @@ pub trait PollStore: Send + Sync + 'static {
     async fn list_polls(&self) -> Result<Vec<Poll>, VoteStoreError>;
 }
 
+/// Refuses votes that name one (voter, poll) twice: DynamoDB answers a
+/// `BatchExecuteStatement` (or `BatchWriteItem`) naming one key twice with a
+/// `ValidationException` for the whole request; ministack accepts it. Both
+/// adapters check it, so the memory store and the emulator behave as AWS.
+/// The pipeline's first-wins rule never sends such a batch.
+pub fn distinct_vote_keys(votes: &[VoteItem]) -> Result<(), VoteStoreError> {
+    let mut keys = std::collections::HashSet::with_capacity(votes.len());
+    for vote in votes {
+        if !keys.insert((vote.voter_id.as_str(), vote.poll_id.as_str())) {
+            return Err(VoteStoreError::Other(format!(
+                "one request names the vote of voter {:?} in poll {:?} twice (DynamoDB refuses it: ValidationException)",
+                vote.voter_id, vote.poll_id
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The counting hot path: the worker's conditional puts, kept rejects and fenced commits.
 #[async_trait]
 pub trait CountStore: Send + Sync + 'static {
@@ -115,11 +133,14 @@ pub trait CountStore: Send + Sync + 'static {
     /// vote's own failure (say, throttled alone) is its result; a failure
     /// of the whole call is the `Err`, and the call may be made again: a
     /// vote stored by a call whose answer was lost comes back `Counted`.
-    /// By default, one `put_vote` after another.
+    /// A call that names one (voter, poll) twice is refused whole and
+    /// stores nothing, as DynamoDB refuses such a request. By default, one
+    /// `put_vote` after another.
     async fn put_votes(
         &self,
         votes: &[VoteItem],
     ) -> Result<Vec<Result<PutVote, VoteStoreError>>, VoteStoreError> {
+        distinct_vote_keys(votes)?;
         let mut outcomes = Vec::with_capacity(votes.len());
         for vote in votes {
             outcomes.push(self.put_vote(vote).await);
