@@ -70,7 +70,7 @@ async fn run(store: Arc<dyn VoteReads>, mut receiver: mpsc::Receiver<Lookup>) {
             match store.get_votes(&keys).await {
                 Ok(votes) => {
                     for (vote, answer) in votes.into_iter().zip(answers) {
-                        let _ = answer.send(Ok(vote));
+                        let _ = answer.send(vote);
                     }
                 }
                 Err(error) => {
@@ -109,7 +109,7 @@ mod tests {
         async fn get_votes(
             &self,
             keys: &[(String, String)],
-        ) -> Result<Vec<Option<VoteItem>>, VoteStoreError> {
+        ) -> Result<Vec<tally_store::VoteRead>, VoteStoreError> {
             self.calls.fetch_add(1, Ordering::Relaxed);
             self.keys.fetch_add(keys.len(), Ordering::Relaxed);
             self.inner.get_votes(keys).await

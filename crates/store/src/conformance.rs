@@ -130,7 +130,10 @@ pub async fn votes_dedupe_on_origin(store: &dyn VoteStore) {
                 key("p", "u1")
             ])
             .await
-            .unwrap(),
+            .unwrap()
+            .into_iter()
+            .map(Result::unwrap)
+            .collect::<Vec<_>>(),
         vec![
             Some(first.clone()),
             None,

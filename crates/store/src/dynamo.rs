@@ -816,7 +816,7 @@ impl VoteReads for DynamoVoteStore {
     async fn get_votes(
         &self,
         keys: &[(String, String)],
-    ) -> Result<Vec<Option<VoteItem>>, VoteStoreError> {
+    ) -> Result<Vec<crate::VoteRead>, VoteStoreError> {
         let mut distinct: Vec<&(String, String)> = keys.iter().collect();
         distinct.sort();
         distinct.dedup();
@@ -829,12 +829,21 @@ impl VoteReads for DynamoVoteStore {
                 ])
             })
             .collect();
-        let mut found: HashMap<(String, String), VoteItem> = HashMap::new();
+        // The key attributes are always strings (the table's key schema);
+        // a malformed item is its own key's error, not the batch's.
+        let mut found: HashMap<(String, String), crate::VoteRead> = HashMap::new();
         for item in self.batch_get(&self.names.votes, items).await? {
-            let vote = vote_from_item(&item)?;
-            found.insert((vote.poll_id.clone(), vote.voter_id.clone()), vote);
+            let key_of = |name: &str| match item.get(name) {
+                Some(AttributeValue::S(text)) => text.clone(),
+                _ => String::new(),
+            };
+            let key = (key_of("poll_id"), key_of("voter_id"));
+            found.insert(key, vote_from_item(&item).map(Some));
         }
-        Ok(keys.iter().map(|key| found.get(key).cloned()).collect())
+        Ok(keys
+            .iter()
+            .map(|key| found.get(key).cloned().unwrap_or(Ok(None)))
+            .collect())
     }
 
     async fn rejects_of(

@@ -160,6 +160,9 @@ pub trait CountStore: Send + Sync + 'static {
     }
 }
 
+/// One key's answer of [`VoteReads::get_votes`].
+pub type VoteRead = Result<Option<VoteItem>, VoteStoreError>;
+
 /// Reads of votes, rejects and counts: results, `votes/me` and `tally vote-status`.
 #[async_trait]
 pub trait VoteReads: Send + Sync + 'static {
@@ -169,15 +172,16 @@ pub trait VoteReads: Send + Sync + 'static {
         voter_id: &str,
     ) -> Result<Option<VoteItem>, VoteStoreError>;
     /// The votes of several (poll, voter) pairs, in order, read
-    /// consistently; `None` where there is none. By default one `get_vote`
-    /// after another.
-    async fn get_votes(
-        &self,
-        keys: &[(String, String)],
-    ) -> Result<Vec<Option<VoteItem>>, VoteStoreError> {
+    /// consistently; `None` where there is none. A stored item that cannot
+    /// be read is that key's error only; a failed request is the `Err`. By
+    /// default one `get_vote` after another.
+    async fn get_votes(&self, keys: &[(String, String)]) -> Result<Vec<VoteRead>, VoteStoreError> {
         let mut votes = Vec::with_capacity(keys.len());
         for (poll_id, voter_id) in keys {
-            votes.push(self.get_vote(poll_id, voter_id).await?);
+            votes.push(match self.get_vote(poll_id, voter_id).await {
+                Err(error @ VoteStoreError::Malformed { .. }) => Err(error),
+                other => Ok(other?),
+            });
         }
         Ok(votes)
     }
