@@ -1024,6 +1024,14 @@ async fn bad_gateway_settings_fail_naming_the_setting() {
         ("TALLY_DEV_TOKENS", "true")
     ])
     .contains("TALLY_DEV_TOKENS"));
+    // A claim every token shares (or none does twice) is no voter.
+    for claim in ["aud", "iss", "jti", "roles"] {
+        assert!(run(&[
+            ("TALLY_AUTH_SECRET", &secret),
+            ("TALLY_AUTH_VOTER_CLAIM", claim)
+        ])
+        .contains("TALLY_AUTH_VOTER_CLAIM"));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

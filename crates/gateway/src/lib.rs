@@ -202,6 +202,28 @@ impl GatewayArgs {
                 bail!("invalid setting {name}: must not be empty");
             }
         }
+        // A claim that is the same for every voter (or new in every token)
+        // would make everyone one voter (or every token a new one).
+        const NOT_A_PERSON: [&str; 10] = [
+            "iss",
+            "aud",
+            "exp",
+            "nbf",
+            "iat",
+            "jti",
+            "azp",
+            "scope",
+            "token_use",
+            "auth_time",
+        ];
+        if NOT_A_PERSON.contains(&self.auth_voter_claim.as_str())
+            || self.auth_voter_claim == self.auth_role_claim
+        {
+            bail!(
+                "invalid setting TALLY_AUTH_VOTER_CLAIM: {:?} does not name a person (use sub, or a verified phone_number or email)",
+                self.auth_voter_claim
+            );
+        }
         for (name, value) in [
             ("TALLY_RATE_VOTER_PER_S", self.rate_voter_per_s),
             ("TALLY_RATE_VOTER_BURST", self.rate_voter_burst),
