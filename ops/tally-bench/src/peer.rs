@@ -526,7 +526,7 @@ pub async fn peer(bin: Option<&Path>, records: usize, runs: usize) -> Vec<Figure
                 "peer_drain_cpu_s_per_100k",
                 "vs_peer_ratio_drain_cpu_s_per_100k",
             ],
-            label: "drain CPU seconds per 100,000 records",
+            label: "drain CPU s per 100,000 records",
             unit: "s",
             tally: tally_drain.cpu_s_per_100k,
             peer: Ok(peer_drain.cpu_s_per_100k),
@@ -574,7 +574,7 @@ pub async fn peer(bin: Option<&Path>, records: usize, runs: usize) -> Vec<Figure
                 "peer_idle_lease_requests_4",
                 "vs_peer_ratio_idle_lease_requests_4",
             ],
-            label: "idle lease-table requests/worker/min, 4 sh",
+            label: "idle lease requests/worker/min, 4 sh",
             unit: "/min",
             tally: tally_idle,
             peer: Ok(peer_idle),
@@ -612,7 +612,7 @@ pub async fn peer(bin: Option<&Path>, records: usize, runs: usize) -> Vec<Figure
         }
         figures.push(figure(
             row.keys[0],
-            format!("same run as the peer: tally {}", row.label),
+            format!("tally, peer run: {}", row.label),
             row.tally,
             row.unit,
         ));
@@ -626,7 +626,7 @@ pub async fn peer(bin: Option<&Path>, records: usize, runs: usize) -> Vec<Figure
                 ));
                 figures.push(figure(
                     row.keys[2],
-                    format!("tally/{PEER_NAME}, {}", row.label),
+                    format!("tally/peer: {}", row.label),
                     row.tally / peer,
                     "x",
                 ));
@@ -640,7 +640,7 @@ pub async fn peer(bin: Option<&Path>, records: usize, runs: usize) -> Vec<Figure
                 ));
                 figures.push(not_measured(
                     row.keys[2],
-                    format!("tally/{PEER_NAME}, {}", row.label),
+                    format!("tally/peer: {}", row.label),
                     "x",
                     reason.clone(),
                 ));
