@@ -38,7 +38,7 @@
 //!
 //! `scale [--shards S] [--workers W] [--seed N]`: see [`scale`].
 //!
-//! `chaos [--seconds N] [--seed S] [--workers W] [--rate R] [--gateway-rate G] [--quiet-timeout-s Q] [--sabotage]`:
+//! `chaos [--seconds N] [--seed S] [--workers W] [--rate R] [--gateway-rate G] [--quiet-timeout-s Q] [--sabotage all|MODE,...]`:
 //! see [`chaos`].
 
 mod chaos;
@@ -1165,7 +1165,7 @@ async fn drain(records: usize, peer_bin: Option<PathBuf>) {
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = || -> ! {
-        eprintln!("usage: tally-bench all [--quick] [--out FILE] [--compare OLD.json] [--criterion-dir DIR] | failover [--runs N] | drain [--records N] | pipeline [--votes N] | producer [--records N] | gateway [--votes N] [--concurrency C] [--clients K] | recount [--votes N] [--segments S] [--concurrency C] | fuzz --target vote|kpl|gateway [--seconds N] [--seed S] | scale [--shards S] [--workers W] [--seed N] | chaos [--seconds N] [--seed S] [--workers W] [--rate R] [--gateway-rate G] [--quiet-timeout-s Q] [--sabotage]   (numbers are positive whole numbers)");
+        eprintln!("usage: tally-bench all [--quick] [--out FILE] [--compare OLD.json] [--criterion-dir DIR] | failover [--runs N] | drain [--records N] | pipeline [--votes N] | producer [--records N] | gateway [--votes N] [--concurrency C] [--clients K] | recount [--votes N] [--segments S] [--concurrency C] | fuzz --target vote|kpl|gateway [--seconds N] [--seed S] | scale [--shards S] [--workers W] [--seed N] | chaos [--seconds N] [--seed S] [--workers W] [--rate R] [--gateway-rate G] [--quiet-timeout-s Q] [--sabotage all|MODE,...]   (numbers are positive whole numbers)");
         std::process::exit(2);
     };
     let number = |flag: &str, default: usize| match args.iter().position(|a| a == flag) {
@@ -1242,7 +1242,17 @@ async fn main() {
                 rate,
                 gateway_rate,
                 quiet_timeout: Duration::from_secs(number("--quiet-timeout-s", 300) as u64),
-                sabotage: args.iter().any(|a| a == "--sabotage"),
+                sabotage: match args.iter().position(|a| a == "--sabotage") {
+                    None => Vec::new(),
+                    Some(at) => match args.get(at + 1).map(|modes| chaos::Sabotage::parse(modes)) {
+                        Some(Ok(modes)) => modes,
+                        Some(Err(error)) => {
+                            eprintln!("tally-bench chaos: {error}");
+                            std::process::exit(2);
+                        }
+                        None => usage(),
+                    },
+                },
             })
             .await;
             std::process::exit(if passed { 0 } else { 1 });
