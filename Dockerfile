@@ -3,6 +3,10 @@
 # `gateway`, `finalize`, ... as the command.
 
 FROM rust:1.95-slim-bookworm AS build
+# make builds jemalloc, the binary's allocator (the slim image has gcc).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends make=4.3-4.1 \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Dependencies first, in a layer of their own: it is rebuilt only when the
 # manifests or the lock file change.

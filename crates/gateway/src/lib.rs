@@ -531,12 +531,12 @@ fn client_address(gateway: &Gateway, request: &Request) -> String {
 
 /// Per-address rate limit on the API, and request metrics by route.
 async fn front(State(gateway): State<Arc<Gateway>>, mut request: Request, next: Next) -> Response {
+    // Shared (the matched path is reference-counted), not copied.
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
-        .map(|path| path.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".into());
-    let method = request.method().to_string();
+        .cloned();
+    let method = request.method().clone();
     let response = if request.uri().path().starts_with("/v1/") {
         let address = client_address(&gateway, &request);
         match gateway.ip_limits.check(&address, Instant::now()) {
@@ -555,9 +555,11 @@ async fn front(State(gateway): State<Arc<Gateway>>, mut request: Request, next: 
     } else {
         next.run(request).await
     };
-    gateway
-        .metrics
-        .request(&route, &method, response.status().as_u16());
+    gateway.metrics.request(
+        route.as_ref().map_or("unmatched", |path| path.as_str()),
+        method.as_str(),
+        response.status().as_u16(),
+    );
     response
 }
 

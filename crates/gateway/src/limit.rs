@@ -53,10 +53,14 @@ impl RateLimiter {
                 bucket.tokens + elapsed * rate.per_second < rate.burst
             });
         }
-        let bucket = buckets.entry(key.to_owned()).or_insert(Bucket {
-            tokens: rate.burst,
-            updated: now,
-        });
+        // A known key is found without allocating.
+        let bucket = match buckets.get_mut(key) {
+            Some(bucket) => bucket,
+            None => buckets.entry(key.to_owned()).or_insert(Bucket {
+                tokens: rate.burst,
+                updated: now,
+            }),
+        };
         let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * rate.per_second).min(rate.burst);
         bucket.updated = now;

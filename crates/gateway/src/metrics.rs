@@ -11,8 +11,9 @@ const LATENCY_BUCKETS_MS: [u64; 12] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000
 
 #[derive(Default)]
 pub struct GatewayMetrics {
-    /// Requests by (route, method, status).
-    requests: Mutex<BTreeMap<(String, String, u16), u64>>,
+    /// Requests by route, then (method, status): a known route's count
+    /// is found without allocating.
+    requests: Mutex<BTreeMap<String, BTreeMap<(&'static str, u16), u64>>>,
     /// Refused votes by error code.
     refused: Mutex<BTreeMap<&'static str, u64>>,
     pub votes_accepted: AtomicU64,
@@ -39,9 +40,11 @@ fn method_label(method: &str) -> &'static str {
 impl GatewayMetrics {
     pub fn request(&self, route: &str, method: &str, status: u16) {
         let mut requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
-        *requests
-            .entry((route.to_owned(), method_label(method).to_owned(), status))
-            .or_default() += 1;
+        let by_route = match requests.get_mut(route) {
+            Some(by_route) => by_route,
+            None => requests.entry(route.to_owned()).or_default(),
+        };
+        *by_route.entry((method_label(method), status)).or_default() += 1;
     }
 
     pub fn refused(&self, code: &'static str) {
@@ -97,12 +100,13 @@ impl GatewayMetrics {
     pub fn render(&self, extra: &[(&str, &str, &str, f64)]) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "# HELP tally_gateway_requests_total HTTP requests by route, method and status.\n# TYPE tally_gateway_requests_total counter");
-        for ((route, method, status), count) in self
-            .requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
+        let requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        let rows = requests.iter().flat_map(|(route, counts)| {
+            counts
+                .iter()
+                .map(move |((method, status), count)| (route, method, status, count))
+        });
+        for (route, method, status, count) in rows {
             let _ = writeln!(
                 out,
                 "tally_gateway_requests_total{{route=\"{}\",method=\"{method}\",status=\"{status}\"}} {count}",
