@@ -9,11 +9,14 @@ use std::sync::Mutex;
 /// Bucket upper bounds of the vote latency, in milliseconds.
 const LATENCY_BUCKETS_MS: [u64; 12] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000];
 
+/// One route's request counts by (method, status).
+type ByMethodAndStatus = BTreeMap<(&'static str, u16), u64>;
+
 #[derive(Default)]
 pub struct GatewayMetrics {
     /// Requests by route, then (method, status): a known route's count
     /// is found without allocating.
-    requests: Mutex<BTreeMap<String, BTreeMap<(&'static str, u16), u64>>>,
+    requests: Mutex<BTreeMap<String, ByMethodAndStatus>>,
     /// Refused votes by error code.
     refused: Mutex<BTreeMap<&'static str, u64>>,
     pub votes_accepted: AtomicU64,
