@@ -21,11 +21,24 @@ struct Bucket {
 /// Above this many keys, full buckets are forgotten (they equal new ones).
 const MAX_KEYS_BEFORE_SWEEP: usize = 100_000;
 const SHARDS: usize = 16;
+/// A shard still this full after a sweep (a flood of distinct keys, all
+/// active) is emptied: memory stays bounded, and a forgotten key only gets
+/// a fresh burst.
+const MAX_KEYS_PER_SHARD: usize = 2 * MAX_KEYS_BEFORE_SWEEP / SHARDS;
+
+/// One shard's buckets, and the size at which it is swept next: a sweep
+/// costs the shard's size, so it runs again only once the shard has grown
+/// by half (amortized O(1) a call, however many keys stay active).
+#[derive(Default)]
+struct Shard {
+    buckets: HashMap<String, Bucket>,
+    sweep_at: usize,
+}
 
 /// Buckets by key, sharded so that concurrent requests rarely contend.
 pub struct RateLimiter {
     rate: Rate,
-    shards: Vec<Mutex<HashMap<String, Bucket>>>,
+    shards: Vec<Mutex<Shard>>,
 }
 
 impl RateLimiter {
@@ -36,7 +49,7 @@ impl RateLimiter {
         }
     }
 
-    fn shard(&self, key: &str) -> &Mutex<HashMap<String, Bucket>> {
+    fn shard(&self, key: &str) -> &Mutex<Shard> {
         let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
             (hash ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3)
         });
@@ -46,12 +59,17 @@ impl RateLimiter {
     /// Takes one token for `key` at `now`: `Ok` or the whole seconds to wait.
     pub fn check(&self, key: &str, now: Instant) -> Result<(), u64> {
         let rate = self.rate;
-        let mut buckets = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
-        if buckets.len() > MAX_KEYS_BEFORE_SWEEP / SHARDS {
+        let mut shard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
+        let Shard { buckets, sweep_at } = &mut *shard;
+        if buckets.len() > (*sweep_at).max(MAX_KEYS_BEFORE_SWEEP / SHARDS) {
             buckets.retain(|_, bucket| {
                 let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
                 bucket.tokens + elapsed * rate.per_second < rate.burst
             });
+            if buckets.len() >= MAX_KEYS_PER_SHARD {
+                buckets.clear();
+            }
+            *sweep_at = buckets.len() + buckets.len() / 2;
         }
         // A known key is found without allocating.
         let bucket = match buckets.get_mut(key) {
@@ -108,6 +126,29 @@ mod tests {
             Err(10),
             "wait until one token is back"
         );
+    }
+
+    /// A flood of distinct keys, all still refilling: the map stays
+    /// bounded, and sweeps do not run on every call.
+    #[test]
+    fn a_flood_of_distinct_keys_stays_bounded() {
+        let limiter = RateLimiter::new(Rate {
+            per_second: 0.001,
+            burst: 2.0,
+        });
+        let start = Instant::now();
+        for key in 0..(5 * MAX_KEYS_BEFORE_SWEEP) {
+            assert!(limiter.check(&format!("k{key}"), start).is_ok());
+        }
+        for shard in &limiter.shards {
+            let shard = shard.lock().unwrap();
+            // At most half again the cap between two sweeps.
+            assert!(
+                shard.buckets.len() <= MAX_KEYS_PER_SHARD * 3 / 2,
+                "{}",
+                shard.buckets.len()
+            );
+        }
     }
 }
 

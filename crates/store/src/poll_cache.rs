@@ -52,12 +52,21 @@ impl Default for PollCacheConfig {
 /// One id's cached copy, behind a lock held only for that id's read.
 type Slot = Arc<Mutex<Option<CachedPoll>>>;
 
+/// The slots, and the size at which they are swept next: a sweep costs
+/// the map's size, so it runs again only once the map has grown by half
+/// (amortized O(1) a lookup, even when every slot is fresh).
+#[derive(Default)]
+struct Slots {
+    map: HashMap<String, Slot>,
+    sweep_at: usize,
+}
+
 /// Polls by id, shared by every shard of a worker (and by the gateway's
 /// results).
 pub struct PollCache {
     store: Arc<dyn PollStore>,
     /// Held only to find or add a slot, never across a read.
-    slots: std::sync::Mutex<HashMap<String, Slot>>,
+    slots: std::sync::Mutex<Slots>,
     config: PollCacheConfig,
     /// Reads of the polls table, counted for the owner's metrics.
     reads: Arc<AtomicU64>,
@@ -101,16 +110,19 @@ impl PollCache {
 
     /// The slot of `id`, added if there is none.
     fn slot(&self, id: &str) -> Slot {
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(slot) = slots.get(id) {
+        let mut guard = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let Slots { map, sweep_at } = &mut *guard;
+        if let Some(slot) = map.get(id) {
             return slot.clone();
         }
-        if slots.len() >= MAX_CACHED_POLLS {
+        if map.len() >= (*sweep_at).max(MAX_CACHED_POLLS) {
             // Unknown ids (from bad records or requests) must not grow the
             // map without bound: forget the slots nobody is using whose
-            // copy is stale or missing.
+            // copy is stale or missing; if that is not enough (a flood of
+            // distinct ids within the cache age), every slot nobody is
+            // using (a forgotten copy costs one read more).
             let max_age = self.config.max_age;
-            slots.retain(|_, slot| {
+            map.retain(|_, slot| {
                 Arc::strong_count(slot) > 1
                     || slot.try_lock().is_ok_and(|cached| {
                         cached
@@ -118,8 +130,12 @@ impl PollCache {
                             .is_some_and(|entry| entry.fetched.elapsed() <= max_age)
                     })
             });
+            if map.len() >= 2 * MAX_CACHED_POLLS {
+                map.retain(|_, slot| Arc::strong_count(slot) > 1);
+            }
+            *sweep_at = map.len() + map.len() / 2;
         }
-        slots.entry(id.to_owned()).or_default().clone()
+        map.entry(id.to_owned()).or_default().clone()
     }
 
     /// Lookups so far, cached or not.
@@ -210,6 +226,32 @@ mod tests {
         async fn list_polls(&self) -> Result<Vec<Poll>, VoteStoreError> {
             self.inner.list_polls().await
         }
+    }
+
+    /// A flood of distinct unknown ids within the cache age (every slot
+    /// fresh): the map stays bounded.
+    #[tokio::test]
+    async fn a_flood_of_fresh_unknown_ids_stays_bounded() {
+        let store = MemoryVoteStore::new(Arc::new(tally_lease::MemoryStore::new()));
+        store.ensure_tables().await.unwrap();
+        let cache = PollCache::new(
+            Arc::new(store),
+            PollCacheConfig {
+                max_age: Duration::from_secs(3600),
+                ..PollCacheConfig::default()
+            },
+            Arc::default(),
+        );
+        let mut largest = 0;
+        for id in 0..(5 * MAX_CACHED_POLLS) {
+            assert!(cache
+                .get(&format!("unknown-{id}"), Duration::from_secs(3600))
+                .await
+                .unwrap()
+                .is_none());
+            largest = largest.max(cache.slots.lock().unwrap().map.len());
+        }
+        assert!(largest <= 3 * MAX_CACHED_POLLS, "{largest} slots");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
