@@ -22,6 +22,10 @@ use crate::types::InitialPosition;
 ///   changes are announced through the fleet item's epoch at once.
 /// - `poll_interval` 200 ms: Kinesis allows 5 `GetRecords` per shard per
 ///   second, shared by every consumer of the shard.
+/// - `consumer_mode` polling: it needs nothing registered on the stream and
+///   costs nothing per hour. Fan-out gives the application its own 2 MiB/s
+///   per shard and records pushed as they arrive, for a price per
+///   consumer-shard hour and per GB (see docs/DESIGN.md).
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
     pub worker_id: String,
@@ -36,10 +40,44 @@ pub struct WorkerConfig {
     pub poll_interval: Duration,
     pub max_records: u32,
     pub initial_position: InitialPosition,
+    /// How shards are read: polling `GetRecords`, or enhanced fan-out.
+    pub consumer_mode: ConsumerMode,
     /// How long a graceful stop waits for processors to finish.
     pub shutdown_timeout: Duration,
     /// Seed of the worker's random choices (tests); `None` picks one.
     pub seed: Option<u64>,
+}
+
+/// How a worker reads its shards.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ConsumerMode {
+    /// `GetRecords` every `poll_interval`, sharing the shard's 5 reads a
+    /// second and 2 MiB/s with every other polling application.
+    #[default]
+    Polling,
+    /// Enhanced fan-out: `SubscribeToShard` through the stream consumer
+    /// `consumer_name` (registered if missing, never deregistered by a
+    /// worker), with 2 MiB/s per shard of its own.
+    FanOut { consumer_name: String },
+}
+
+impl ConsumerMode {
+    /// The setting's value: `polling` or `fan-out`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ConsumerMode::Polling => "polling",
+            ConsumerMode::FanOut { .. } => "fan-out",
+        }
+    }
+}
+
+/// What a stream consumer's name may hold (the Kinesis rule).
+pub fn valid_consumer_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// A setting with a value that cannot work.
@@ -74,6 +112,7 @@ impl WorkerConfig {
             poll_interval: Duration::from_millis(200),
             max_records: 10_000,
             initial_position: InitialPosition::TrimHorizon,
+            consumer_mode: ConsumerMode::Polling,
             shutdown_timeout: Duration::from_secs(20),
             seed: None,
         }
@@ -117,6 +156,14 @@ impl WorkerConfig {
         if self.shard_sync_interval < Duration::from_secs(1) {
             return fail("shard_sync_interval", "must be at least 1 s");
         }
+        if let ConsumerMode::FanOut { consumer_name } = &self.consumer_mode {
+            if !valid_consumer_name(consumer_name) {
+                return fail(
+                    "consumer_mode",
+                    "the fan-out consumer name must be 1 to 128 characters of [A-Za-z0-9._-]",
+                );
+            }
+        }
         Ok(())
     }
 }
@@ -136,5 +183,14 @@ mod tests {
         config.lease_duration = Duration::from_secs(3);
         config.max_records = 0;
         assert_eq!(config.validate().unwrap_err().setting, "max_records");
+        config.max_records = 100;
+        config.consumer_mode = ConsumerMode::FanOut {
+            consumer_name: "app:1".into(),
+        };
+        assert_eq!(config.validate().unwrap_err().setting, "consumer_mode");
+        config.consumer_mode = ConsumerMode::FanOut {
+            consumer_name: "tally-live_1.0".into(),
+        };
+        assert_eq!(config.validate(), Ok(()));
     }
 }

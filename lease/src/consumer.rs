@@ -1,23 +1,21 @@
-//! One task per leased shard: read (paced), de-aggregate, hand batches to
-//! the processor, and finish the shard. It never writes a lease except
+//! One task per leased shard: read (through a [`ShardReader`]: polling or
+//! enhanced fan-out), de-aggregate, hand batches to the processor, and
+//! finish the shard. It never writes a lease except
 //! through its fenced [`Checkpointer`].
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
-use backon::BackoffBuilder;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use crate::kpl;
 use crate::metrics::Metrics;
 use crate::processor::{Batch, CheckpointOutcome, Checkpointer, RecordProcessor, ShardStart};
 use crate::store::{LeaseStore, LeaseUpdate, OwnerChange};
-use crate::stream::{ChildShard, RawRecord, StreamError, StreamSource};
-use crate::types::{
-    Checkpoint, ExtendedSequence, Lease, Record, SequenceNumber, ShardId, StartPosition,
-};
+use crate::reader::{FanOut, FanOutReader, PollingReader, ShardReader};
+use crate::stream::{ChildShard, RawRecord, StreamSource};
+use crate::types::{Checkpoint, ExtendedSequence, Lease, Record, ShardId, StartPosition};
 
 /// Why a consumer was asked to stop gracefully.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,6 +75,8 @@ pub struct ConsumerContext {
     pub metrics: Arc<Metrics>,
     pub poll_interval: Duration,
     pub max_records: u32,
+    /// Enhanced fan-out (shared by the worker's consumers); `None` polls.
+    pub fan_out: Option<Arc<FanOut>>,
     /// Poked when the shard ended, so the sync runs at once.
     pub shard_ended: Arc<tokio::sync::Notify>,
     /// Seed of the backoff jitter (reproducible in tests).
@@ -164,6 +164,30 @@ pub fn user_records(raw: &[RawRecord], metrics: &Metrics) -> Vec<Record> {
     out
 }
 
+/// The reader for this consumer's mode.
+fn reader(ctx: &ConsumerContext, first_start: StartPosition) -> Box<dyn ShardReader> {
+    let shard = ctx.lease.key.clone();
+    match &ctx.fan_out {
+        None => Box::new(PollingReader::new(
+            ctx.stream.clone(),
+            shard,
+            first_start,
+            ctx.max_records,
+            ctx.poll_interval,
+            ctx.metrics.clone(),
+            ctx.seed,
+        )),
+        Some(fan_out) => Box::new(FanOutReader::new(
+            ctx.stream.clone(),
+            fan_out.clone(),
+            shard,
+            first_start,
+            ctx.metrics.clone(),
+            ctx.seed,
+        )),
+    }
+}
+
 /// Runs one shard until it ends, is lost, or is stopped.
 pub async fn run(mut ctx: ConsumerContext) -> ConsumerExit {
     let shard = ctx.lease.key.clone();
@@ -195,13 +219,7 @@ pub async fn run(mut ctx: ConsumerContext) -> ConsumerExit {
         }
     }
     let (first_start, mut skip_through) = start_for(&ctx.lease.checkpoint);
-    let mut last_sequence: Option<SequenceNumber> = None;
-    let mut iterator: Option<String> = None;
-    let mut next_call = Instant::now();
-    // One backoff policy for every call (backon, exponential with jitter,
-    // seeded so that simulations replay); reset after each success.
-    let policy = crate::retry::policy().with_jitter_seed(ctx.seed);
-    let mut backoff = policy.build();
+    let mut reader = reader(&ctx, first_start);
     loop {
         if ctx.control.lost.is_cancelled() {
             ctx.processor.lease_lost().await;
@@ -210,43 +228,16 @@ pub async fn run(mut ctx: ConsumerContext) -> ConsumerExit {
         if ctx.control.stop.is_cancelled() {
             return stop(&mut ctx, &checkpointer).await;
         }
-        tokio::select! {
-            _ = tokio::time::sleep_until(next_call) => {}
+        // The next page is read only now, after the previous batch was
+        // processed: one batch at a time per shard.
+        let page = tokio::select! {
+            page = reader.next_page() => page,
             _ = ctx.control.stop.cancelled() => continue,
             _ = ctx.control.lost.cancelled() => continue,
-        }
-        let reopen_at = match &last_sequence {
-            Some(sequence) => StartPosition::AfterSequence(sequence.clone()),
-            None => first_start.clone(),
         };
-        let page = match fetch(
-            ctx.stream.as_ref(),
-            &shard,
-            ctx.max_records,
-            &mut iterator,
-            &reopen_at,
-        )
-        .await
-        {
-            Ok(page) => page,
-            Err(StreamError::ExpiredIterator) => {
-                debug!(shard_id = %shard, "iterator expired; re-requesting");
-                continue;
-            }
-            Err(error) => {
-                let delay = backoff.next().unwrap_or(Duration::from_secs(5));
-                match on_error(&shard, &error, delay, &ctx.metrics) {
-                    Some(delay) => {
-                        next_call = Instant::now() + delay;
-                        continue;
-                    }
-                    None => return ConsumerExit::Vanished,
-                }
-            }
+        let Ok(page) = page else {
+            return ConsumerExit::Vanished;
         };
-        backoff = policy.build();
-        next_call = Instant::now() + ctx.poll_interval;
-        Metrics::add(&ctx.metrics.get_records_total, 1);
         Metrics::add(&ctx.metrics.records_read_total, page.records.len() as u64);
         Metrics::add(
             &ctx.metrics.bytes_read_total,
@@ -256,9 +247,6 @@ pub async fn run(mut ctx: ConsumerContext) -> ConsumerExit {
             ctx.control
                 .millis_behind
                 .store(behind, std::sync::atomic::Ordering::Relaxed);
-        }
-        if let Some(last) = page.records.last() {
-            last_sequence = Some(last.sequence.clone());
         }
         let mut records = user_records(&page.records, &ctx.metrics);
         if let Some(through) = skip_through.take() {
@@ -275,35 +263,10 @@ pub async fn run(mut ctx: ConsumerContext) -> ConsumerExit {
                 continue; // lost or stopping: the loop head decides
             }
         }
-        iterator = page.next.clone();
         if page.next.is_none() {
             return finish(&mut ctx, &checkpointer, page.children).await;
         }
     }
-}
-
-/// One page: opens an iterator at `reopen_at` when there is none, then
-/// reads. An expired iterator is dropped so that the next call reopens it.
-async fn fetch(
-    stream: &dyn StreamSource,
-    shard: &ShardId,
-    max_records: u32,
-    iterator: &mut Option<String>,
-    reopen_at: &StartPosition,
-) -> Result<crate::stream::Page, StreamError> {
-    let current = match iterator {
-        Some(current) => current.clone(),
-        None => {
-            let fresh = stream.shard_iterator(shard, reopen_at).await?;
-            *iterator = Some(fresh.clone());
-            fresh
-        }
-    };
-    let result = stream.get_records(&current, max_records).await;
-    if matches!(result, Err(StreamError::ExpiredIterator)) {
-        *iterator = None;
-    }
-    result
 }
 
 /// Offers a batch until the processor takes it; false when the lease was
@@ -323,33 +286,6 @@ async fn deliver(ctx: &mut ConsumerContext, batch: &Batch, checkpointer: &Checkp
                     _ = ctx.control.stop.cancelled() => return false,
                 }
             }
-        }
-    }
-}
-
-fn on_error(
-    shard: &ShardId,
-    error: &StreamError,
-    backoff: Duration,
-    metrics: &Metrics,
-) -> Option<Duration> {
-    match error {
-        StreamError::NotFound(_) => {
-            error!(shard_id = %shard, error = %error, "shard vanished; reader stops");
-            None
-        }
-        StreamError::Throttled(_) => {
-            Metrics::add(&metrics.get_records_throttles_total, 1);
-            debug!(shard_id = %shard, retry_in_ms = backoff.as_millis() as u64, "throttled");
-            Some(backoff)
-        }
-        StreamError::Unavailable(_) | StreamError::ExpiredIterator => {
-            warn!(shard_id = %shard, error = %error, "stream call failed; retrying");
-            Some(backoff)
-        }
-        StreamError::Other(_) => {
-            error!(shard_id = %shard, error = %error, "unexpected stream error; retrying");
-            Some(backoff)
         }
     }
 }
@@ -426,6 +362,7 @@ async fn finish(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::SequenceNumber;
     use bytes::Bytes;
     use std::time::SystemTime;
 

@@ -26,6 +26,8 @@
 //! - [`store`]: the lease table trait, DynamoDB and in-memory adapters.
 //! - [`stream`]: the Kinesis trait, AWS and in-memory adapters.
 //! - [`processor`]: the application's trait and the fenced checkpointer.
+//! - [`reader`]: the read side of a shard consumer: polling or enhanced
+//!   fan-out, one page at a time.
 //! - [`consumer`], [`worker`]: the tasks that run it all.
 
 pub mod config;
@@ -35,6 +37,7 @@ pub mod graph;
 pub use tally_contract::kpl;
 pub mod metrics;
 pub mod processor;
+pub mod reader;
 pub use tally_aws::retry;
 pub mod store;
 pub mod stream;
@@ -46,7 +49,7 @@ pub mod conformance;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use config::WorkerConfig;
+pub use config::{ConsumerMode, WorkerConfig};
 pub use processor::{
     Batch, CheckpointOutcome, Checkpointer, ProcessorFactory, RecordProcessor, ShardStart,
 };

@@ -55,6 +55,12 @@ metrics! {
     get_records_total: AtomicU64,
     /// GetRecords calls throttled.
     get_records_throttles_total: AtomicU64,
+    /// SubscribeToShard subscriptions opened (fan-out).
+    subscriptions_total: AtomicU64,
+    /// SubscribeToShard events received (fan-out).
+    subscription_events_total: AtomicU64,
+    /// SubscribeToShard calls throttled (fan-out).
+    subscribe_throttles_total: AtomicU64,
     /// Gauge: the largest MillisBehindLatest over this worker's shards (each
     /// shard's last page), updated every renew interval.
     millis_behind_latest: AtomicI64,

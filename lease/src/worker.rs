@@ -17,12 +17,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument};
 
-use crate::config::{ConfigError, WorkerConfig};
+use crate::config::{ConfigError, ConsumerMode, WorkerConfig};
 use crate::consumer::{self, ConsumerContext, ConsumerControl, ConsumerExit, StopReason};
 use crate::decide::{plan, Action, Liveness, PlanInput, PlanLimits};
 use crate::graph::{lease_state, leases_to_create, parents_to_clean_up, LeaseState};
 use crate::metrics::Metrics;
 use crate::processor::ProcessorFactory;
+use crate::reader::FanOut;
 use crate::retry;
 use crate::store::{announce, Created, Expect, LeaseStore, LeaseUpdate, StoreError, WorkerBeat};
 use crate::stream::StreamSource;
@@ -62,6 +63,8 @@ pub struct Worker {
     rng: StdRng,
     shard_ended: Arc<Notify>,
     dead_seen: BTreeSet<String>,
+    /// Shared by the consumers in fan-out mode.
+    fan_out: Option<Arc<FanOut>>,
 }
 
 impl Worker {
@@ -74,7 +77,12 @@ impl Worker {
         config.validate()?;
         let seed = config.seed.unwrap_or_else(rand::random);
         let mut rng = StdRng::seed_from_u64(seed);
+        let fan_out = match &config.consumer_mode {
+            ConsumerMode::Polling => None,
+            ConsumerMode::FanOut { consumer_name } => Some(Arc::new(FanOut::new(consumer_name))),
+        };
         Ok(Self {
+            fan_out,
             liveness: Liveness::new(config.lease_duration),
             beat: rng.gen(),
             rng,
@@ -114,6 +122,7 @@ impl Worker {
                 self.store.clone(),
                 self.stream.clone(),
                 self.shard_ended.clone(),
+                self.fan_out.clone(),
                 sync_stop.clone(),
             ));
             info!("worker started");
@@ -530,6 +539,7 @@ impl Worker {
             metrics: self.metrics.clone(),
             poll_interval: self.config.poll_interval,
             max_records: self.config.max_records,
+            fan_out: self.fan_out.clone(),
             shard_ended: self.shard_ended.clone(),
             seed: self.rng.gen(),
             lease: lease.clone(),
@@ -590,11 +600,21 @@ async fn sync_once(
     config: &WorkerConfig,
     store: &dyn LeaseStore,
     stream: &dyn StreamSource,
+    fan_out: Option<&FanOut>,
 ) -> Result<usize, String> {
     // The epoch is read before the scan: creations are fenced on it, so a
     // sync that was paused after its scan creates nothing stale.
     let mut epoch = store.fleet().await.map_err(|e| e.to_string())?.epoch;
     let shards = stream.list_shards().await.map_err(|e| e.to_string())?;
+    if let Some(fan_out) = fan_out {
+        fan_out.set_closed(
+            shards
+                .iter()
+                .filter(|shard| shard.ending_sequence.is_some())
+                .map(|shard| shard.id.clone())
+                .collect(),
+        );
+    }
     let leases = store.list_leases().await.map_err(|e| e.to_string())?;
     let existing = leases.iter().map(|l| l.key.clone()).collect();
     let mut created = 0;
@@ -636,12 +656,13 @@ async fn sync_loop(
     store: Arc<dyn LeaseStore>,
     stream: Arc<dyn StreamSource>,
     shard_ended: Arc<Notify>,
+    fan_out: Option<Arc<FanOut>>,
     stop: CancellationToken,
 ) {
     let mut rng = StdRng::seed_from_u64(config.seed.unwrap_or_else(rand::random) ^ 0x5eed);
     loop {
         for attempt in 0..5 {
-            match sync_once(&config, store.as_ref(), stream.as_ref()).await {
+            match sync_once(&config, store.as_ref(), stream.as_ref(), fan_out.as_deref()).await {
                 Ok(_) => break,
                 Err(error) if error == EPOCH_MOVED && attempt < 4 => {
                     tokio::time::sleep(Duration::from_millis(rng.gen_range(20..200))).await;

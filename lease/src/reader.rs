@@ -1,0 +1,462 @@
+//! The read side of a shard consumer: one [`Page`] at a time, from one of
+//! two readers that the consumer cannot tell apart.
+//!
+//! - [`PollingReader`]: `GetShardIterator` and `GetRecords`, paced by the
+//!   poll interval (Kinesis allows 5 `GetRecords` a second per shard,
+//!   shared by every polling application).
+//! - [`FanOutReader`]: enhanced fan-out. A stream consumer named after the
+//!   application (registered once per worker, shared by its readers), and
+//!   one `SubscribeToShard` subscription at a time, renewed when it ends
+//!   (every 5 minutes on AWS) after the last position it delivered.
+//!
+//! A reader retries what can be retried (with the one backoff policy) and
+//! gives up only when the shard is gone. It reads the next page only when
+//! asked: the consumer asks after the processor took the previous batch,
+//! so a processor is never handed more than one batch at a time, and a
+//! slow one only leaves events waiting in the connection's flow-control
+//! window. It never checkpoints and never touches a lease.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use tokio::time::Instant;
+use tracing::{debug, error, info, warn};
+
+use crate::metrics::Metrics;
+use crate::stream::{Page, StreamConsumer, StreamError, StreamSource, Subscription};
+use crate::types::{SequenceNumber, ShardId, StartPosition};
+
+/// The shard no longer exists: the reader stops for good.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Vanished;
+
+/// Reads one shard, one page at a time.
+#[async_trait]
+pub trait ShardReader: Send {
+    /// Waits for the next page (which may hold no records). A page with no
+    /// `next` ends the shard. Dropping the future at any point is safe.
+    async fn next_page(&mut self) -> Result<Page, Vanished>;
+}
+
+/// How long a reader waits after `SubscribeToShard` was throttled: AWS
+/// allows one call a second per shard and consumer, and answers
+/// `ResourceInUse` for 5 s after a successful one.
+const SUBSCRIBE_THROTTLED_WAIT: Duration = Duration::from_secs(5);
+/// The shortest wait after `ResourceInUse` (another subscription to the
+/// shard is still open, e.g. the previous owner's, or the connection this
+/// reader just lost is not yet closed on the server's side).
+const SUBSCRIBE_IN_USE_WAIT: Duration = Duration::from_secs(1);
+/// How often a reader asks `GetRecords` whether a closed shard it reads by
+/// subscription has really ended (only where events never say so).
+const END_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+fn backoff(policy: &ExponentialBuilder) -> ExponentialBackoff {
+    policy.build()
+}
+
+/// Reads by polling `GetRecords` (the behaviour before fan-out existed).
+pub struct PollingReader {
+    stream: Arc<dyn StreamSource>,
+    shard: ShardId,
+    max_records: u32,
+    poll_interval: Duration,
+    metrics: Arc<Metrics>,
+    first_start: StartPosition,
+    last_sequence: Option<SequenceNumber>,
+    iterator: Option<String>,
+    next_call: Instant,
+    policy: ExponentialBuilder,
+    backoff: ExponentialBackoff,
+}
+
+impl PollingReader {
+    pub fn new(
+        stream: Arc<dyn StreamSource>,
+        shard: ShardId,
+        first_start: StartPosition,
+        max_records: u32,
+        poll_interval: Duration,
+        metrics: Arc<Metrics>,
+        seed: u64,
+    ) -> Self {
+        // One backoff policy for every call (backon, exponential with
+        // jitter, seeded so that simulations replay); reset after each
+        // success.
+        let policy = crate::retry::policy().with_jitter_seed(seed);
+        Self {
+            stream,
+            shard,
+            max_records,
+            poll_interval,
+            metrics,
+            first_start,
+            last_sequence: None,
+            iterator: None,
+            next_call: Instant::now(),
+            backoff: backoff(&policy),
+            policy,
+        }
+    }
+
+    /// One page: opens an iterator at the resume position when there is
+    /// none, then reads. An expired iterator is dropped so that the next
+    /// call reopens it.
+    async fn fetch(&mut self) -> Result<Page, StreamError> {
+        let current = match &self.iterator {
+            Some(current) => current.clone(),
+            None => {
+                let reopen_at = match &self.last_sequence {
+                    Some(sequence) => StartPosition::AfterSequence(sequence.clone()),
+                    None => self.first_start.clone(),
+                };
+                let fresh = self.stream.shard_iterator(&self.shard, &reopen_at).await?;
+                self.iterator = Some(fresh.clone());
+                fresh
+            }
+        };
+        let result = self.stream.get_records(&current, self.max_records).await;
+        if matches!(result, Err(StreamError::ExpiredIterator)) {
+            self.iterator = None;
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl ShardReader for PollingReader {
+    async fn next_page(&mut self) -> Result<Page, Vanished> {
+        loop {
+            tokio::time::sleep_until(self.next_call).await;
+            let page = match self.fetch().await {
+                Ok(page) => page,
+                Err(StreamError::ExpiredIterator) => {
+                    debug!(shard_id = %self.shard, "iterator expired; re-requesting");
+                    continue;
+                }
+                Err(error) => {
+                    let delay = self.backoff.next().unwrap_or(Duration::from_secs(5));
+                    if matches!(error, StreamError::Throttled(_)) {
+                        Metrics::add(&self.metrics.get_records_throttles_total, 1);
+                    }
+                    self.next_call = Instant::now() + retry_delay(&self.shard, &error, delay)?;
+                    continue;
+                }
+            };
+            self.backoff = backoff(&self.policy);
+            self.next_call = Instant::now() + self.poll_interval;
+            Metrics::add(&self.metrics.get_records_total, 1);
+            if let Some(last) = page.records.last() {
+                self.last_sequence = Some(last.sequence.clone());
+            }
+            self.iterator = page.next.clone();
+            return Ok(page);
+        }
+    }
+}
+
+/// What to do after a failed read: wait the returned time, or stop.
+fn retry_delay(
+    shard: &ShardId,
+    error: &StreamError,
+    backoff: Duration,
+) -> Result<Duration, Vanished> {
+    match error {
+        StreamError::NotFound(_) => {
+            error!(shard_id = %shard, error = %error, "shard vanished; reader stops");
+            Err(Vanished)
+        }
+        StreamError::Throttled(_) => {
+            debug!(shard_id = %shard, retry_in_ms = backoff.as_millis() as u64, "throttled");
+            Ok(backoff)
+        }
+        StreamError::Unavailable(_) | StreamError::ExpiredIterator | StreamError::InUse(_) => {
+            warn!(shard_id = %shard, error = %error, "stream call failed; retrying");
+            Ok(backoff)
+        }
+        StreamError::Other(_) => {
+            error!(shard_id = %shard, error = %error, "unexpected stream error; retrying");
+            Ok(backoff)
+        }
+    }
+}
+
+/// What the fan-out readers of one worker share: the stream consumer
+/// (registered once, by whichever reader asks first) and the shards the
+/// shard sync last saw closed.
+pub struct FanOut {
+    name: String,
+    consumer: tokio::sync::Mutex<Option<StreamConsumer>>,
+    closed: RwLock<BTreeSet<ShardId>>,
+}
+
+impl FanOut {
+    /// Fan-out through the stream consumer `name` (the application's).
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            consumer: tokio::sync::Mutex::new(None),
+            closed: RwLock::new(BTreeSet::new()),
+        }
+    }
+
+    pub fn consumer_name(&self) -> &str {
+        &self.name
+    }
+
+    /// The registered consumer: registers it (and waits until it is
+    /// ACTIVE) on first use or after [`FanOut::forget_consumer`].
+    async fn consumer(&self, stream: &dyn StreamSource) -> Result<StreamConsumer, StreamError> {
+        let mut slot = self.consumer.lock().await;
+        if let Some(consumer) = slot.as_ref() {
+            return Ok(consumer.clone());
+        }
+        let consumer = stream.register_consumer(&self.name).await?;
+        info!(consumer = %consumer.name, consumer_arn = %consumer.arn, "stream consumer active");
+        *slot = Some(consumer.clone());
+        Ok(consumer)
+    }
+
+    /// The consumer may have been deregistered: look it up again.
+    async fn forget_consumer(&self) {
+        *self.consumer.lock().await = None;
+    }
+
+    /// Records the shards a listing found closed (the shard sync calls this).
+    pub fn set_closed(&self, closed: BTreeSet<ShardId>) {
+        *self.closed.write().expect("lock") = closed;
+    }
+
+    fn is_closed(&self, shard: &ShardId) -> bool {
+        self.closed.read().expect("lock").contains(shard)
+    }
+}
+
+/// Reads by enhanced fan-out (`SubscribeToShard`).
+///
+/// Position: the last sequence number it delivered, a record's or an
+/// event's continuation, whichever is later; a new subscription starts
+/// after it (the checkpoint's position before anything was delivered), so
+/// nothing is skipped and nothing is delivered twice. Records at or before
+/// it in an event are dropped (a server that sends them again).
+///
+/// Shard end: an event without a continuation (AWS: the last event of a
+/// closed shard, with `ChildShards`). Where a closed shard's subscription
+/// never says so (kinesis-mock), once the shard sync saw the shard closed
+/// and an event brought nothing, one `GetRecords` after the position tells
+/// whether the shard is read to its end, and with which children.
+pub struct FanOutReader {
+    stream: Arc<dyn StreamSource>,
+    fan_out: Arc<FanOut>,
+    shard: ShardId,
+    metrics: Arc<Metrics>,
+    first_start: StartPosition,
+    position: Option<SequenceNumber>,
+    subscription: Option<Box<dyn Subscription>>,
+    next_subscribe: Instant,
+    last_subscribed: Option<Instant>,
+    not_found: u32,
+    last_end_check: Option<Instant>,
+    policy: ExponentialBuilder,
+    backoff: ExponentialBackoff,
+}
+
+impl FanOutReader {
+    pub fn new(
+        stream: Arc<dyn StreamSource>,
+        fan_out: Arc<FanOut>,
+        shard: ShardId,
+        first_start: StartPosition,
+        metrics: Arc<Metrics>,
+        seed: u64,
+    ) -> Self {
+        let policy = crate::retry::policy().with_jitter_seed(seed);
+        Self {
+            stream,
+            fan_out,
+            shard,
+            metrics,
+            first_start,
+            position: None,
+            subscription: None,
+            next_subscribe: Instant::now(),
+            last_subscribed: None,
+            not_found: 0,
+            last_end_check: None,
+            backoff: backoff(&policy),
+            policy,
+        }
+    }
+
+    /// Where the next subscription starts.
+    pub fn resume_at(&self) -> StartPosition {
+        match &self.position {
+            Some(sequence) => StartPosition::AfterSequence(sequence.clone()),
+            None => self.first_start.clone(),
+        }
+    }
+
+    /// Opens a subscription at the resume position, or schedules the next
+    /// attempt after a failure.
+    async fn subscribe(&mut self) -> Result<(), Vanished> {
+        tokio::time::sleep_until(self.next_subscribe).await;
+        let start = self.resume_at();
+        let opened = match self.fan_out.consumer(self.stream.as_ref()).await {
+            Ok(consumer) => self.stream.subscribe(&consumer, &self.shard, &start).await,
+            Err(error) => Err(error),
+        };
+        match opened {
+            Ok(subscription) => {
+                Metrics::add(&self.metrics.subscriptions_total, 1);
+                debug!(shard_id = %self.shard, start = ?start, "subscribed");
+                self.subscription = Some(subscription);
+                self.last_subscribed = Some(Instant::now());
+                self.not_found = 0;
+                Ok(())
+            }
+            Err(error) => self.failed(error).await,
+        }
+    }
+
+    /// A subscribe or a subscription failed: when to subscribe again.
+    async fn failed(&mut self, error: StreamError) -> Result<(), Vanished> {
+        self.subscription = None;
+        let delay = self.backoff.next().unwrap_or(Duration::from_secs(5));
+        let wait = match &error {
+            StreamError::NotFound(_) if self.not_found == 0 => {
+                // The stream consumer may be gone (deregistered by hand):
+                // register it again before deciding that the shard is.
+                warn!(shard_id = %self.shard, error = %error, "not found; looking the stream consumer up again");
+                self.not_found += 1;
+                self.fan_out.forget_consumer().await;
+                Duration::ZERO
+            }
+            StreamError::NotFound(_) => return retry_delay(&self.shard, &error, delay).map(drop),
+            StreamError::Throttled(_) => {
+                Metrics::add(&self.metrics.subscribe_throttles_total, 1);
+                debug!(shard_id = %self.shard, error = %error, "subscribe throttled");
+                delay.max(SUBSCRIBE_THROTTLED_WAIT)
+            }
+            StreamError::InUse(_) => {
+                debug!(shard_id = %self.shard, error = %error, "shard subscription in use");
+                delay.max(SUBSCRIBE_IN_USE_WAIT)
+            }
+            // A dropped connection: subscribe again from the position.
+            StreamError::Unavailable(_) | StreamError::ExpiredIterator | StreamError::Other(_) => {
+                retry_delay(&self.shard, &error, delay)?
+            }
+        };
+        self.next_subscribe = Instant::now() + wait;
+        Ok(())
+    }
+
+    /// Turns an event into a page and moves the position past it.
+    fn page(&mut self, event: crate::stream::ShardEvent) -> Page {
+        let mut records = event.records;
+        if let Some(position) = &self.position {
+            let before = records.len();
+            records.retain(|record| record.sequence > *position);
+            if records.len() < before {
+                warn!(shard_id = %self.shard, dropped = before - records.len(), "event repeated delivered records; dropped");
+            }
+        }
+        let mut position = self.position.take();
+        for sequence in records
+            .last()
+            .map(|r| &r.sequence)
+            .into_iter()
+            .chain(event.continuation.as_ref())
+        {
+            if position.as_ref().is_none_or(|p| sequence > p) {
+                position = Some(sequence.clone());
+            }
+        }
+        self.position = position;
+        let ended = event.continuation.is_none() || !event.children.is_empty();
+        Page {
+            records,
+            next: if ended {
+                None
+            } else {
+                event.continuation.map(|c| c.as_str().to_owned())
+            },
+            millis_behind: event.millis_behind,
+            children: event.children,
+        }
+    }
+
+    /// For a closed shard whose events bring nothing: `Some(children)`
+    /// when `GetRecords` after the position finds the shard's end.
+    async fn check_end(&mut self) -> Option<Vec<crate::stream::ChildShard>> {
+        if !self.fan_out.is_closed(&self.shard)
+            || self
+                .last_end_check
+                .is_some_and(|at| at.elapsed() < END_CHECK_INTERVAL)
+        {
+            return None;
+        }
+        self.last_end_check = Some(Instant::now());
+        let start = self.resume_at();
+        let looked = async {
+            let iterator = self.stream.shard_iterator(&self.shard, &start).await?;
+            self.stream.get_records(&iterator, 1).await
+        }
+        .await;
+        match looked {
+            Ok(page) if page.records.is_empty() && page.next.is_none() => {
+                info!(shard_id = %self.shard, "closed shard read to its end (found by GetRecords)");
+                Some(page.children)
+            }
+            Ok(_) => None,
+            Err(error) => {
+                debug!(shard_id = %self.shard, error = %error, "end check failed");
+                None
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ShardReader for FanOutReader {
+    async fn next_page(&mut self) -> Result<Page, Vanished> {
+        loop {
+            let Some(subscription) = self.subscription.as_mut() else {
+                self.subscribe().await?;
+                continue;
+            };
+            match subscription.next_event().await {
+                Ok(Some(event)) => {
+                    self.backoff = backoff(&self.policy);
+                    Metrics::add(&self.metrics.subscription_events_total, 1);
+                    let page = self.page(event);
+                    if page.records.is_empty() && page.next.is_some() {
+                        if let Some(children) = self.check_end().await {
+                            self.subscription = None;
+                            return Ok(Page {
+                                records: Vec::new(),
+                                next: None,
+                                millis_behind: page.millis_behind,
+                                children,
+                            });
+                        }
+                    }
+                    return Ok(page);
+                }
+                Ok(None) => {
+                    debug!(shard_id = %self.shard, resume_at = ?self.resume_at(), "subscription ended; subscribing again");
+                    self.subscription = None;
+                    // At most one SubscribeToShard a second per shard.
+                    self.next_subscribe = self
+                        .last_subscribed
+                        .map_or_else(Instant::now, |at| at + Duration::from_secs(1));
+                }
+                Err(error) => {
+                    debug!(shard_id = %self.shard, error = %error, "subscription failed");
+                    self.failed(error).await?;
+                }
+            }
+        }
+    }
+}
