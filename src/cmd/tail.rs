@@ -194,7 +194,7 @@ pub struct TailArgs {
 
 /// Follows the stream until a stop signal.
 pub async fn run(common: &Common, args: TailArgs) -> anyhow::Result<ExitCode> {
-    let config = args.lease.worker_config()?;
+    let config = args.lease.worker_config(&common.app)?;
     let clients = Clients::from_env().await?;
     let shutdown = tally_service::shutdown::on_signal();
     follow(

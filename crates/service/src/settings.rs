@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use tally_lease::{InitialPosition, WorkerConfig};
+use tally_lease::{ConsumerMode, InitialPosition, WorkerConfig};
 
 /// Where Tally's data lives.
 #[derive(Args, Clone, Debug)]
@@ -138,10 +138,14 @@ pub struct LeaseSettings {
     /// Where a brand-new lease starts: trim_horizon, latest, or an RFC 3339 time.
     #[arg(long, env = "TALLY_INITIAL_POSITION", default_value = "trim_horizon")]
     pub initial_position: String,
+    /// How shards are read: polling (GetRecords) or fan-out (SubscribeToShard through the stream consumer named after the application, registered if missing).
+    #[arg(long, env = "TALLY_CONSUMER_MODE", default_value = "polling")]
+    pub consumer_mode: String,
 }
 
 impl LeaseSettings {
-    pub fn worker_config(&self) -> anyhow::Result<WorkerConfig> {
+    /// The worker's config; `app` names the fan-out stream consumer.
+    pub fn worker_config(&self, app: &str) -> anyhow::Result<WorkerConfig> {
         let worker_id = match &self.worker_id {
             Some(id) => id.clone(),
             None => {
@@ -175,6 +179,7 @@ impl LeaseSettings {
         config.poll_interval = Duration::from_millis(self.poll_interval_ms);
         config.max_records = self.max_records;
         config.initial_position = parse_initial_position(&self.initial_position)?;
+        config.consumer_mode = parse_consumer_mode(&self.consumer_mode, app)?;
         config.validate().map_err(|error| {
             let variable = match error.setting {
                 "worker_id" => "TALLY_WORKER_ID",
@@ -185,11 +190,23 @@ impl LeaseSettings {
                 "max_steals_per_cycle" => "TALLY_MAX_STEALS",
                 "max_records" => "TALLY_MAX_RECORDS",
                 "shard_sync_interval" => "TALLY_SHARD_SYNC_INTERVAL_MS",
+                "consumer_mode" => "TALLY_CONSUMER_MODE",
                 other => other,
             };
             anyhow::anyhow!("invalid setting {variable}: {}", error.reason)
         })?;
         Ok(config)
+    }
+}
+
+/// `polling` or `fan-out` (through the stream consumer `app`).
+pub fn parse_consumer_mode(text: &str, app: &str) -> anyhow::Result<ConsumerMode> {
+    match text.to_ascii_lowercase().as_str() {
+        "polling" => Ok(ConsumerMode::Polling),
+        "fan-out" | "fanout" | "fan_out" => Ok(ConsumerMode::FanOut {
+            consumer_name: app.to_owned(),
+        }),
+        _ => bail!("invalid setting TALLY_CONSUMER_MODE (--consumer-mode): {text:?} is not polling or fan-out"),
     }
 }
 
@@ -213,6 +230,24 @@ pub fn parse_initial_position(text: &str) -> anyhow::Result<InitialPosition> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn consumer_modes_parse_and_bad_ones_name_the_setting() {
+        assert_eq!(
+            parse_consumer_mode("polling", "tally").unwrap(),
+            ConsumerMode::Polling
+        );
+        assert_eq!(
+            parse_consumer_mode("fan-out", "tally-replay").unwrap(),
+            ConsumerMode::FanOut {
+                consumer_name: "tally-replay".into()
+            }
+        );
+        let error = parse_consumer_mode("push", "tally")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("TALLY_CONSUMER_MODE"), "{error}");
+    }
 
     #[test]
     fn initial_positions_parse_and_bad_ones_name_the_setting() {

@@ -194,7 +194,7 @@ pub async fn run(
     faults: Option<Arc<Faults>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let config = args.lease.worker_config()?;
+    let config = args.lease.worker_config(&common.app)?;
     let store = Arc::new(DynamoVoteStore::new(
         clients.dynamodb.clone(),
         common.table_names(),
