@@ -460,3 +460,272 @@ impl ShardReader for FanOutReader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The fan-out reader at the event level, against a scripted stream:
+    //! what each event, end and error leads to.
+
+    use std::collections::VecDeque;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Mutex;
+    use std::time::SystemTime;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::stream::{ChildShard, RawRecord, ShardEvent};
+    use crate::types::Shard;
+
+    type Script = Result<Vec<Result<ShardEvent, StreamError>>, StreamError>;
+
+    /// Each `subscribe` takes the next script: an error for the call, or
+    /// the events of the subscription (then its end).
+    #[derive(Default)]
+    struct Scripted {
+        scripts: Mutex<VecDeque<Script>>,
+        starts: Mutex<Vec<(StartPosition, Instant)>>,
+        registrations: AtomicU32,
+        /// What `GetRecords` answers (the end check).
+        tail: Mutex<Page>,
+    }
+
+    struct Events(VecDeque<Result<ShardEvent, StreamError>>);
+
+    #[async_trait]
+    impl Subscription for Events {
+        async fn next_event(&mut self) -> Result<Option<ShardEvent>, StreamError> {
+            self.0.pop_front().transpose()
+        }
+    }
+
+    #[async_trait]
+    impl StreamSource for Scripted {
+        async fn list_shards(&self) -> Result<Vec<Shard>, StreamError> {
+            Ok(Vec::new())
+        }
+        async fn shard_iterator(&self, _: &ShardId, _: &StartPosition) -> Result<String, StreamError> {
+            Ok("iterator".into())
+        }
+        async fn get_records(&self, _: &str, _: u32) -> Result<Page, StreamError> {
+            Ok(self.tail.lock().unwrap().clone())
+        }
+        async fn register_consumer(&self, name: &str) -> Result<StreamConsumer, StreamError> {
+            let n = self.registrations.fetch_add(1, Ordering::SeqCst);
+            Ok(StreamConsumer {
+                name: name.into(),
+                arn: format!("arn:consumer/{name}:{n}"),
+            })
+        }
+        async fn subscribe(
+            &self,
+            _: &StreamConsumer,
+            _: &ShardId,
+            start: &StartPosition,
+        ) -> Result<Box<dyn Subscription>, StreamError> {
+            self.starts
+                .lock()
+                .unwrap()
+                .push((start.clone(), Instant::now()));
+            let script = self
+                .scripts
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or(Ok(Vec::new()));
+            script.map(|events| Box::new(Events(events.into())) as Box<dyn Subscription>)
+        }
+    }
+
+    fn seq(n: u64) -> SequenceNumber {
+        SequenceNumber::parse(&n.to_string()).unwrap()
+    }
+
+    fn event(records: &[u64], continuation: Option<u64>) -> ShardEvent {
+        ShardEvent {
+            records: records
+                .iter()
+                .map(|n| RawRecord {
+                    data: Bytes::from(n.to_string()),
+                    partition_key: "k".into(),
+                    sequence: seq(*n),
+                    arrival: SystemTime::now(),
+                })
+                .collect(),
+            continuation: continuation.map(seq),
+            millis_behind: Some(0),
+            children: Vec::new(),
+        }
+    }
+
+    fn child(id: &str) -> ChildShard {
+        ChildShard {
+            id: ShardId::new(id),
+            parents: vec![ShardId::new("shardId-0")],
+            hash_range: ("0".into(), "1".into()),
+        }
+    }
+
+    fn reader(source: Arc<Scripted>, fan_out: Arc<FanOut>) -> FanOutReader {
+        FanOutReader::new(
+            source,
+            fan_out,
+            ShardId::new("shardId-0"),
+            StartPosition::TrimHorizon,
+            Arc::new(Metrics::default()),
+            1,
+        )
+    }
+
+    fn numbers(page: &Page) -> Vec<u64> {
+        page.records
+            .iter()
+            .map(|r| r.sequence.as_str().parse().unwrap())
+            .collect()
+    }
+
+    fn starts(source: &Scripted) -> Vec<StartPosition> {
+        source
+            .starts
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(start, _)| start.clone())
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn child_shards_end_the_shard_and_a_new_subscription_repeats_nothing() {
+        let source = Arc::new(Scripted::default());
+        let mut last = event(&[5], None);
+        last.children = vec![child("shardId-1"), child("shardId-2")];
+        source.scripts.lock().unwrap().extend([
+            Ok(vec![Ok(event(&[1, 2], Some(2))), Ok(event(&[3], Some(3)))]),
+            // The server sends 3 again after the renewal: dropped.
+            Ok(vec![Ok(event(&[3, 4], Some(4))), Ok(last)]),
+        ]);
+        let mut reader = reader(source.clone(), Arc::new(FanOut::new("app")));
+        let mut pages = Vec::new();
+        loop {
+            let page = reader.next_page().await.unwrap();
+            let ended = page.next.is_none();
+            pages.push(page);
+            if ended {
+                break;
+            }
+        }
+        let delivered: Vec<Vec<u64>> = pages.iter().map(numbers).collect();
+        assert_eq!(delivered, vec![vec![1, 2], vec![3], vec![4], vec![5]]);
+        let end = pages.last().unwrap();
+        assert_eq!(end.children, vec![child("shardId-1"), child("shardId-2")]);
+        assert_eq!(
+            starts(&source),
+            vec![StartPosition::TrimHorizon, StartPosition::AfterSequence(seq(3))]
+        );
+        assert_eq!(source.registrations.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_end_without_child_shards_is_an_end_with_no_children() {
+        let source = Arc::new(Scripted::default());
+        source
+            .scripts
+            .lock()
+            .unwrap()
+            .push_back(Ok(vec![Ok(event(&[1], None))]));
+        let mut reader = reader(source, Arc::new(FanOut::new("app")));
+        let page = reader.next_page().await.unwrap();
+        assert_eq!(numbers(&page), vec![1]);
+        assert!(page.next.is_none() && page.children.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_connection_resubscribes_after_the_last_position() {
+        let source = Arc::new(Scripted::default());
+        source.scripts.lock().unwrap().extend([
+            // The continuation runs ahead of the last record.
+            Ok(vec![
+                Ok(event(&[1, 2], Some(7))),
+                Err(StreamError::Unavailable("connection reset".into())),
+            ]),
+            Ok(vec![Ok(event(&[8], Some(8)))]),
+        ]);
+        let mut reader = reader(source.clone(), Arc::new(FanOut::new("app")));
+        assert_eq!(numbers(&reader.next_page().await.unwrap()), vec![1, 2]);
+        assert_eq!(numbers(&reader.next_page().await.unwrap()), vec![8]);
+        assert_eq!(
+            starts(&source),
+            vec![StartPosition::TrimHorizon, StartPosition::AfterSequence(seq(7))]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn resource_in_use_and_throttling_wait_before_subscribing_again() {
+        let source = Arc::new(Scripted::default());
+        source.scripts.lock().unwrap().extend([
+            Err(StreamError::InUse("another subscription".into())),
+            // Kinesis-mock answers ResourceInUse as the stream's first event.
+            Ok(vec![Err(StreamError::InUse("another subscription".into()))]),
+            Err(StreamError::Throttled("LimitExceededException".into())),
+            Ok(vec![Ok(event(&[1], Some(1)))]),
+        ]);
+        let mut reader = reader(source.clone(), Arc::new(FanOut::new("app")));
+        assert_eq!(numbers(&reader.next_page().await.unwrap()), vec![1]);
+        let times: Vec<Instant> = source.starts.lock().unwrap().iter().map(|(_, at)| *at).collect();
+        assert_eq!(times.len(), 4);
+        assert!(times[1] - times[0] >= SUBSCRIBE_IN_USE_WAIT);
+        assert!(times[2] - times[1] >= SUBSCRIBE_IN_USE_WAIT);
+        assert!(times[3] - times[2] >= SUBSCRIBE_THROTTLED_WAIT);
+        assert!(starts(&source).iter().all(|s| *s == StartPosition::TrimHorizon));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn not_found_registers_the_consumer_again_then_the_shard_is_gone() {
+        let source = Arc::new(Scripted::default());
+        source.scripts.lock().unwrap().extend([
+            Err(StreamError::NotFound("consumer".into())),
+            Err(StreamError::NotFound("shard".into())),
+        ]);
+        let mut reader = reader(source.clone(), Arc::new(FanOut::new("app")));
+        assert_eq!(reader.next_page().await.unwrap_err(), Vanished);
+        assert_eq!(source.registrations.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_subscription_ending_quietly_renews_at_most_once_a_second() {
+        let source = Arc::new(Scripted::default());
+        source.scripts.lock().unwrap().extend([
+            Ok(vec![]),
+            Ok(vec![]),
+            Ok(vec![Ok(event(&[1], Some(1)))]),
+        ]);
+        let mut reader = reader(source.clone(), Arc::new(FanOut::new("app")));
+        assert_eq!(numbers(&reader.next_page().await.unwrap()), vec![1]);
+        let times: Vec<Instant> = source.starts.lock().unwrap().iter().map(|(_, at)| *at).collect();
+        assert!(times.windows(2).all(|w| w[1] - w[0] >= Duration::from_secs(1)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_shard_whose_events_never_end_it_ends_by_get_records() {
+        let source = Arc::new(Scripted::default());
+        source.scripts.lock().unwrap().push_back(Ok(vec![
+            Ok(event(&[1], Some(1))),
+            Ok(event(&[], Some(1))),
+            Ok(event(&[], Some(1))),
+        ]));
+        *source.tail.lock().unwrap() = Page {
+            children: vec![child("shardId-1")],
+            ..Page::default()
+        };
+        let fan_out = Arc::new(FanOut::new("app"));
+        let mut reader = reader(source.clone(), fan_out.clone());
+        assert_eq!(numbers(&reader.next_page().await.unwrap()), vec![1]);
+        // Open as far as the last listing knows: an empty event is just that.
+        let page = reader.next_page().await.unwrap();
+        assert!(page.records.is_empty() && page.next.is_some());
+        fan_out.set_closed([ShardId::new("shardId-0")].into());
+        let page = reader.next_page().await.unwrap();
+        assert!(page.next.is_none());
+        assert_eq!(page.children, vec![child("shardId-1")]);
+    }
+}

@@ -197,11 +197,11 @@ async fn ministack_subscription_cut_mid_stream_resumes_without_loss_or_repeat() 
     resumes_after_a_cut(EmulatorKind::Ministack).await;
 }
 
-/// kinesis-mock never ends a split parent's subscription: the reader finds
-/// the end by `GetRecords` once the shard is known closed, with children.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kinesis_mock_split_parent_ends_with_its_children() {
-    let kind = EmulatorKind::KinesisMock;
+/// ministack ends a split parent's subscription with `ChildShards`;
+/// kinesis-mock never ends it: the reader finds the end by `GetRecords`
+/// once the shard is known closed. Either way the page ends the shard and
+/// names both children.
+async fn split_parent_ends_with_its_children(kind: EmulatorKind) {
     let setup = Setup::new(kind, &Emulator::shared(kind).endpoint, 1).await;
     let stream: Arc<dyn StreamSource> = Arc::new(setup.stream.clone());
     let fan_out = Arc::new(FanOut::new(unique_name("app")));
@@ -232,7 +232,8 @@ async fn kinesis_mock_split_parent_ends_with_its_children() {
         .await
         .expect("split");
     wait_stream_active(&setup.kinesis, &setup.name).await;
-    // What the shard sync does: it lists the shards and marks the closed.
+    // What the shard sync does: it lists the shards and marks the closed
+    // (ministack deletes the parent: it is not listed at all).
     let closed = stream
         .list_shards()
         .await
@@ -256,4 +257,14 @@ async fn kinesis_mock_split_parent_ends_with_its_children() {
     for child in &end_page.children {
         assert_eq!(child.parents, vec![parent.clone()]);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kinesis_mock_split_parent_ends_with_its_children() {
+    split_parent_ends_with_its_children(EmulatorKind::KinesisMock).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ministack_split_parent_ends_with_child_shards_event() {
+    split_parent_ends_with_its_children(EmulatorKind::Ministack).await;
 }
