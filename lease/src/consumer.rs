@@ -12,8 +12,8 @@ use tracing::{error, info, warn};
 use crate::kpl;
 use crate::metrics::Metrics;
 use crate::processor::{Batch, CheckpointOutcome, Checkpointer, RecordProcessor, ShardStart};
-use crate::store::{LeaseStore, LeaseUpdate, OwnerChange};
 use crate::reader::{FanOut, FanOutReader, PollingReader, ShardReader};
+use crate::store::{LeaseStore, LeaseUpdate, OwnerChange};
 use crate::stream::{ChildShard, RawRecord, StreamSource};
 use crate::types::{Checkpoint, ExtendedSequence, Lease, Record, ShardId, StartPosition};
 

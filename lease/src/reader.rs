@@ -504,7 +504,11 @@ mod tests {
         async fn list_shards(&self) -> Result<Vec<Shard>, StreamError> {
             Ok(Vec::new())
         }
-        async fn shard_iterator(&self, _: &ShardId, _: &StartPosition) -> Result<String, StreamError> {
+        async fn shard_iterator(
+            &self,
+            _: &ShardId,
+            _: &StartPosition,
+        ) -> Result<String, StreamError> {
             Ok("iterator".into())
         }
         async fn get_records(&self, _: &str, _: u32) -> Result<Page, StreamError> {
@@ -620,7 +624,10 @@ mod tests {
         assert_eq!(end.children, vec![child("shardId-1"), child("shardId-2")]);
         assert_eq!(
             starts(&source),
-            vec![StartPosition::TrimHorizon, StartPosition::AfterSequence(seq(3))]
+            vec![
+                StartPosition::TrimHorizon,
+                StartPosition::AfterSequence(seq(3))
+            ]
         );
         assert_eq!(source.registrations.load(Ordering::SeqCst), 1);
     }
@@ -655,7 +662,10 @@ mod tests {
         assert_eq!(numbers(&reader.next_page().await.unwrap()), vec![8]);
         assert_eq!(
             starts(&source),
-            vec![StartPosition::TrimHorizon, StartPosition::AfterSequence(seq(7))]
+            vec![
+                StartPosition::TrimHorizon,
+                StartPosition::AfterSequence(seq(7))
+            ]
         );
     }
 
@@ -671,12 +681,20 @@ mod tests {
         ]);
         let mut reader = reader(source.clone(), Arc::new(FanOut::new("app")));
         assert_eq!(numbers(&reader.next_page().await.unwrap()), vec![1]);
-        let times: Vec<Instant> = source.starts.lock().unwrap().iter().map(|(_, at)| *at).collect();
+        let times: Vec<Instant> = source
+            .starts
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, at)| *at)
+            .collect();
         assert_eq!(times.len(), 4);
         assert!(times[1] - times[0] >= SUBSCRIBE_IN_USE_WAIT);
         assert!(times[2] - times[1] >= SUBSCRIBE_IN_USE_WAIT);
         assert!(times[3] - times[2] >= SUBSCRIBE_THROTTLED_WAIT);
-        assert!(starts(&source).iter().all(|s| *s == StartPosition::TrimHorizon));
+        assert!(starts(&source)
+            .iter()
+            .all(|s| *s == StartPosition::TrimHorizon));
     }
 
     #[tokio::test(start_paused = true)]
@@ -701,8 +719,16 @@ mod tests {
         ]);
         let mut reader = reader(source.clone(), Arc::new(FanOut::new("app")));
         assert_eq!(numbers(&reader.next_page().await.unwrap()), vec![1]);
-        let times: Vec<Instant> = source.starts.lock().unwrap().iter().map(|(_, at)| *at).collect();
-        assert!(times.windows(2).all(|w| w[1] - w[0] >= Duration::from_secs(1)));
+        let times: Vec<Instant> = source
+            .starts
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, at)| *at)
+            .collect();
+        assert!(times
+            .windows(2)
+            .all(|w| w[1] - w[0] >= Duration::from_secs(1)));
     }
 
     #[tokio::test(start_paused = true)]

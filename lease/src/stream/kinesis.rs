@@ -18,10 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_kinesis::primitives::DateTime;
 use aws_sdk_kinesis::error::DisplayErrorContext;
+use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::primitives::event_stream::EventReceiver;
+use aws_sdk_kinesis::primitives::DateTime;
 use aws_sdk_kinesis::types::error::SubscribeToShardEventStreamError;
 use aws_sdk_kinesis::types::{
     ConsumerStatus, ShardIteratorType, StartingPosition, SubscribeToShardEventStream,
@@ -113,9 +113,9 @@ impl KinesisStream {
             .await
             .map_err(classify);
         match described {
-            Ok(output) => Ok(output.consumer_description().map(|d| {
-                (d.consumer_status().clone(), d.consumer_arn().to_owned())
-            })),
+            Ok(output) => Ok(output
+                .consumer_description()
+                .map(|d| (d.consumer_status().clone(), d.consumer_arn().to_owned()))),
             Err(StreamError::NotFound(_)) => Ok(None),
             Err(error) => Err(error),
         }
@@ -160,9 +160,9 @@ fn from_class(class: ErrorClass, message: String) -> StreamError {
         ErrorClass::NotFound => StreamError::NotFound(message),
         ErrorClass::Transient => StreamError::Unavailable(message),
         ErrorClass::InUse => StreamError::InUse(message),
-        ErrorClass::ConditionFailed
-        | ErrorClass::TokenReused
-        | ErrorClass::Other => StreamError::Other(message),
+        ErrorClass::ConditionFailed | ErrorClass::TokenReused | ErrorClass::Other => {
+            StreamError::Other(message)
+        }
     }
 }
 

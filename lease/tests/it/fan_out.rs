@@ -158,8 +158,14 @@ async fn resumes_after_a_cut(kind: EmulatorKind) {
     let metrics = Arc::new(Metrics::default());
     let fan_out = Arc::new(FanOut::new(unique_name("app")));
     // Registering twice is harmless (a second worker does the same).
-    let first = stream.register_consumer(fan_out.consumer_name()).await.unwrap();
-    let again = stream.register_consumer(fan_out.consumer_name()).await.unwrap();
+    let first = stream
+        .register_consumer(fan_out.consumer_name())
+        .await
+        .unwrap();
+    let again = stream
+        .register_consumer(fan_out.consumer_name())
+        .await
+        .unwrap();
     assert_eq!(first, again);
 
     setup.put(0, 50).await;
@@ -180,11 +186,18 @@ async fn resumes_after_a_cut(kind: EmulatorKind) {
     proxy.cut();
     setup.put(120, 150).await;
     assert!(read_until(&mut reader, &mut got, 150).await.is_none());
-    assert_eq!(got, (0..150).collect::<Vec<_>>(), "every record once, in order");
+    assert_eq!(
+        got,
+        (0..150).collect::<Vec<_>>(),
+        "every record once, in order"
+    );
     let subscriptions = metrics
         .subscriptions_total
         .load(std::sync::atomic::Ordering::Relaxed);
-    assert!(subscriptions >= 3, "subscribed again after each cut ({subscriptions})");
+    assert!(
+        subscriptions >= 3,
+        "subscribed again after each cut ({subscriptions})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,11 +260,7 @@ async fn split_parent_ends_with_its_children(kind: EmulatorKind) {
         .await
         .expect("the parent ends");
     assert_eq!(got, (0..30).collect::<Vec<_>>());
-    let mut children: Vec<String> = end_page
-        .children
-        .iter()
-        .map(|c| c.id.to_string())
-        .collect();
+    let mut children: Vec<String> = end_page.children.iter().map(|c| c.id.to_string()).collect();
     children.sort();
     assert_eq!(children.len(), 2, "{children:?}");
     for child in &end_page.children {
