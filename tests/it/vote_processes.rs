@@ -8,7 +8,9 @@
 //! - every record put twice (producer retries);
 //! - the worker aborted at each crash point of the protocol, then restarted;
 //! - two workers, with a lease moved away from one in the middle of a batch;
-//! - every kind of injected fault.
+//! - every kind of injected fault;
+//! - in fan-out mode (`SubscribeToShard`): put twice, each crash point, and
+//!   a lease moved in the middle of a batch.
 
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
@@ -104,10 +106,16 @@ struct Run {
     dir: PathBuf,
     store: DynamoVoteStore,
     leases: DynamoStore,
+    /// `TALLY_CONSUMER_MODE` of every command.
+    mode: &'static str,
 }
 
 impl Run {
     async fn new(loaded: &'static Loaded) -> Self {
+        Self::with_mode(loaded, "polling").await
+    }
+
+    async fn with_mode(loaded: &'static Loaded, mode: &'static str) -> Self {
         let app = unique_name("app");
         let prefix = format!("{}-", unique_name("t"));
         let client = aws_sdk_dynamodb::Client::new(&sdk_config(&endpoint()).await);
@@ -123,6 +131,7 @@ impl Run {
             dir,
             store,
             leases,
+            mode,
         };
         tally_testkit::process::succeed(run.tally().args(["init", "--shards", "4"]), "tally init");
         for poll in &loaded.workload.polls {
@@ -137,7 +146,8 @@ impl Run {
             .args(["--stream", &self.loaded.stream, "--app", &self.app])
             .args(["--table-prefix", &self.prefix])
             .env("AWS_ENDPOINT_URL", endpoint())
-            .env("TALLY_METRICS_INTERVAL_MS", "1000");
+            .env("TALLY_METRICS_INTERVAL_MS", "1000")
+            .env("TALLY_CONSUMER_MODE", self.mode);
         command
     }
 
@@ -356,6 +366,15 @@ async fn clean_run_with_the_command_line_and_a_graceful_stop() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_record_put_twice_is_counted_once() {
+    every_record_put_twice_counted_once("polling").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_every_record_put_twice_is_counted_once() {
+    every_record_put_twice_counted_once("fan-out").await;
+}
+
+async fn every_record_put_twice_counted_once(mode: &'static str) {
     static DOUBLED: OnceCell<Loaded> = OnceCell::const_new();
     let loaded = DOUBLED
         .get_or_init(|| async {
@@ -376,18 +395,27 @@ async fn every_record_put_twice_is_counted_once() {
             .unwrap()
         })
         .await;
-    let run = Run::new(loaded).await;
+    let run = Run::with_mode(loaded, mode).await;
     let _worker = run.worker("w1", &[]);
     run.wait_and_verify(LIMIT).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_aborted_at_each_crash_point_loses_and_doubles_nothing() {
+    aborted_at_each_crash_point("polling").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_a_worker_aborted_at_each_crash_point_loses_and_doubles_nothing() {
+    aborted_at_each_crash_point("fan-out").await;
+}
+
+async fn aborted_at_each_crash_point(mode: &'static str) {
     let loaded = shared().await;
     let runs = futures::future::join_all(tally_faults::CRASH_POINTS.iter().map(|point| {
         let point = point.to_string();
         async move {
-            let run = Run::new(loaded).await;
+            let run = Run::with_mode(loaded, mode).await;
             // Eight actions per transaction: a batch touching the eight open
             // polls' counters commits in two parts.
             let small = ("TALLY_MAX_TRANSACTION_ACTIONS", "8");
@@ -418,7 +446,16 @@ async fn a_worker_aborted_at_each_crash_point_loses_and_doubles_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_moved_in_the_middle_of_a_batch_counts_once() {
-    let run = Run::new(shared().await).await;
+    lease_moved_in_the_middle_of_a_batch("polling").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_a_lease_moved_in_the_middle_of_a_batch_counts_once() {
+    lease_moved_in_the_middle_of_a_batch("fan-out").await;
+}
+
+async fn lease_moved_in_the_middle_of_a_batch(mode: &'static str) {
+    let run = Run::with_mode(shared().await, mode).await;
     // Every commit of the first worker waits 1.5 s before it is sent, so it
     // is almost always in the middle of a batch.
     let slow = run.worker(
