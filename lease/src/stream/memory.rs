@@ -1,14 +1,29 @@
 //! An in-memory Kinesis stream with splits and merges, for the simulation
 //! and pure tests. Routing follows Kinesis: the MD5 of the partition key as
 //! a 128-bit number picks the open shard whose hash range holds it.
+//!
+//! It serves enhanced fan-out as AWS does: every consumer name is
+//! registered at once, and a subscription sends events of up to 100
+//! records (an empty one after 200 ms without records) with a
+//! continuation, and at the end of a closed shard one last event without
+//! a continuation and with `ChildShards`. A subscription ends after
+//! [`EVENTS_PER_SUBSCRIPTION`] events, as one ends after 5 minutes on AWS.
 
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{ChildShard, Page, RawRecord, StreamError, StreamSource};
+use super::{
+    ChildShard, Page, RawRecord, ShardEvent, StreamConsumer, StreamError, StreamSource,
+    Subscription,
+};
+
+/// Events per subscription before it ends (5 minutes on AWS).
+pub const EVENTS_PER_SUBSCRIPTION: u32 = 10;
+/// Most records per event.
+const RECORDS_PER_EVENT: usize = 100;
 use crate::types::{SequenceNumber, Shard, ShardId, StartPosition};
 
 struct MemShard {
@@ -167,6 +182,85 @@ impl MemoryStream {
     }
 }
 
+impl State {
+    fn children_of(&self, shard: &MemShard) -> Vec<ChildShard> {
+        shard
+            .children
+            .iter()
+            .filter_map(|child| self.shards.iter().find(|s| &s.id == child))
+            .map(|child| ChildShard {
+                id: child.id.clone(),
+                parents: child.parents.clone(),
+                hash_range: (child.range.0.to_string(), child.range.1.to_string()),
+            })
+            .collect()
+    }
+
+    /// The latest sequence number given out (a continuation for a caught-up
+    /// subscription: every later record of any shard is after it).
+    fn latest_sequence(&self) -> SequenceNumber {
+        SequenceNumber::parse(&format!("{:020}", self.next_sequence)).expect("digits")
+    }
+}
+
+/// A subscription to one shard of a [`MemoryStream`].
+struct MemorySubscription {
+    stream: MemoryStream,
+    index: usize,
+    position: usize,
+    events_left: u32,
+    ended: bool,
+}
+
+impl MemorySubscription {
+    /// The next event if one is ready; `None` when there is nothing new.
+    fn poll(&mut self, force: bool) -> Option<ShardEvent> {
+        let state = self.stream.state.lock().expect("lock");
+        let shard = &state.shards[self.index];
+        let end = (self.position + RECORDS_PER_EVENT).min(shard.records.len());
+        let records = shard.records[self.position.min(end)..end].to_vec();
+        self.position = end;
+        let at_end = end == shard.records.len();
+        if shard.closed && at_end {
+            self.ended = true;
+            return Some(ShardEvent {
+                records,
+                continuation: None,
+                millis_behind: Some(0),
+                children: state.children_of(shard),
+            });
+        }
+        if records.is_empty() && !force {
+            return None;
+        }
+        let continuation = match records.last() {
+            Some(last) => last.sequence.clone(),
+            None => state.latest_sequence(),
+        };
+        Some(ShardEvent {
+            records,
+            continuation: Some(continuation),
+            millis_behind: Some(if at_end { 0 } else { 1000 }),
+            children: Vec::new(),
+        })
+    }
+}
+
+#[async_trait]
+impl Subscription for MemorySubscription {
+    async fn next_event(&mut self) -> Result<Option<ShardEvent>, StreamError> {
+        if self.ended || self.events_left == 0 {
+            return Ok(None);
+        }
+        self.events_left -= 1;
+        if let Some(event) = self.poll(false) {
+            return Ok(Some(event));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Ok(self.poll(true))
+    }
+}
+
 fn parse_iterator(iterator: &str) -> Option<(usize, usize)> {
     let (shard, position) = iterator.split_once(':')?;
     Some((shard.parse().ok()?, position.parse().ok()?))
@@ -236,17 +330,7 @@ impl StreamSource for MemoryStream {
         let records = shard.records[position.min(end)..end].to_vec();
         let at_end = end == shard.records.len();
         let (next, children) = if shard.closed && at_end {
-            let children = shard
-                .children
-                .iter()
-                .filter_map(|child| state.shards.iter().find(|s| &s.id == child))
-                .map(|child| ChildShard {
-                    id: child.id.clone(),
-                    parents: child.parents.clone(),
-                    hash_range: (child.range.0.to_string(), child.range.1.to_string()),
-                })
-                .collect();
-            (None, children)
+            (None, state.children_of(shard))
         } else {
             (Some(format!("{index}:{end}")), Vec::new())
         };
@@ -256,5 +340,29 @@ impl StreamSource for MemoryStream {
             next,
             children,
         })
+    }
+
+    async fn register_consumer(&self, name: &str) -> Result<StreamConsumer, StreamError> {
+        Ok(StreamConsumer {
+            name: name.to_owned(),
+            arn: format!("memory:consumer/{name}"),
+        })
+    }
+
+    async fn subscribe(
+        &self,
+        _consumer: &StreamConsumer,
+        shard: &ShardId,
+        start: &StartPosition,
+    ) -> Result<Box<dyn Subscription>, StreamError> {
+        let iterator = self.shard_iterator(shard, start).await?;
+        let (index, position) = parse_iterator(&iterator).expect("our own iterator");
+        Ok(Box::new(MemorySubscription {
+            stream: self.clone(),
+            index,
+            position,
+            events_left: EVENTS_PER_SUBSCRIPTION,
+            ended: false,
+        }))
     }
 }

@@ -13,9 +13,14 @@
 //! Checked at rest: every shard is owned by a live worker, every record was
 //! delivered, and the fleet is balanced within one lease.
 //!
+//! The same schedules run in fan-out mode (`SubscribeToShard` on the
+//! in-memory stream, each subscription ending after a few events), with
+//! `ResourceInUse`, throttled subscribes and dropped connections injected
+//! too.
+//!
 //! `SIM_TRACE=1` logs what the workers do (with `SIM_SEED`).
-//! `SIM_SCHEDULES` sets the number of seeded schedules (default 1000);
-//! `SIM_SEED` replays one. A failure prints its seed.
+//! `SIM_SCHEDULES` sets the number of seeded schedules (default 1000, and
+//! 300 in fan-out mode); `SIM_SEED` replays one. A failure prints its seed.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,9 +35,9 @@ use rand::{Rng, SeedableRng};
 use tally_lease::graph::{lease_state, LeaseState};
 use tally_lease::processor::{advances, ProcessorError};
 use tally_lease::store::{Created, Expect, FleetView, LeaseUpdate, StoreError, WorkerBeat};
-use tally_lease::stream::{Page, StreamError};
+use tally_lease::stream::{Page, ShardEvent, StreamConsumer, StreamError, Subscription};
 use tally_lease::{
-    Batch, Checkpoint, Checkpointer, Lease, LeaseStore, MemoryStore, MemoryStream,
+    Batch, Checkpoint, Checkpointer, ConsumerMode, Lease, LeaseStore, MemoryStore, MemoryStream,
     ProcessorFactory, RecordProcessor, Shard, ShardId, ShardStart, StartPosition, StreamSource,
     Worker, WorkerConfig,
 };
@@ -114,6 +119,27 @@ impl Faults {
             2 => Some(StreamError::ExpiredIterator),
             _ => None,
         }
+    }
+    /// A `SubscribeToShard` call: in use, throttled or failed.
+    fn roll_subscribe(&self) -> Option<StreamError> {
+        if !self.on.load(Ordering::SeqCst) {
+            return None;
+        }
+        let mut rng = self.rng.lock().unwrap();
+        match rng.gen_range(0..100) {
+            0 => Some(StreamError::InUse("injected".into())),
+            1 => Some(StreamError::Throttled("injected".into())),
+            2 => Some(StreamError::Unavailable("injected 500".into())),
+            _ => None,
+        }
+    }
+    /// An open subscription's connection drops.
+    fn roll_dropped(&self) -> Option<StreamError> {
+        if !self.on.load(Ordering::SeqCst) {
+            return None;
+        }
+        let mut rng = self.rng.lock().unwrap();
+        (rng.gen_range(0..100) < 3).then(|| StreamError::Unavailable("injected reset".into()))
     }
 }
 
@@ -266,6 +292,48 @@ impl StreamSource for SimStream {
         }
         self.inner.get_records(iterator, limit).await
     }
+    async fn register_consumer(&self, name: &str) -> Result<StreamConsumer, StreamError> {
+        self.gate.pass().await;
+        self.inner.register_consumer(name).await
+    }
+    async fn subscribe(
+        &self,
+        consumer: &StreamConsumer,
+        shard: &ShardId,
+        start: &StartPosition,
+    ) -> Result<Box<dyn Subscription>, StreamError> {
+        self.gate.pass().await;
+        if let Some(error) = self.faults.roll_subscribe() {
+            return Err(error);
+        }
+        let inner = self.inner.subscribe(consumer, shard, start).await?;
+        Ok(Box::new(SimSubscription {
+            inner,
+            gate: self.gate.clone(),
+            faults: self.faults.clone(),
+        }))
+    }
+}
+
+/// A subscription of a simulated process: it pauses and dies with it, and
+/// its connection may drop.
+struct SimSubscription {
+    inner: Box<dyn Subscription>,
+    gate: Arc<Gate>,
+    faults: Arc<Faults>,
+}
+
+#[async_trait]
+impl Subscription for SimSubscription {
+    async fn next_event(&mut self) -> Result<Option<ShardEvent>, StreamError> {
+        self.gate.pass().await;
+        if let Some(error) = self.faults.roll_dropped() {
+            return Err(error);
+        }
+        let event = self.inner.next_event().await;
+        self.gate.pass().await;
+        event
+    }
 }
 
 struct SimProcessor {
@@ -367,11 +435,18 @@ struct World {
     log: Arc<Mutex<Log>>,
     faults: Arc<Faults>,
     seed: u64,
+    /// Workers read by enhanced fan-out instead of polling.
+    fan_out: bool,
 }
 
 impl World {
     fn config(&self, id: &str, incarnation: u64) -> WorkerConfig {
         let mut config = WorkerConfig::new(id);
+        if self.fan_out {
+            config.consumer_mode = ConsumerMode::FanOut {
+                consumer_name: "sim".into(),
+            };
+        }
         config.shard_sync_interval = Duration::from_secs(5);
         config.full_refresh_interval = Duration::from_secs(60);
         config.handoff_timeout = Duration::from_secs(4);
@@ -412,16 +487,16 @@ impl World {
     }
 }
 
-fn run_schedule(seed: u64) -> Result<(), String> {
+fn run_schedule(seed: u64, fan_out: bool) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()
         .unwrap();
-    runtime.block_on(schedule(seed))
+    runtime.block_on(schedule(seed, fan_out))
 }
 
-async fn schedule(seed: u64) -> Result<(), String> {
+async fn schedule(seed: u64, fan_out: bool) -> Result<(), String> {
     let mut rng = StdRng::seed_from_u64(seed);
     let shard_count = rng.gen_range(1..=8);
     let worker_count = rng.gen_range(1..=5);
@@ -431,6 +506,7 @@ async fn schedule(seed: u64) -> Result<(), String> {
         log: Arc::default(),
         faults: Faults::new(seed),
         seed,
+        fan_out,
     };
     world.faults.on.store(true, Ordering::SeqCst);
     world.table.ensure_table().await.unwrap();
@@ -574,6 +650,21 @@ async fn schedule(seed: u64) -> Result<(), String> {
     if max - min > 1 {
         return Err(format!("unbalanced at rest: {counts:?}"));
     }
+    // Each mode read the way it was asked to.
+    let read = |metric: fn(&tally_lease::metrics::Metrics) -> &std::sync::atomic::AtomicU64| {
+        workers
+            .iter()
+            .map(|w| metric(&w.metrics).load(Ordering::Relaxed))
+            .sum::<u64>()
+    };
+    let subscriptions = read(|m| &m.subscriptions_total);
+    let polls = read(|m| &m.get_records_total);
+    if world.fan_out != (subscriptions > 0) || (world.fan_out && polls > 0) {
+        return Err(format!(
+            "fan-out {}: {subscriptions} subscriptions and {polls} GetRecords pages",
+            world.fan_out
+        ));
+    }
     for worker in &workers {
         worker.stop.cancel();
     }
@@ -596,6 +687,7 @@ fn a_lost_take_response_is_recovered_at_the_next_cycle() {
             log: Arc::default(),
             faults: Faults::new(7),
             seed: 7,
+            fan_out: false,
         };
         world.table.ensure_table().await.unwrap();
         world.faults.lose_next_take.store(true, Ordering::SeqCst);
@@ -632,6 +724,7 @@ fn millis_behind_is_the_largest_over_the_shards() {
             log: Arc::default(),
             faults: Faults::new(5),
             seed: 5,
+            fan_out: false,
         };
         world.table.ensure_table().await.unwrap();
         // Reads of 1 record a call: the shard with a backlog stays behind
@@ -700,6 +793,7 @@ fn a_lease_lost_at_a_checkpoint_is_counted_once() {
             log: Arc::default(),
             faults: Faults::new(3),
             seed: 3,
+            fan_out: false,
         };
         world.table.ensure_table().await.unwrap();
         let worker = world.spawn("only", 0);
@@ -724,6 +818,15 @@ fn a_lease_lost_at_a_checkpoint_is_counted_once() {
 
 #[test]
 fn seeded_schedules_keep_every_invariant() {
+    seeded_schedules(false, 1000);
+}
+
+#[test]
+fn seeded_fan_out_schedules_keep_every_invariant() {
+    seeded_schedules(true, 300);
+}
+
+fn seeded_schedules(fan_out: bool, default_schedules: u64) {
     if std::env::var("SIM_TRACE").is_ok() {
         let _ = tracing_subscriber::fmt()
             .with_env_filter("debug")
@@ -732,21 +835,21 @@ fn seeded_schedules_keep_every_invariant() {
     }
     if let Ok(seed) = std::env::var("SIM_SEED") {
         let seed: u64 = seed.parse().expect("SIM_SEED is a number");
-        run_schedule(seed).unwrap_or_else(|failure| panic!("seed {seed}: {failure}"));
+        run_schedule(seed, fan_out).unwrap_or_else(|failure| panic!("seed {seed}: {failure}"));
         return;
     }
     let schedules: u64 = std::env::var("SIM_SCHEDULES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(1000);
+        .unwrap_or(default_schedules);
     let started = std::time::Instant::now();
     for seed in 0..schedules {
-        if let Err(failure) = run_schedule(seed) {
-            panic!("schedule failed; replay with SIM_SEED={seed}: {failure}");
+        if let Err(failure) = run_schedule(seed, fan_out) {
+            panic!("schedule failed (fan-out: {fan_out}); replay with SIM_SEED={seed}: {failure}");
         }
     }
     eprintln!(
-        "simulation: {schedules} schedules passed in {:.1} s",
+        "simulation (fan-out: {fan_out}): {schedules} schedules passed in {:.1} s",
         started.elapsed().as_secs_f64()
     );
 }
