@@ -440,4 +440,163 @@ mod tests {
         assert_eq!(start, StartPosition::AtSequence(position.sequence.clone()));
         assert_eq!(skip, Some(position));
     }
+
+    /// Fan-out end to end on the in-memory stream: a slow processor is
+    /// never handed a second batch before it returned from the first (no
+    /// event is read ahead), every record arrives once and in order, and
+    /// the shard ends with `SHARD_END` and its children.
+    #[tokio::test(start_paused = true)]
+    async fn fan_out_hands_over_one_batch_at_a_time_and_ends_the_shard() {
+        use crate::store::memory::MemoryStore;
+        use crate::stream::memory::MemoryStream;
+        use crate::stream::{ShardEvent, StreamConsumer, StreamError, Subscription};
+        use crate::types::Shard;
+        use async_trait::async_trait;
+        use std::sync::atomic::{AtomicU32, Ordering};
+
+        /// Counts the events read from every subscription.
+        struct Counted {
+            inner: MemoryStream,
+            events: Arc<AtomicU32>,
+        }
+        struct CountedSubscription {
+            inner: Box<dyn Subscription>,
+            events: Arc<AtomicU32>,
+        }
+        #[async_trait]
+        impl Subscription for CountedSubscription {
+            async fn next_event(&mut self) -> Result<Option<ShardEvent>, StreamError> {
+                let event = self.inner.next_event().await?;
+                if event.is_some() {
+                    self.events.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok(event)
+            }
+        }
+        #[async_trait]
+        impl StreamSource for Counted {
+            async fn list_shards(&self) -> Result<Vec<Shard>, StreamError> {
+                self.inner.list_shards().await
+            }
+            async fn shard_iterator(
+                &self,
+                shard: &ShardId,
+                start: &StartPosition,
+            ) -> Result<String, StreamError> {
+                self.inner.shard_iterator(shard, start).await
+            }
+            async fn get_records(
+                &self,
+                iterator: &str,
+                limit: u32,
+            ) -> Result<crate::stream::Page, StreamError> {
+                self.inner.get_records(iterator, limit).await
+            }
+            async fn register_consumer(&self, name: &str) -> Result<StreamConsumer, StreamError> {
+                self.inner.register_consumer(name).await
+            }
+            async fn subscribe(
+                &self,
+                consumer: &StreamConsumer,
+                shard: &ShardId,
+                start: &StartPosition,
+            ) -> Result<Box<dyn Subscription>, StreamError> {
+                Ok(Box::new(CountedSubscription {
+                    inner: self.inner.subscribe(consumer, shard, start).await?,
+                    events: self.events.clone(),
+                }))
+            }
+        }
+
+        /// Takes a virtual second per batch and checks nothing was read ahead.
+        struct Slow {
+            events: Arc<AtomicU32>,
+            batches: u32,
+            seen: Arc<Mutex<Vec<String>>>,
+            read_ahead: Arc<AtomicU32>,
+        }
+        #[async_trait]
+        impl RecordProcessor for Slow {
+            async fn initialize(
+                &mut self,
+                _: &ShardStart,
+            ) -> Result<(), crate::processor::ProcessorError> {
+                Ok(())
+            }
+            async fn process_records(
+                &mut self,
+                batch: &Batch,
+                checkpointer: &Checkpointer,
+            ) -> Result<(), crate::processor::ProcessorError> {
+                self.batches += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                // Empty events come between batches; more events than
+                // batches is fine, a read during this batch is not.
+                let read = self.events.load(Ordering::SeqCst);
+                self.seen.lock().unwrap().extend(
+                    batch
+                        .records
+                        .iter()
+                        .map(|r| String::from_utf8_lossy(&r.data).into_owned()),
+                );
+                checkpointer
+                    .checkpoint(batch.records.last().unwrap().position.clone())
+                    .await?;
+                if self.events.load(Ordering::SeqCst) != read {
+                    self.read_ahead.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok(())
+            }
+        }
+
+        let memory = MemoryStream::with_shards(1);
+        let shard = memory.open_shards()[0].clone();
+        for index in 0..250 {
+            memory.put("key", Bytes::from(format!("{index:03}")));
+        }
+        memory.split(&shard).unwrap();
+        let events = Arc::new(AtomicU32::new(0));
+        let stream = Arc::new(Counted {
+            inner: memory.clone(),
+            events: events.clone(),
+        });
+        let store = MemoryStore::new();
+        store.ensure_table().await.unwrap();
+        let mut lease = Lease::new(shard.clone(), Checkpoint::TrimHorizon);
+        lease.owner = Some("w".into());
+        lease.counter = 1;
+        store.create_lease(&lease, 0).await.unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let read_ahead = Arc::new(AtomicU32::new(0));
+        let exit = run(ConsumerContext {
+            lease,
+            store: Arc::new(store.clone()),
+            stream,
+            processor: Box::new(Slow {
+                events: events.clone(),
+                batches: 0,
+                seen: seen.clone(),
+                read_ahead: read_ahead.clone(),
+            }),
+            control: ConsumerControl::default(),
+            metrics: Arc::default(),
+            poll_interval: Duration::from_millis(200),
+            max_records: 10_000,
+            fan_out: Some(Arc::new(FanOut::new("app"))),
+            shard_ended: Arc::default(),
+            seed: 1,
+        })
+        .await;
+        assert_eq!(exit, ConsumerExit::Ended);
+        assert_eq!(
+            read_ahead.load(Ordering::SeqCst),
+            0,
+            "an event was read during a batch"
+        );
+        let expected: Vec<String> = (0..250).map(|i| format!("{i:03}")).collect();
+        assert_eq!(*seen.lock().unwrap(), expected);
+        let stored = store.get_lease(&shard).await.unwrap().unwrap();
+        assert_eq!(stored.checkpoint, Checkpoint::ShardEnd);
+        assert_eq!(stored.children.len(), 2);
+    }
 }
