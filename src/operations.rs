@@ -19,6 +19,8 @@
 
 /// The vote stream.
 pub const STREAM: &str = "stream";
+/// The stream's registered consumers (`<stream ARN>/consumer/*`).
+pub const CONSUMERS: &str = "stream consumers";
 /// The lease table `<app>-leases`.
 pub const LEASES: &str = "leases table";
 /// The lease table's owner index.
@@ -48,6 +50,7 @@ pub const METRICS: &str = "metrics namespace";
 /// Every resource kind the table names.
 pub const RESOURCES: &[&str] = &[
     STREAM,
+    CONSUMERS,
     LEASES,
     LEASES_INDEX,
     POLLS,
@@ -90,6 +93,19 @@ macro_rules! lease_worker {
 
 const LEASE_WORKER: [(&str, &str); 11] = lease_worker!(LEASES, LEASES_INDEX);
 const SHADOW_LEASE_WORKER: [(&str, &str); 11] = lease_worker!(SHADOW, SHADOW_INDEX);
+
+/// A lease worker in fan-out mode (`TALLY_CONSUMER_MODE=fan-out`,
+/// `lease/src/stream/kinesis.rs`): the stream's ARN, the consumer named
+/// after the application registered unless it exists and described until
+/// ACTIVE, and a subscription per shard. IAM checks `RegisterStreamConsumer`
+/// on the stream and `DescribeStreamConsumer` and `SubscribeToShard` on the
+/// consumer. A worker never deregisters it.
+const FAN_OUT: [(&str, &str); 4] = [
+    ("kinesis:DescribeStreamSummary", STREAM),
+    ("kinesis:RegisterStreamConsumer", STREAM),
+    ("kinesis:DescribeStreamConsumer", CONSUMERS),
+    ("kinesis:SubscribeToShard", CONSUMERS),
+];
 
 /// The worker pipeline's calls on the vote tables (`crates/worker`,
 /// `crates/store/src/dynamo.rs`): the poll cache's GetItem, the batched
@@ -185,7 +201,7 @@ pub const OPERATIONS: &[(&str, &[(&str, &str)])] = &[
             ("dynamodb:GetItem", LEASES),
         ],
     ),
-    ("tail", &LEASE_WORKER),
+    ("tail", &concat_operations::<15>(&[&LEASE_WORKER, &FAN_OUT])),
     (
         "poll",
         &[
@@ -197,8 +213,9 @@ pub const OPERATIONS: &[(&str, &[(&str, &str)])] = &[
     ),
     (
         "worker",
-        &concat_operations::<18>(&[
+        &concat_operations::<22>(&[
             &LEASE_WORKER,
+            &FAN_OUT,
             &PIPELINE,
             &[("cloudwatch:PutMetricData", METRICS)],
         ]),

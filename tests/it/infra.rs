@@ -1962,6 +1962,7 @@ fn elements_for(kind: &str) -> Vec<&'static str> {
     let all = "local.table_and_index_arns";
     match kind {
         k if k == STREAM => vec!["var.stream_arn"],
+        k if k == CONSUMERS => vec![r#""${var.stream_arn}/consumer/*""#],
         k if k == LEASES => vec![r#"var.table_arns["leases"]"#, "local.leases_arns", all],
         k if k == LEASES_INDEX => vec!["local.leases_arns", all],
         k if k == POLLS => vec![r#"var.table_arns["polls"]"#, all],

@@ -65,6 +65,20 @@ data "aws_iam_policy_document" "worker" {
     actions   = ["kinesis:ListShards", "kinesis:GetShardIterator", "kinesis:GetRecords"]
     resources = [var.stream_arn]
   }
+  # lease/src/stream/kinesis.rs, TALLY_CONSUMER_MODE=fan-out: the stream's
+  # ARN, the consumer named after the application registered unless it
+  # exists (never deregistered by a worker), described until ACTIVE, and
+  # one SubscribeToShard per shard (checked on the consumer).
+  statement {
+    sid       = "RegisterConsumer"
+    actions   = ["kinesis:DescribeStreamSummary", "kinesis:RegisterStreamConsumer"]
+    resources = [var.stream_arn]
+  }
+  statement {
+    sid       = "FanOut"
+    actions   = ["kinesis:DescribeStreamConsumer", "kinesis:SubscribeToShard"]
+    resources = ["${var.stream_arn}/consumer/*"]
+  }
   # lease/src/store/dynamo.rs: at start CreateTable (the table exists, so
   # it answers ResourceInUse) and DescribeTable; leases are read by GetItem,
   # Scan and Query on the owner index, created by Put (with an Update of the
