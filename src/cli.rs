@@ -54,6 +54,9 @@ pub enum Command {
     /// line (shard, sequence, sub-sequence, partition key, data, worker),
     /// checkpointing after each batch. Stops gracefully on SIGTERM/SIGINT.
     Tail(cmd::tail::TailArgs),
+    /// The application's enhanced fan-out stream consumer (named after
+    /// --app): `show` prints it, `deregister` removes it (workers never do).
+    Consumer(cmd::consumer::ConsumerArgs),
     /// Creates, opens, closes and shows polls.
     Poll(cmd::poll::PollArgs),
     /// The vote-counting daemon: holds shard leases, counts every vote
@@ -114,6 +117,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Init(args) => cmd::init::run(common, snapshots, args).await,
         Command::Leases(args) => cmd::leases::run(common, args).await,
         Command::Tail(args) => cmd::tail::run(common, args).await,
+        Command::Consumer(args) => cmd::consumer::run(common, args).await,
         Command::Poll(args) => cmd::poll::run(common, args).await,
         Command::Worker(args) => cmd::worker::run(common, args).await,
         Command::Gateway(args) => cmd::gateway::run(common, args).await,

@@ -203,6 +203,15 @@ pub const OPERATIONS: &[(&str, &[(&str, &str)])] = &[
     ),
     ("tail", &concat_operations::<15>(&[&LEASE_WORKER, &FAN_OUT])),
     (
+        // An operator's command, never run by a task.
+        "consumer",
+        &[
+            ("kinesis:DescribeStreamSummary", STREAM),
+            ("kinesis:DescribeStreamConsumer", CONSUMERS),
+            ("kinesis:DeregisterStreamConsumer", CONSUMERS),
+        ],
+    ),
+    (
         "poll",
         &[
             ("dynamodb:PutItem", POLLS),

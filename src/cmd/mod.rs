@@ -3,6 +3,7 @@
 //! share is here.
 
 pub mod audit;
+pub mod consumer;
 pub mod finalize;
 pub mod gateway;
 pub mod init;

@@ -614,3 +614,47 @@ fn bad_settings_fail_naming_the_setting() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("--owner"));
 }
+
+/// A fan-out worker registers the application's stream consumer; `tally
+/// consumer` shows it, a graceful stop leaves it, and only `tally consumer
+/// deregister` removes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_consumer_stays_until_an_operator_deregisters_it() {
+    let setup = Setup::with_mode(EmulatorKind::Ministack, 1, "fan-out").await;
+    let dynamodb = setup.endpoint.clone();
+    let consumer = |action: &str| -> serde_json::Value {
+        let output = setup
+            .tally(&dynamodb)
+            .args(["consumer", action])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
+    };
+    assert_eq!(consumer("show")["registered"], false);
+    let mut worker = setup.worker("w1", &dynamodb);
+    setup.put(0, 20, 5).await;
+    setup.wait_delivered(20, "through fan-out").await;
+    let shown = consumer("show");
+    assert_eq!(shown["status"], "ACTIVE", "{shown}");
+    assert_eq!(shown["consumer"], setup.app.as_str());
+    stop(&mut worker, "-TERM");
+    assert!(worker.wait().unwrap().success());
+    assert_eq!(
+        consumer("show")["registered"],
+        true,
+        "a worker never deregisters"
+    );
+    assert_eq!(consumer("deregister")["deregistered"], true);
+    // Deregistration may take a moment (DELETING).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while consumer("show")["registered"] == true {
+        assert!(Instant::now() < deadline, "still registered after 20 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(consumer("deregister")["deregistered"], false);
+}

@@ -6,7 +6,9 @@
 //! <https://docs.aws.amazon.com/kinesis/latest/APIReference/API_DescribeStreamSummary.html> (the stream's ARN),
 //! <https://docs.aws.amazon.com/kinesis/latest/APIReference/API_RegisterStreamConsumer.html>,
 //! <https://docs.aws.amazon.com/kinesis/latest/APIReference/API_DescribeStreamConsumer.html> and
-//! <https://docs.aws.amazon.com/kinesis/latest/APIReference/API_SubscribeToShard.html>.
+//! <https://docs.aws.amazon.com/kinesis/latest/APIReference/API_SubscribeToShard.html>;
+//! for an operator only,
+//! <https://docs.aws.amazon.com/kinesis/latest/APIReference/API_DeregisterStreamConsumer.html>.
 //!
 //! `SubscribeToShard` needs HTTP/2 on AWS: the SDK's default HTTPS client
 //! offers `h2` by ALPN and AWS picks it. Over plain `http://` (the
@@ -95,6 +97,39 @@ impl KinesisStream {
             })
             .await?;
         Ok(arn.clone())
+    }
+
+    /// The stream consumer `name`: its status (`ACTIVE`, `CREATING`,
+    /// `DELETING`) and ARN, `None` when it is not registered.
+    pub async fn consumer_status(
+        &self,
+        name: &str,
+    ) -> Result<Option<(String, String)>, StreamError> {
+        let stream_arn = self.stream_arn().await?;
+        Ok(self
+            .describe_consumer(&stream_arn, name)
+            .await?
+            .map(|(status, arn)| (status.as_str().to_owned(), arn)))
+    }
+
+    /// Deregisters the stream consumer `name` (an operator's decision:
+    /// workers never do it); false when it was not registered.
+    pub async fn deregister_consumer(&self, name: &str) -> Result<bool, StreamError> {
+        let stream_arn = self.stream_arn().await?;
+        self.count();
+        let deregistered = self
+            .client
+            .deregister_stream_consumer()
+            .stream_arn(&stream_arn)
+            .consumer_name(name)
+            .send()
+            .await
+            .map_err(classify);
+        match deregistered {
+            Ok(_) => Ok(true),
+            Err(StreamError::NotFound(_)) => Ok(false),
+            Err(error) => Err(error),
+        }
     }
 
     /// The consumer's status and ARN, `None` when it is not registered.
