@@ -1291,7 +1291,7 @@ async fn main() {
         }
         Some("gateway") => {
             gateway::gateway(
-                number("--votes", 20_000),
+                number("--votes", 50_000),
                 number("--concurrency", 64),
                 number("--clients", 1_000),
             )
