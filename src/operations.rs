@@ -21,6 +21,10 @@
 pub const STREAM: &str = "stream";
 /// The stream's registered consumers (`<stream ARN>/consumer/*`).
 pub const CONSUMERS: &str = "stream consumers";
+/// The stream consumers `tally replay` registers: named after its
+/// `--replay-app`, which begins `<app>-replay` or `<app>-restored` as its
+/// lease table's name must (`<stream ARN>/consumer/<app>-replay*`, `...-restored*`).
+pub const REPLAY_CONSUMERS: &str = "replay stream consumers";
 /// The lease table `<app>-leases`.
 pub const LEASES: &str = "leases table";
 /// The lease table's owner index.
@@ -51,6 +55,7 @@ pub const METRICS: &str = "metrics namespace";
 pub const RESOURCES: &[&str] = &[
     STREAM,
     CONSUMERS,
+    REPLAY_CONSUMERS,
     LEASES,
     LEASES_INDEX,
     POLLS,
@@ -105,6 +110,17 @@ const FAN_OUT: [(&str, &str); 4] = [
     ("kinesis:RegisterStreamConsumer", STREAM),
     ("kinesis:DescribeStreamConsumer", CONSUMERS),
     ("kinesis:SubscribeToShard", CONSUMERS),
+];
+
+/// A stream replay in fan-out mode (its default, `--consumer-mode`): the
+/// lease worker's fan-out calls on the replay's own consumer, which the
+/// replay deregisters when it ends.
+const REPLAY_FAN_OUT: [(&str, &str); 5] = [
+    ("kinesis:DescribeStreamSummary", STREAM),
+    ("kinesis:RegisterStreamConsumer", STREAM),
+    ("kinesis:DescribeStreamConsumer", REPLAY_CONSUMERS),
+    ("kinesis:SubscribeToShard", REPLAY_CONSUMERS),
+    ("kinesis:DeregisterStreamConsumer", REPLAY_CONSUMERS),
 ];
 
 /// The worker pipeline's calls on the vote tables (`crates/worker`,
@@ -264,13 +280,15 @@ pub const OPERATIONS: &[(&str, &[(&str, &str)])] = &[
         // --from votes: the live poll, votes and counters read, the shadow
         // tables made and written. --from stream: a lease worker of its own
         // (its lease table is a shadow table) and the pipeline into the
-        // shadow tables.
+        // shadow tables, and in fan-out mode (the default) its own stream
+        // consumer.
         "replay",
-        &concat_operations::<21>(&[
+        &concat_operations::<26>(&[
             &RECOUNT,
             &SHADOW_TABLES,
             &SHADOW_LEASE_WORKER,
             &SHADOW_PIPELINE,
+            &REPLAY_FAN_OUT,
         ]),
     ),
     (

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tally_service::settings::{parse_initial_position, Clients, Common};
+use tally_service::settings::{parse_consumer_mode, parse_initial_position, Clients, Common};
 use tally_store::dynamo::DynamoVoteStore;
 use tally_worker::close::{self, ScanProgress};
 use tally_worker::replay::{self, StreamReplay};
@@ -35,6 +35,13 @@ pub struct ReplayArgs {
     /// Where a stream replay starts: trim_horizon or an RFC 3339 time.
     #[arg(long, default_value = "trim_horizon")]
     pub position: String,
+    /// How a stream replay reads: fan-out (SubscribeToShard through a
+    /// stream consumer named after --replay-app, registered if missing and
+    /// deregistered when the replay ends; none of the live application's
+    /// GetRecords capacity is taken) or polling (GetRecords, sharing each
+    /// shard's 5 reads a second with the live application).
+    #[arg(long, default_value = "fan-out")]
+    pub consumer_mode: String,
     /// Give up when a stream replay has not caught up by then.
     #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_s: u64,
@@ -90,6 +97,16 @@ pub async fn run(common: &Common, args: ReplayArgs) -> anyhow::Result<ExitCode> 
                 .replace("TALLY_INITIAL_POSITION", "--position")
         )
     })?;
+    let consumer_mode =
+        parse_consumer_mode(&args.consumer_mode, &args.replay_app).map_err(|error| {
+            anyhow::anyhow!(
+                "{}",
+                error.to_string().replace(
+                    "setting TALLY_CONSUMER_MODE (--consumer-mode)",
+                    "--consumer-mode"
+                )
+            )
+        })?;
     let clients = Clients::from_env().await?;
     let live = DynamoVoteStore::new(clients.dynamodb.clone(), common.table_names());
     let report = match args.from {
@@ -114,6 +131,7 @@ pub async fn run(common: &Common, args: ReplayArgs) -> anyhow::Result<ExitCode> 
                 app: args.replay_app,
                 shadow_prefix: args.shadow_prefix,
                 position,
+                consumer_mode,
                 timeout: Duration::from_secs(args.timeout_s),
             };
             replay::from_stream(

@@ -1963,6 +1963,10 @@ fn elements_for(kind: &str) -> Vec<&'static str> {
     match kind {
         k if k == STREAM => vec!["var.stream_arn"],
         k if k == CONSUMERS => vec![r#""${var.stream_arn}/consumer/*""#],
+        k if k == REPLAY_CONSUMERS => vec![
+            r#""${var.stream_arn}/consumer/${var.app}-replay*""#,
+            r#""${var.stream_arn}/consumer/${var.app}-restored*""#,
+        ],
         k if k == LEASES => vec![r#"var.table_arns["leases"]"#, "local.leases_arns", all],
         k if k == LEASES_INDEX => vec!["local.leases_arns", all],
         k if k == POLLS => vec![r#"var.table_arns["polls"]"#, all],
@@ -2098,6 +2102,20 @@ fn the_replay_role_writes_only_tables_apart_from_the_live_ones() {
         if writes {
             assert_eq!(
                 statement.resources, "local.replay_arns",
+                "{}",
+                statement.sid
+            );
+        }
+    }
+    // Its stream consumers are its own: it may deregister no other (the
+    // live application's is `<app>`).
+    for statement in &replay {
+        if statement
+            .actions
+            .contains("kinesis:DeregisterStreamConsumer")
+        {
+            assert!(
+                !statement.resources.contains("/consumer/*"),
                 "{}",
                 statement.sid
             );

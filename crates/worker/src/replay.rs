@@ -6,17 +6,23 @@
 //!   lease table, and table prefix) reads the stream from TRIM_HORIZON or a
 //!   time until it has passed the moment the replay started, counting into
 //!   the shadow tables with the same pipeline: the live pipeline should
-//!   equal an independent run over the same records.
+//!   equal an independent run over the same records. By default it reads
+//!   through an enhanced fan-out stream consumer of its own, named after its
+//!   application, so it takes none of the `GetRecords` capacity the live
+//!   (polling) application shares; it deregisters that consumer when it
+//!   ends, since nothing else reads through it.
 //!
 //! It never writes to the live tables.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use serde::Serialize;
-use tally_lease::{InitialPosition, KinesisStream, LeaseStore, Worker, WorkerConfig};
+use tally_lease::metrics::Metrics;
+use tally_lease::{ConsumerMode, InitialPosition, KinesisStream, LeaseStore, Worker, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::close::{recount, ScanPlan, ScanProgress};
@@ -37,6 +43,23 @@ pub struct ReplayReport {
     pub replay: BTreeMap<String, u64>,
     /// Options whose counts differ: (option, live, replay).
     pub differences: Vec<(String, u64, u64)>,
+    /// How a replay from the stream read it (absent for `votes`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reads: Option<StreamReads>,
+}
+
+/// How a stream replay read the stream.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StreamReads {
+    /// `polling` or `fan-out`.
+    pub consumer_mode: String,
+    /// `GetRecords` calls of the replay's worker (none in fan-out mode).
+    pub get_records: u64,
+    /// `SubscribeToShard` subscriptions of the replay's worker.
+    pub subscriptions: u64,
+    /// Catch-up checks (`close::pending_shards`), each one `GetRecords` per
+    /// shard not yet seen past the replay's start.
+    pub progress_checks: u64,
 }
 
 fn report(
@@ -72,6 +95,7 @@ fn report(
             .map(|option| ((*option).clone(), get(replay, option)))
             .collect(),
         differences,
+        reads: None,
     }
 }
 
@@ -91,6 +115,12 @@ pub fn report_text(report: &ReplayReport) -> String {
         let replay = report.replay.get(option).copied().unwrap_or(0);
         let mark = if *live == replay { "" } else { "   <- differs" };
         text.push_str(&format!("  {option:<24} {live:>12} {replay:>12}{mark}\n"));
+    }
+    if let Some(reads) = &report.reads {
+        text.push_str(&format!(
+            "  read in {} mode: {} GetRecords calls, {} subscriptions, {} catch-up checks\n",
+            reads.consumer_mode, reads.get_records, reads.subscriptions, reads.progress_checks
+        ));
     }
     text
 }
@@ -161,12 +191,56 @@ pub struct StreamReplay {
     /// The shadow tables' prefix.
     pub shadow_prefix: String,
     pub position: InitialPosition,
+    /// Polling, or fan-out through the stream consumer named after `app`
+    /// (deregistered when the replay ends).
+    pub consumer_mode: ConsumerMode,
     /// Give up when the replay has not caught up by then.
     pub timeout: Duration,
 }
 
+/// Longest time between two catch-up checks in fan-out mode, whatever the
+/// subscriptions say.
+const FAN_OUT_CHECK_EVERY: Duration = Duration::from_secs(30);
+
+/// When the replay looks at the shards' progress (`close::pending_shards`,
+/// one `GetRecords` per unfinished shard). Polling: every second. Fan-out:
+/// only once the subscriptions have delivered events since the last check
+/// and report the worker at the tip (`MillisBehindLatest` 0), or every
+/// [`FAN_OUT_CHECK_EVERY`]: a few calls over the whole replay instead of one
+/// per shard a second next to the live application's polling.
+struct CheckGate {
+    fan_out: bool,
+    events_at_last_check: u64,
+    last_check: std::time::Instant,
+}
+
+impl CheckGate {
+    fn new(mode: &ConsumerMode) -> Self {
+        Self {
+            fan_out: matches!(mode, ConsumerMode::FanOut { .. }),
+            events_at_last_check: 0,
+            last_check: std::time::Instant::now(),
+        }
+    }
+
+    fn should_check(&mut self, metrics: &Metrics) -> bool {
+        let events = metrics.subscription_events_total.load(Relaxed);
+        let at_tip = metrics.millis_behind_latest.load(Relaxed) == 0;
+        let check = !self.fan_out
+            || (at_tip && events > self.events_at_last_check)
+            || self.last_check.elapsed() >= FAN_OUT_CHECK_EVERY;
+        if check {
+            self.events_at_last_check = events;
+            self.last_check = std::time::Instant::now();
+        }
+        check
+    }
+}
+
 /// Reprocesses the stream with a worker of its own into the shadow tables,
-/// until every shard has passed the moment the replay started.
+/// until every shard has passed the moment the replay started. In fan-out
+/// mode the replay's stream consumer is deregistered at the end, whether
+/// the replay caught up or not.
 pub async fn from_stream(
     live: &dyn VoteStore,
     kinesis: &aws_sdk_kinesis::Client,
@@ -193,6 +267,7 @@ pub async fn from_stream(
     let started_ms = tally_contract::time::now_millis();
     let mut config = WorkerConfig::new(format!("replay-{}", std::process::id()));
     config.initial_position = replay.position;
+    config.consumer_mode = replay.consumer_mode.clone();
     let pipeline = Pipeline::new(shadow.clone(), PipelineConfig::default(), Arc::default());
     let worker = Worker::new(
         config,
@@ -200,12 +275,22 @@ pub async fn from_stream(
         stream.clone(),
         Arc::new(VoteProcessorFactory { pipeline }),
     )?;
+    let metrics = worker.metrics();
+    let mut gate = CheckGate::new(&replay.consumer_mode);
+    let mut progress_checks = 0u64;
     let stop = CancellationToken::new();
     let running = tokio::spawn(worker.run(stop.clone()));
     let deadline = std::time::Instant::now() + replay.timeout;
     let outcome = async {
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
+            if std::time::Instant::now() >= deadline {
+                anyhow::bail!("the replay did not catch up within {:?}", replay.timeout);
+            }
+            if !gate.should_check(&metrics) {
+                continue;
+            }
+            progress_checks += 1;
             let listed = leases
                 .list_leases()
                 .await
@@ -223,25 +308,69 @@ pub async fn from_stream(
                     pending.len()
                 ));
             }
-            if std::time::Instant::now() >= deadline {
-                anyhow::bail!("the replay did not catch up within {:?}", replay.timeout);
-            }
         }
     }
     .await;
     stop.cancel();
-    running
-        .await
-        .context("the replay worker panicked")?
-        .context("the replay worker failed")?;
+    let stopped = running.await.context("the replay worker panicked")?;
+    if let ConsumerMode::FanOut { consumer_name } = &replay.consumer_mode {
+        // The consumer is the replay's own: nothing reads through it once
+        // the replay's worker has stopped.
+        match stream.deregister_consumer(consumer_name).await {
+            Ok(_) => say(format!("replay: stream consumer {consumer_name} deregistered")),
+            Err(error) => say(format!(
+                "replay: could not deregister stream consumer {consumer_name} (tally consumer deregister --app {consumer_name} removes it): {error}"
+            )),
+        }
+    }
+    stopped.context("the replay worker failed")?;
     outcome?;
     let replayed = shadow.counts(&poll).await?;
     let live_counts = live.counts(&poll).await?;
-    Ok(report(
+    let mut report = report(
         &poll,
         "stream",
         &replay.shadow_prefix,
         &live_counts,
         &replayed,
-    ))
+    );
+    report.reads = Some(StreamReads {
+        consumer_mode: replay.consumer_mode.as_str().to_owned(),
+        get_records: metrics.get_records_total.load(Relaxed),
+        subscriptions: metrics.subscriptions_total.load(Relaxed),
+        progress_checks,
+    });
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_polling_replay_checks_every_time_and_a_fan_out_one_only_at_the_tip_after_new_events() {
+        let metrics = Metrics::default();
+        let mut polling = CheckGate::new(&ConsumerMode::Polling);
+        assert!(polling.should_check(&metrics));
+        assert!(polling.should_check(&metrics));
+
+        let mut fan_out = CheckGate::new(&ConsumerMode::FanOut {
+            consumer_name: "tally-replay".into(),
+        });
+        // No event yet.
+        assert!(!fan_out.should_check(&metrics));
+        // Events, but behind the tip.
+        Metrics::add(&metrics.subscription_events_total, 3);
+        Metrics::set(&metrics.millis_behind_latest, 5_000);
+        assert!(!fan_out.should_check(&metrics));
+        // At the tip: one check, then none until more events arrive.
+        Metrics::set(&metrics.millis_behind_latest, 0);
+        assert!(fan_out.should_check(&metrics));
+        assert!(!fan_out.should_check(&metrics));
+        Metrics::add(&metrics.subscription_events_total, 1);
+        assert!(fan_out.should_check(&metrics));
+        // Whatever the subscriptions say, a check at least every 30 s.
+        fan_out.last_check -= FAN_OUT_CHECK_EVERY;
+        assert!(fan_out.should_check(&metrics));
+    }
 }

@@ -268,6 +268,20 @@ data "aws_iam_policy_document" "replay" {
     actions   = ["kinesis:ListShards", "kinesis:GetShardIterator", "kinesis:GetRecords"]
     resources = [var.stream_arn]
   }
+  # --consumer-mode fan-out (the default): a stream consumer of the
+  # replay's own, named after its --replay-app (<app>-replay* or
+  # <app>-restored*, like its lease table), registered, subscribed through
+  # and deregistered when the replay ends; never the live application's.
+  statement {
+    sid       = "RegisterConsumer"
+    actions   = ["kinesis:DescribeStreamSummary", "kinesis:RegisterStreamConsumer"]
+    resources = [var.stream_arn]
+  }
+  statement {
+    sid       = "FanOut"
+    actions   = ["kinesis:DescribeStreamConsumer", "kinesis:SubscribeToShard", "kinesis:DeregisterStreamConsumer"]
+    resources = ["${var.stream_arn}/consumer/${var.app}-replay*", "${var.stream_arn}/consumer/${var.app}-restored*"]
+  }
   statement {
     sid       = "ReadPoll"
     actions   = ["dynamodb:GetItem"]
