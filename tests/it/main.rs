@@ -15,4 +15,5 @@ mod lease_processes;
 mod load_command;
 mod otlp_traces;
 mod producer_faults;
+mod replay_processes;
 mod vote_processes;
