@@ -12,6 +12,9 @@
 //! With a peer program (`--peer-bin`, or `TALLY_PEER_BIN`), the peer then
 //! drains the same stream, and the table shows both and their ratios.
 //!
+//! `consumer-modes [--records N] [--seconds S]`: polling against enhanced
+//! fan-out in one run; see [`modes`].
+//!
 //! `peer [--peer-bin PATH] [--records N] [--runs N]`: Tally against a peer
 //! consumer in one run; see [`peer`].
 //!
@@ -44,6 +47,7 @@
 mod chaos;
 mod fuzz;
 mod gateway;
+mod modes;
 mod peer;
 mod recount;
 mod report;
@@ -1063,13 +1067,15 @@ impl Drained {
 /// One `tally tail` drains the pre-loaded `stream`, with a processor that
 /// only checkpoints, metrics every 100 ms.
 async fn drain_tally(stack: &Stack, stream: &str, records: usize) -> Drained {
+    drain_tally_with(stack, stream, records, &[]).await
+}
+
+/// [`drain_tally`] with more `tally tail` flags (`--consumer-mode`).
+async fn drain_tally_with(stack: &Stack, stream: &str, records: usize, extra: &[&str]) -> Drained {
     let app = unique_name("app");
-    let worker = stack.worker(
-        stream,
-        &app,
-        "drain",
-        &["--quiet", "--metrics-interval-ms", "100"],
-    );
+    let mut flags = vec!["--quiet", "--metrics-interval-ms", "100"];
+    flags.extend_from_slice(extra);
+    let worker = stack.worker(stream, &app, "drain", &flags);
     let pid = worker.id();
     let log = stack.log(&app, "drain");
     let mut first: Option<u64> = None;
@@ -1165,7 +1171,7 @@ async fn drain(records: usize, peer_bin: Option<PathBuf>) {
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = || -> ! {
-        eprintln!("usage: tally-bench all [--quick] [--out FILE] [--compare OLD.json] [--criterion-dir DIR] | failover [--runs N] | drain [--records N] | pipeline [--votes N] | producer [--records N] | gateway [--votes N] [--concurrency C] [--clients K] | recount [--votes N] [--segments S] [--concurrency C] | fuzz --target vote|kpl|gateway [--seconds N] [--seed S] | scale [--shards S] [--workers W] [--seed N] | chaos [--seconds N] [--seed S] [--workers W] [--rate R] [--gateway-rate G] [--quiet-timeout-s Q] [--sabotage all|MODE,...]   (numbers are positive whole numbers)");
+        eprintln!("usage: tally-bench all [--quick] [--out FILE] [--compare OLD.json] [--criterion-dir DIR] | failover [--runs N] | drain [--records N] | consumer-modes [--records N] [--seconds S] | pipeline [--votes N] | producer [--records N] | gateway [--votes N] [--concurrency C] [--clients K] | recount [--votes N] [--segments S] [--concurrency C] | fuzz --target vote|kpl|gateway [--seconds N] [--seed S] | scale [--shards S] [--workers W] [--seed N] | chaos [--seconds N] [--seed S] [--workers W] [--rate R] [--gateway-rate G] [--quiet-timeout-s Q] [--sabotage all|MODE,...]   (numbers are positive whole numbers)");
         std::process::exit(2);
     };
     let number = |flag: &str, default: usize| match args.iter().position(|a| a == flag) {
@@ -1178,6 +1184,10 @@ async fn main() {
     match args.first().map(String::as_str) {
         Some("failover") => {
             failover(number("--runs", 5)).await;
+        }
+        Some("consumer-modes") => {
+            modes::consumer_modes(number("--records", 100_000), number("--seconds", 20) as u64)
+                .await;
         }
         Some("drain") => drain(number("--records", 200_000), peer::peer_bin(&args)).await,
         Some("peer") => {

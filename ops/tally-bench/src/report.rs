@@ -4,7 +4,8 @@
 //! Runs, one after another, each on its own emulator: the pipeline end to
 //! end (with the emulator's raw rate for the same calls), a worker holding
 //! 100 leased shards (memory), the producer against boto3, the gateway
-//! with 19,000 SSE clients, failover, Tally against a peer consumer in the
+//! with 19,000 SSE clients, failover, polling against enhanced fan-out
+//! ([`crate::modes`]), Tally against a peer consumer in the
 //! same run ([`crate::peer`], when `--peer-bin` names the peer program),
 //! and the scale model. The in-process
 //! rate comes from criterion's last run of `benches/in_process.rs`, read
@@ -67,6 +68,9 @@ pub async fn all(options: Options) {
     figures.extend(crate::gateway::gateway(gateway_votes, 64, crate::gateway::SSE_CLIENTS).await);
     step("failover");
     figures.extend(crate::failover(runs).await);
+    step("consumer modes: polling and fan-out, same run");
+    figures
+        .extend(crate::modes::consumer_modes(records, if options.quick { 10 } else { 20 }).await);
     step("against a peer, same run");
     figures.extend(crate::peer::peer(options.peer_bin.as_deref(), records, runs.min(3)).await);
     step("scale model");
