@@ -364,6 +364,45 @@ async fn clean_run_with_the_command_line_and_a_graceful_stop() {
     }
 }
 
+/// The generated workload in fan-out mode: a worker counting through its
+/// subscriptions is killed (SIGKILL) part way, another takes over from the
+/// checkpoints and subscribes again, and the counts are exact; its
+/// graceful stop exits 0 and releases the leases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_clean_run_through_a_kill_counts_exactly() {
+    let run = Run::with_mode(shared().await, "fan-out").await;
+    let mut first = run.worker("w1", &[("TALLY_METRICS_INTERVAL_MS", "200")]);
+    // Kill it once it has counted some votes, not all.
+    let started = std::time::Instant::now();
+    loop {
+        let counted = run.last_metrics("w1")["tally_votes_counted_total"]
+            .as_u64()
+            .unwrap_or(0);
+        if counted > 0 || started.elapsed() > LIMIT {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.signal("KILL");
+    first.wait_exit(Duration::from_secs(10));
+    let mut second = run.worker("w2", &[("TALLY_METRICS_INTERVAL_MS", "200")]);
+    run.wait_and_verify(LIMIT).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let metrics = run.last_metrics("w2");
+    assert!(
+        metrics["tally_lease_subscriptions_total"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "the worker read through subscriptions: {metrics}"
+    );
+    second.signal("TERM");
+    assert!(second.wait_exit(Duration::from_secs(30)).success());
+    for lease in run.leases.list_leases().await.unwrap() {
+        assert_eq!(lease.owner, None, "{} still owned", lease.key);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_record_put_twice_is_counted_once() {
     every_record_put_twice_counted_once("polling").await;
