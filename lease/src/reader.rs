@@ -669,6 +669,48 @@ mod tests {
         );
     }
 
+    /// A position Kinesis refuses (trimmed past the retention, or invalid)
+    /// is never skipped: the reader logs an error and subscribes again from
+    /// the same position after a backoff, as polling retries its read, so
+    /// the shard shows as behind instead of losing votes silently.
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_position_is_retried_from_the_same_position() {
+        let source = Arc::new(Scripted::default());
+        source.scripts.lock().unwrap().extend([
+            Ok(vec![
+                Ok(event(&[1, 2], Some(2))),
+                Err(StreamError::Unavailable("connection reset".into())),
+            ]),
+            Err(StreamError::Other(
+                "InvalidArgumentException: the position is past the retention period".into(),
+            )),
+            Err(StreamError::Other(
+                "InvalidArgumentException: the position is past the retention period".into(),
+            )),
+            Ok(vec![Ok(event(&[3], Some(3)))]),
+        ]);
+        let mut reader = reader(source.clone(), Arc::new(FanOut::new("app")));
+        assert_eq!(numbers(&reader.next_page().await.unwrap()), vec![1, 2]);
+        assert_eq!(numbers(&reader.next_page().await.unwrap()), vec![3]);
+        assert_eq!(
+            starts(&source),
+            vec![
+                StartPosition::TrimHorizon,
+                StartPosition::AfterSequence(seq(2)),
+                StartPosition::AfterSequence(seq(2)),
+                StartPosition::AfterSequence(seq(2)),
+            ]
+        );
+        let times: Vec<Instant> = source
+            .starts
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, at)| *at)
+            .collect();
+        assert!(times[2] > times[1] && times[3] > times[2], "backed off");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn resource_in_use_and_throttling_wait_before_subscribing_again() {
         let source = Arc::new(Scripted::default());
