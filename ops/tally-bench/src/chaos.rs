@@ -508,7 +508,7 @@ impl Fleet {
                         + self.gateway.logs.len()
                 )
             } else {
-                problems.into_iter().take(5).collect::<Vec<_>>().join("; ")
+                first_problems(&problems)
             },
         }
     }
@@ -1151,6 +1151,16 @@ fn injected_by_gateway(log: &std::path::Path) -> BTreeMap<String, u64> {
         .unwrap_or_default()
 }
 
+/// A failed check's detail: its first five problems.
+fn first_problems(problems: &[String]) -> String {
+    problems
+        .iter()
+        .take(5)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// One check's outcome.
 struct Check {
     name: &'static str,
@@ -1437,11 +1447,7 @@ pub async fn chaos(options: Options) -> bool {
         detail: if stop_problems.is_empty() {
             format!("{} processes", fleet.final_stops.len())
         } else {
-            stop_problems
-                .into_iter()
-                .take(5)
-                .collect::<Vec<_>>()
-                .join("; ")
+            first_problems(&stop_problems)
         },
     });
     let injected = injected_by_workers(&fleet);
@@ -1869,7 +1875,7 @@ fn effects_check(fleet: &Fleet) -> Check {
                 slowest(Action::Pause)
             )
         } else {
-            failed.into_iter().take(5).collect::<Vec<_>>().join("; ")
+            first_problems(&failed)
         },
     }
 }
@@ -1884,12 +1890,7 @@ fn gateway_check(load: &GatewayLoad, voters: u64) -> Check {
                 load.requests, load.by_status
             )
         } else {
-            load.problems
-                .iter()
-                .take(5)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join("; ")
+            first_problems(&load.problems)
         },
     }
 }
@@ -2155,7 +2156,7 @@ fn check_rejects(producer: &ProducerLoad, rejects: &[tally_store::RejectItem]) -
                 expected.len()
             )
         } else {
-            problems.into_iter().take(5).collect::<Vec<_>>().join("; ")
+            first_problems(&problems)
         },
     }
 }
