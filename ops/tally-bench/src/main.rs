@@ -191,6 +191,36 @@ fn deliveries(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The shards a worker's record output delivered after `since_ms`.
+fn shards_delivered_after(path: &Path, since_ms: u64) -> std::collections::BTreeSet<String> {
+    deliveries(path)
+        .iter()
+        .filter(|d| d["delivered_ms"].as_u64().unwrap_or(0) > since_ms)
+        .filter_map(|d| d["shard"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// When the last of `shards` had its first delivery after `after_ms` in a
+/// worker's record output; `None` while one has none yet.
+fn all_resumed_at(
+    path: &Path,
+    shards: &std::collections::BTreeSet<String>,
+    after_ms: u64,
+) -> Option<u64> {
+    let lines = deliveries(path);
+    shards
+        .iter()
+        .map(|shard| {
+            lines
+                .iter()
+                .filter(|d| d["shard"] == shard.as_str())
+                .filter_map(|d| d["delivered_ms"].as_u64())
+                .filter(|at| *at > after_ms)
+                .min()
+        })
+        .try_fold(after_ms, |latest, first| first.map(|at| latest.max(at)))
+}
+
 async fn shard_hash_keys(kinesis: &aws_sdk_kinesis::Client, stream: &str) -> Vec<(String, String)> {
     let listed = kinesis
         .list_shards()
@@ -271,15 +301,9 @@ async fn failover_run(stack: &Stack, kill: bool) -> f64 {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let recent = now_ms() - 1000;
-        let busy = outputs.iter().all(|path| {
-            let lines = deliveries(path);
-            let shards: std::collections::BTreeSet<String> = lines
-                .iter()
-                .filter(|d| d["delivered_ms"].as_u64().unwrap_or(0) > recent)
-                .map(|d| d["shard"].as_str().unwrap().to_owned())
-                .collect();
-            shards.len() == 2
-        });
+        let busy = outputs
+            .iter()
+            .all(|path| shards_delivered_after(path, recent).len() == 2);
         if busy {
             break;
         }
@@ -290,31 +314,13 @@ async fn failover_run(stack: &Stack, kill: bool) -> f64 {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let victim_shards: std::collections::BTreeSet<String> = deliveries(&outputs[0])
-        .iter()
-        .filter(|d| d["delivered_ms"].as_u64().unwrap_or(0) > now_ms() - 1000)
-        .map(|d| d["shard"].as_str().unwrap().to_owned())
-        .collect();
+    let victim_shards = shards_delivered_after(&outputs[0], now_ms() - 1000);
     let stopped_at = now_ms();
     signal(&a, if kill { "-KILL" } else { "-TERM" });
     let deadline = Instant::now() + Duration::from_secs(30);
     let took = loop {
-        let lines = deliveries(&outputs[1]);
-        let firsts: Vec<u64> = victim_shards
-            .iter()
-            .filter_map(|shard| {
-                lines
-                    .iter()
-                    .filter(|d| {
-                        d["shard"] == shard.as_str()
-                            && d["delivered_ms"].as_u64().unwrap_or(0) > stopped_at
-                    })
-                    .map(|d| d["delivered_ms"].as_u64().unwrap())
-                    .min()
-            })
-            .collect();
-        if firsts.len() == victim_shards.len() {
-            break (firsts.into_iter().max().unwrap() - stopped_at) as f64 / 1000.0;
+        if let Some(at) = all_resumed_at(&outputs[1], &victim_shards, stopped_at) {
+            break (at - stopped_at) as f64 / 1000.0;
         }
         assert!(
             Instant::now() < deadline,

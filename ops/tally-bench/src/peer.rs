@@ -32,8 +32,8 @@ use std::time::{Duration, Instant};
 use tally_testkit::emulators::{create_stream, sdk_config, unique_name};
 
 use crate::{
-    cpu_and_peak, deliveries, drain_tally, failover_run, figure, not_measured, now_ms, preload,
-    signal, spawn_ticker, summary, Drained, Figure, Stack,
+    all_resumed_at, cpu_and_peak, deliveries, drain_tally, failover_run, figure, not_measured,
+    now_ms, preload, shards_delivered_after, signal, spawn_ticker, summary, Drained, Figure, Stack,
 };
 
 /// The peer's name in tables.
@@ -213,20 +213,15 @@ async fn peer_failover_run(stack: &Stack, bin: &Path) -> Result<f64, String> {
         })
         .collect();
     let ticker = spawn_ticker(&stack.kinesis, &stream).await;
-    let recent_shards = |path: &Path, since: u64| -> BTreeSet<String> {
-        deliveries(path)
-            .iter()
-            .filter(|d| d["delivered_ms"].as_u64().unwrap_or(0) > since)
-            .filter_map(|d| d["shard"].as_str().map(str::to_owned))
-            .collect()
-    };
     let result = async {
         // Every shard delivered by one of the two in the last second.
         let deadline = Instant::now() + Duration::from_secs(60);
         let held = loop {
             let since = now_ms() - 1000;
-            let held: Vec<BTreeSet<String>> =
-                outputs.iter().map(|p| recent_shards(p, since)).collect();
+            let held: Vec<BTreeSet<String>> = outputs
+                .iter()
+                .map(|p| shards_delivered_after(p, since))
+                .collect();
             if held.iter().map(BTreeSet::len).sum::<usize>() >= 4 {
                 break held;
             }
@@ -241,24 +236,8 @@ async fn peer_failover_run(stack: &Stack, bin: &Path) -> Result<f64, String> {
         signal(&peers[victim], "-KILL");
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            let resumed = recent_shards(&outputs[survivor], stopped_at);
-            if held[victim].is_subset(&resumed) {
-                let lines = deliveries(&outputs[survivor]);
-                let last_first = held[victim]
-                    .iter()
-                    .filter_map(|shard| {
-                        lines
-                            .iter()
-                            .filter(|d| {
-                                d["shard"] == shard.as_str()
-                                    && d["delivered_ms"].as_u64().unwrap_or(0) > stopped_at
-                            })
-                            .filter_map(|d| d["delivered_ms"].as_u64())
-                            .min()
-                    })
-                    .max()
-                    .unwrap_or(stopped_at);
-                return Ok((last_first - stopped_at) as f64 / 1000.0);
+            if let Some(at) = all_resumed_at(&outputs[survivor], &held[victim], stopped_at) {
+                return Ok((at - stopped_at) as f64 / 1000.0);
             }
             if Instant::now() > deadline {
                 return Err("the survivor did not resume the killed peer's shards in 90 s".into());
