@@ -242,8 +242,9 @@ impl FanOut {
 /// nothing is skipped and nothing is delivered twice. Records at or before
 /// it in an event are dropped (a server that sends them again).
 ///
-/// Shard end: an event without a continuation (AWS: the last event of a
-/// closed shard, with `ChildShards`). Where a closed shard's subscription
+/// Shard end: an event with `ChildShards` (AWS: the last event of a
+/// closed shard, without a continuation), or without a continuation on a
+/// shard the shard sync saw closed. Where a closed shard's subscription
 /// never says so (kinesis-mock), once the shard sync saw the shard closed
 /// and an event brought nothing, one `GetRecords` after the position tells
 /// whether the shard is read to its end, and with which children.
@@ -374,14 +375,35 @@ impl FanOutReader {
             }
         }
         self.position = position;
-        let ended = event.continuation.is_none() || !event.children.is_empty();
+        // The end of a shard: `ChildShards` (AWS sends them with no
+        // continuation; ministack with one), or no continuation on a shard
+        // the shard sync has seen closed. No continuation on a shard not
+        // known closed is not trusted as an end (it would write SHARD_END
+        // and drop the shard's later records): the subscription is dropped
+        // and made again from the position (at most once a second); if
+        // the shard did close, the next shard sync says so and the end is
+        // found as above.
+        let ended = !event.children.is_empty()
+            || (event.continuation.is_none() && self.fan_out.is_closed(&self.shard));
+        let next = if ended {
+            None
+        } else if let Some(continuation) = event.continuation {
+            Some(continuation.as_str().to_owned())
+        } else {
+            warn!(shard_id = %self.shard, "an event without a continuation on a shard not known closed; subscribing again");
+            self.subscription = None;
+            self.next_subscribe = self
+                .last_subscribed
+                .map_or_else(Instant::now, |at| at + Duration::from_secs(1));
+            Some(
+                self.position
+                    .as_ref()
+                    .map_or_else(String::new, |p| p.as_str().to_owned()),
+            )
+        };
         Page {
             records,
-            next: if ended {
-                None
-            } else {
-                event.continuation.map(|c| c.as_str().to_owned())
-            },
+            next,
             millis_behind: event.millis_behind,
             children: event.children,
         }
@@ -399,6 +421,8 @@ impl FanOutReader {
         }
         self.last_end_check = Some(Instant::now());
         let start = self.resume_at();
+        // A read from the shard's polling capacity: counted as one.
+        Metrics::add(&self.metrics.get_records_total, 1);
         let looked = async {
             let iterator = self.stream.shard_iterator(&self.shard, &start).await?;
             self.stream.get_records(&iterator, 1).await
@@ -633,17 +657,44 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_end_without_child_shards_is_an_end_with_no_children() {
+    async fn an_end_without_child_shards_on_a_closed_shard_is_an_end_with_no_children() {
         let source = Arc::new(Scripted::default());
         source
             .scripts
             .lock()
             .unwrap()
             .push_back(Ok(vec![Ok(event(&[1], None))]));
-        let mut reader = reader(source, Arc::new(FanOut::new("app")));
+        let fan_out = Arc::new(FanOut::new("app"));
+        fan_out.set_closed(BTreeSet::from([ShardId::new("shardId-0")]));
+        let mut reader = reader(source, fan_out);
         let page = reader.next_page().await.unwrap();
         assert_eq!(numbers(&page), vec![1]);
         assert!(page.next.is_none() && page.children.is_empty());
+    }
+
+    /// An event without a continuation on a shard not known closed does
+    /// not end it (SHARD_END would drop its later records): its records are
+    /// delivered and the reader subscribes again after them.
+    #[tokio::test(start_paused = true)]
+    async fn no_continuation_on_an_open_shard_subscribes_again_instead_of_ending() {
+        let source = Arc::new(Scripted::default());
+        source.scripts.lock().unwrap().extend([
+            Ok(vec![Ok(event(&[1, 2], None))]),
+            Ok(vec![Ok(event(&[3], Some(3)))]),
+        ]);
+        let mut reader = reader(source.clone(), Arc::new(FanOut::new("app")));
+        let first = reader.next_page().await.unwrap();
+        assert_eq!(numbers(&first), vec![1, 2]);
+        assert!(first.next.is_some(), "not an end");
+        let second = reader.next_page().await.unwrap();
+        assert_eq!(numbers(&second), vec![3]);
+        assert_eq!(
+            starts(&source),
+            vec![
+                StartPosition::TrimHorizon,
+                StartPosition::AfterSequence(seq(2))
+            ]
+        );
     }
 
     #[tokio::test(start_paused = true)]
