@@ -189,6 +189,18 @@ fn reader(ctx: &ConsumerContext, first_start: StartPosition) -> Box<dyn ShardRea
 }
 
 /// Runs one shard until it ends, is lost, or is stopped.
+/// Drops the sub-records already checkpointed inside the aggregate a
+/// resumed lease starts at, on the first page that has records; an empty
+/// page before it (an event with nothing in it) leaves the skip for later.
+fn skip_checkpointed(records: &mut Vec<Record>, skip_through: &mut Option<ExtendedSequence>) {
+    if records.is_empty() {
+        return;
+    }
+    if let Some(through) = skip_through.take() {
+        records.retain(|record| record.position > through);
+    }
+}
+
 pub async fn run(mut ctx: ConsumerContext) -> ConsumerExit {
     let shard = ctx.lease.key.clone();
     let checkpointer = Checkpointer::new(
@@ -249,9 +261,7 @@ pub async fn run(mut ctx: ConsumerContext) -> ConsumerExit {
                 .store(behind, std::sync::atomic::Ordering::Relaxed);
         }
         let mut records = user_records(&page.records, &ctx.metrics);
-        if let Some(through) = skip_through.take() {
-            records.retain(|record| record.position > through);
-        }
+        skip_checkpointed(&mut records, &mut skip_through);
         if !records.is_empty() {
             Metrics::add(&ctx.metrics.user_records_total, records.len() as u64);
             let batch = Batch {
@@ -441,6 +451,32 @@ mod tests {
         assert_eq!(skip, Some(position));
     }
 
+    /// An empty first page (an event with no records) does not use up the
+    /// skip of checkpointed sub-records: the aggregate on the next page is
+    /// still read from after the checkpoint.
+    #[test]
+    fn an_empty_first_page_keeps_the_sub_record_skip() {
+        let one = |n: u8| kpl::UserRecord {
+            partition_key: "k".into(),
+            explicit_hash_key: None,
+            data: Bytes::from(vec![n]),
+        };
+        let aggregate = kpl::aggregate(&[one(0), one(1), one(2), one(3)]);
+        let metrics = Metrics::default();
+        let (_, mut skip) = start_for(&Checkpoint::At(ExtendedSequence {
+            sequence: SequenceNumber::parse("7").unwrap(),
+            sub_sequence: 1,
+        }));
+        let mut empty = user_records(&[], &metrics);
+        skip_checkpointed(&mut empty, &mut skip);
+        assert!(skip.is_some(), "kept for the page with records");
+        let mut records = user_records(&[raw("7", aggregate)], &metrics);
+        skip_checkpointed(&mut records, &mut skip);
+        let subs: Vec<u64> = records.iter().map(|r| r.position.sub_sequence).collect();
+        assert_eq!(subs, vec![2, 3]);
+        assert!(skip.is_none());
+    }
+
     /// Fan-out end to end on the in-memory stream: a slow processor is
     /// never handed a second batch before it returned from the first (no
     /// event is read ahead), every record arrives once and in order, and
@@ -529,10 +565,10 @@ mod tests {
                 checkpointer: &Checkpointer,
             ) -> Result<(), crate::processor::ProcessorError> {
                 self.batches += 1;
-                tokio::time::sleep(Duration::from_secs(1)).await;
                 // Empty events come between batches; more events than
                 // batches is fine, a read during this batch is not.
                 let read = self.events.load(Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(1)).await;
                 self.seen.lock().unwrap().extend(
                     batch
                         .records
@@ -568,6 +604,7 @@ mod tests {
         store.create_lease(&lease, 0).await.unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let read_ahead = Arc::new(AtomicU32::new(0));
+        let metrics = Arc::new(Metrics::default());
         let exit = run(ConsumerContext {
             lease,
             store: Arc::new(store.clone()),
@@ -579,7 +616,7 @@ mod tests {
                 read_ahead: read_ahead.clone(),
             }),
             control: ConsumerControl::default(),
-            metrics: Arc::default(),
+            metrics: metrics.clone(),
             poll_interval: Duration::from_millis(200),
             max_records: 10_000,
             fan_out: Some(Arc::new(FanOut::new("app"))),
@@ -598,5 +635,14 @@ mod tests {
         let stored = store.get_lease(&shard).await.unwrap().unwrap();
         assert_eq!(stored.checkpoint, Checkpoint::ShardEnd);
         assert_eq!(stored.children.len(), 2);
+        // It read through subscriptions, not by polling.
+        assert!(events.load(Ordering::SeqCst) > 0);
+        let counters: std::collections::BTreeMap<&str, i64> =
+            metrics.snapshot().into_iter().collect();
+        assert!(
+            counters["tally_lease_subscriptions_total"] > 0,
+            "{counters:?}"
+        );
+        assert_eq!(counters["tally_lease_get_records_total"], 0, "{counters:?}");
     }
 }
