@@ -133,6 +133,8 @@ pub async fn run(common: &Common, args: ReplayArgs) -> anyhow::Result<ExitCode> 
                 position,
                 consumer_mode,
                 timeout: Duration::from_secs(args.timeout_s),
+                // SIGINT or SIGTERM: stop, and deregister the consumer.
+                stop: tally_service::shutdown::on_signal(),
             };
             replay::from_stream(
                 &live,

@@ -53,7 +53,8 @@ pub struct ReplayReport {
 pub struct StreamReads {
     /// `polling` or `fan-out`.
     pub consumer_mode: String,
-    /// `GetRecords` calls of the replay's worker (none in fan-out mode).
+    /// `GetRecords` calls of the replay's worker (in fan-out mode only the
+    /// end checks of a closed shard whose subscription never says so).
     pub get_records: u64,
     /// `SubscribeToShard` subscriptions of the replay's worker.
     pub subscriptions: u64,
@@ -196,6 +197,9 @@ pub struct StreamReplay {
     pub consumer_mode: ConsumerMode,
     /// Give up when the replay has not caught up by then.
     pub timeout: Duration,
+    /// Cancelled to stop the replay early (a signal): its worker stops and
+    /// its stream consumer is deregistered as on any other end.
+    pub stop: CancellationToken,
 }
 
 /// Longest time between two catch-up checks in fan-out mode, whatever the
@@ -283,7 +287,10 @@ pub async fn from_stream(
     let deadline = std::time::Instant::now() + replay.timeout;
     let outcome = async {
         loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = replay.stop.cancelled() => anyhow::bail!("the replay was stopped before it caught up"),
+            }
             if std::time::Instant::now() >= deadline {
                 anyhow::bail!("the replay did not catch up within {:?}", replay.timeout);
             }
@@ -312,7 +319,8 @@ pub async fn from_stream(
     }
     .await;
     stop.cancel();
-    let stopped = running.await.context("the replay worker panicked")?;
+    // However the worker ended (even a panic), its consumer goes.
+    let joined = running.await;
     if let ConsumerMode::FanOut { consumer_name } = &replay.consumer_mode {
         // The consumer is the replay's own: nothing reads through it once
         // the replay's worker has stopped.
@@ -323,7 +331,9 @@ pub async fn from_stream(
             )),
         }
     }
-    stopped.context("the replay worker failed")?;
+    joined
+        .context("the replay worker panicked")?
+        .context("the replay worker failed")?;
     outcome?;
     let replayed = shadow.counts(&poll).await?;
     let live_counts = live.counts(&poll).await?;
