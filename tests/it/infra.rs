@@ -2088,7 +2088,24 @@ fn no_role_allows_what_its_commands_never_call() {
 fn the_replay_role_writes_only_tables_apart_from_the_live_ones() {
     let service = module_text("service");
     let replay = statements(&service, "replay");
-    for statement in &replay {
+    // The live tables (restored ones too, which the patterns match) are
+    // denied every write.
+    let never = replay
+        .iter()
+        .find(|statement| statement.sid == "NeverLiveTables")
+        .expect("a deny of writes to the live tables");
+    assert_eq!(never.effect, "Deny");
+    assert_eq!(never.resources, "local.table_and_index_arns");
+    for action in [
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:DeleteItem",
+        "dynamodb:PartiQLInsert",
+        "dynamodb:DeleteTable",
+    ] {
+        assert!(never.actions.contains(action), "{action} not denied");
+    }
+    for statement in replay.iter().filter(|s| s.effect == "Allow") {
         let writes = statement.actions.iter().any(|action| {
             [
                 "dynamodb:CreateTable",

@@ -310,6 +310,15 @@ data "aws_iam_policy_document" "replay" {
     actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
     resources = [var.kms_key_arn]
   }
+  # After a restore the live tables are <app>-restored-<name>-*, which the
+  # patterns above also match: whatever they match, the tables the tasks
+  # use now are never written or deleted by a replay.
+  statement {
+    sid       = "NeverLiveTables"
+    effect    = "Deny"
+    actions   = ["dynamodb:CreateTable", "dynamodb:DeleteTable", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:BatchWriteItem", "dynamodb:PartiQLInsert", "dynamodb:PartiQLUpdate", "dynamodb:PartiQLDelete"]
+    resources = local.table_and_index_arns
+  }
 }
 
 resource "aws_iam_role_policy" "replay" {
