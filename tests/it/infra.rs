@@ -2478,9 +2478,18 @@ fn help_flags(path: &[String]) -> BTreeSet<String> {
         "`tally {} --help` fails: it is not a command",
         path.join(" ")
     );
+    // Only the option lines (`  -s, --name <VALUE>` or `      --name`), not
+    // a flag named inside another's description.
     String::from_utf8_lossy(&output.stdout)
-        .split_whitespace()
-        .filter_map(|word| word.strip_prefix("--"))
+        .lines()
+        .map(str::trim_start)
+        .filter_map(|line| {
+            let line = line
+                .strip_prefix('-')
+                .and_then(|rest| rest.split_once(", ").map(|(_, flag)| flag))
+                .unwrap_or(line);
+            line.strip_prefix("--")
+        })
         .map(|flag| {
             let end = flag
                 .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
