@@ -61,6 +61,9 @@ metrics! {
     subscription_events_total: AtomicU64,
     /// SubscribeToShard calls throttled (fan-out).
     subscribe_throttles_total: AtomicU64,
+    /// Of the GetRecords calls, those a fan-out reader made to find the end
+    /// of a closed shard whose subscription never says so (kinesis-mock).
+    fan_out_end_checks_total: AtomicU64,
     /// Gauge: the largest MillisBehindLatest over this worker's shards (each
     /// shard's last page), updated every renew interval.
     millis_behind_latest: AtomicI64,

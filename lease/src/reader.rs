@@ -423,6 +423,7 @@ impl FanOutReader {
         let start = self.resume_at();
         // A read from the shard's polling capacity: counted as one.
         Metrics::add(&self.metrics.get_records_total, 1);
+        Metrics::add(&self.metrics.fan_out_end_checks_total, 1);
         let looked = async {
             let iterator = self.stream.shard_iterator(&self.shard, &start).await?;
             self.stream.get_records(&iterator, 1).await
