@@ -229,8 +229,8 @@ mod tests {
     /// default and commands, and the table has nothing else.
     #[test]
     fn the_readme_settings_table_is_what_help_shows() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
-        let readme = std::fs::read_to_string(path).expect("README.md");
+        let path = tally_lease::testing::repo_root().join("README.md");
+        let readme = std::fs::read_to_string(&path).expect("README.md");
         let (start, end) = match (readme.find(BEGIN), readme.find(END)) {
             (Some(start), Some(end)) if start < end => (start + BEGIN.len(), end),
             _ => panic!("README.md has no settings table between its markers"),
@@ -238,7 +238,7 @@ mod tests {
         let table = settings_table();
         if std::env::var_os("TALLY_WRITE_README").is_some() {
             let written = format!("{}{table}{}", &readme[..start], &readme[end..]);
-            std::fs::write(path, written).expect("write README.md");
+            std::fs::write(&path, written).expect("write README.md");
             return;
         }
         assert!(
@@ -252,7 +252,7 @@ mod tests {
     /// table.
     #[test]
     fn the_readme_command_table_names_every_flag() {
-        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        let readme = std::fs::read_to_string(tally_lease::testing::repo_root().join("README.md"))
             .expect("README.md");
         let rows: Vec<&str> = readme
             .lines()

@@ -2,6 +2,7 @@
 //! `ops/emulators`, stopped when the binary exits), SDK clients pointed at
 //! it, and random resource names. Only with the `testing` feature.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -33,9 +34,35 @@ pub struct Emulator {
     pub pid: u32,
 }
 
+/// This repository's root directory, found when the program runs: from the
+/// package directory `cargo test` names in `CARGO_MANIFEST_DIR`, or else
+/// the working directory, upwards to the directory holding `ops/emulators`.
+/// The path baked in at build time is only the last resort: Cargo does not
+/// rebuild a crate when its checkout moves, so a target directory shared by
+/// two checkouts would otherwise point one checkout's tests at the other's
+/// files.
+pub fn repo_root() -> PathBuf {
+    let starts = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(std::env::current_dir().ok());
+    for start in starts {
+        if let Some(root) = start
+            .ancestors()
+            .find(|dir| dir.join("ops/emulators").is_file())
+        {
+            return root.to_path_buf();
+        }
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."))
+        .to_path_buf()
+}
+
 /// The `ops/emulators` script of this repository.
-pub fn emulators_script() -> String {
-    format!("{}/../ops/emulators", env!("CARGO_MANIFEST_DIR"))
+pub fn emulators_script() -> PathBuf {
+    repo_root().join("ops/emulators")
 }
 
 impl Emulator {

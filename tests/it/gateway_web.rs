@@ -12,7 +12,7 @@ use local_stack::Stack;
 
 fn web_tools(what: &str) -> String {
     let output = Command::new("bash")
-        .arg(format!("{}/ops/web-tools", env!("CARGO_MANIFEST_DIR")))
+        .arg(tally_lease::testing::repo_root().join("ops/web-tools"))
         .arg(what)
         .output()
         .expect("run ops/web-tools");
@@ -91,10 +91,11 @@ async fn in_browser(
     };
     let mut command = Command::new("node");
     command
-        .arg(format!(
-            "{}/tests/browser/{script}",
-            env!("CARGO_MANIFEST_DIR")
-        ))
+        .arg(
+            tally_lease::testing::repo_root()
+                .join("tests/browser")
+                .join(script),
+        )
         .env("NODE_PATH", field("node_path="))
         .env("BASE_URL", base)
         .env("POLL", poll)

@@ -49,7 +49,7 @@ fn terraform_files(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 fn infra() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("infra/terraform")
+    tally_lease::testing::repo_root().join("infra/terraform")
 }
 
 /// Names used with Tally's namespace: `namespace = var.namespace` (or
@@ -1513,7 +1513,7 @@ fn the_pages_are_cached_at_the_edge() {
     let all = behaviours(&cdn);
     // Every route of the pages module (crates/gateway/src/pages.rs).
     let source = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/gateway/src/pages.rs"),
+        tally_lease::testing::repo_root().join("crates/gateway/src/pages.rs"),
     )
     .unwrap();
     let pages: Vec<&str> = source
@@ -2376,8 +2376,7 @@ fn prod_sizing_is_the_design_docs() {
         "the autoscaler may reach the design point"
     );
     let design =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/DESIGN.md"))
-            .unwrap();
+        std::fs::read_to_string(tally_lease::testing::repo_root().join("docs/DESIGN.md")).unwrap();
     let readme = std::fs::read_to_string(infra().join("README.md")).unwrap();
     for (doc, text) in [
         ("docs/DESIGN.md", &design),
@@ -2400,7 +2399,7 @@ fn prod_sizing_is_the_design_docs() {
 }
 
 fn runbooks() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("ops/runbooks")
+    tally_lease::testing::repo_root().join("ops/runbooks")
 }
 
 /// Every `tally ...` command line a runbook names: the text of each

@@ -173,6 +173,28 @@ impl Run {
         self.dir.join(format!("{id}.log"))
     }
 
+    /// Waits (up to [`LIMIT`]) for a metrics line of worker `id` that
+    /// satisfies `ready`, and returns it.
+    async fn wait_for_metrics(
+        &self,
+        id: &str,
+        what: &str,
+        ready: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let started = Instant::now();
+        loop {
+            let metrics = self.last_metrics(id);
+            if ready(&metrics) {
+                return metrics;
+            }
+            assert!(
+                started.elapsed() < LIMIT,
+                "{what}: not seen in {LIMIT:?}; last metrics of {id}: {metrics}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The last metrics line a worker logged.
     fn last_metrics(&self, id: &str) -> serde_json::Value {
         let text = std::fs::read_to_string(self.log(id)).unwrap_or_default();
@@ -495,26 +517,59 @@ async fn fan_out_a_lease_moved_in_the_middle_of_a_batch_counts_once() {
 
 async fn lease_moved_in_the_middle_of_a_batch(mode: &'static str) {
     let run = Run::with_mode(shared().await, mode).await;
-    // Every commit of the first worker waits 1.5 s before it is sent, so it
-    // is almost always in the middle of a batch.
+    // Every TransactWriteItems of the first worker waits 2.5 s before it is
+    // sent. Its lease creations are TransactWriteItems too, so a commit has
+    // started only when the count of delays grows after it holds every
+    // lease; it is paused then, in the middle of a batch, whatever the
+    // machine's speed.
     let slow = run.worker(
         "slow",
-        &[("TALLY_FAULTS", "TransactWriteItems:latency:1:1500")],
+        &[
+            ("TALLY_FAULTS", "TransactWriteItems:latency:1:2500"),
+            ("TALLY_METRICS_INTERVAL_MS", "200"),
+        ],
     );
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    let delays = |metrics: &serde_json::Value| {
+        metrics["tally_faults_injected_total"]["latency"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let holding = run
+        .wait_for_metrics("slow", "it holds all four leases", |m| {
+            m["tally_lease_leases_held"].as_u64() == Some(4)
+        })
+        .await;
+    let before = delays(&holding);
+    run.wait_for_metrics("slow", "a commit of it waits to be sent", |m| {
+        delays(m) > before
+    })
+    .await;
     // Paused past the lease duration, its leases are taken over; resumed,
-    // its pending commits must be refused.
+    // its pending commit must be refused.
     slow.signal("STOP");
     let _other = run.worker("other", &[]);
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    let started = Instant::now();
+    loop {
+        let leases = run.leases.list_leases().await.unwrap();
+        if leases.len() == 4
+            && leases
+                .iter()
+                .all(|lease| lease.owner.as_deref() == Some("other"))
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < LIMIT,
+            "the other worker took every lease: {leases:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     slow.signal("CONT");
+    run.wait_for_metrics("slow", "the paused worker's commit was refused", |m| {
+        m["tally_commits_lost_total"].as_u64().unwrap_or(0) > 0
+    })
+    .await;
     run.wait_and_verify(LIMIT).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let metrics = run.last_metrics("slow");
-    assert!(
-        metrics["tally_commits_lost_total"].as_u64().unwrap_or(0) > 0,
-        "the paused worker's commits were refused: {metrics}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -205,8 +205,8 @@ pub fn fuzz(target: &str, seconds: u64, seed: u64) {
             std::process::exit(2);
         }
     };
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz-corpus")
+    let dir = tally_lease::testing::repo_root()
+        .join("ops/fuzz-corpus")
         .join(target);
     let mut corpus = load_corpus(&dir);
     if corpus.is_empty() {

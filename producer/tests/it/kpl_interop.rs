@@ -13,10 +13,20 @@ use tally_contract::kpl::{deaggregate, UserRecord};
 use tally_producer::batch::{build_entries, Aggregation};
 use tally_producer::shard_map::{ShardMap, ShardRange};
 
+/// This package's directory, read when the test runs (`cargo test` sets
+/// it): a target directory shared by two checkouts keeps the build-time
+/// path of the other one.
+fn package_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+}
+
 fn python() -> String {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../ops/emulators");
+    let script = package_dir().join("../ops/emulators");
     let output = Command::new("bash")
-        .args([script, "tools-python"])
+        .arg(script)
+        .arg("tools-python")
         .output()
         .expect("run ops/emulators");
     assert!(
@@ -29,7 +39,7 @@ fn python() -> String {
 
 fn run(mode: &str, input: serde_json::Value) -> Vec<serde_json::Value> {
     let mut child = Command::new(python())
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kpl_interop.py"))
+        .arg(package_dir().join("tests/kpl_interop.py"))
         .arg(mode)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
