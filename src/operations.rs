@@ -10,7 +10,8 @@
 //!
 //! `tests/it/infra.rs` reads this file and checks that the task role that
 //! runs each command on AWS allows every operation here on the right
-//! resources. It must not depend on anything else in the crate. When a
+//! resources, and no action on a resource where none of its commands
+//! calls it. It must not depend on anything else in the crate. When a
 //! command starts calling something new, add it here: that test then says
 //! which role lacks it.
 
@@ -19,8 +20,10 @@
 
 /// The vote stream.
 pub const STREAM: &str = "stream";
-/// The stream's registered consumers (`<stream ARN>/consumer/*`).
-pub const CONSUMERS: &str = "stream consumers";
+/// The application's stream consumer, named after `--app` (`TALLY_APP`):
+/// `<stream ARN>/consumer/<app>:*` (the name, then its creation time),
+/// which no replay's consumer matches.
+pub const CONSUMER: &str = "application stream consumer";
 /// The stream consumers `tally replay` registers: named after its
 /// `--replay-app`, which begins `<app>-replay` or `<app>-restored` as its
 /// lease table's name must (`<stream ARN>/consumer/<app>-replay*`, `...-restored*`).
@@ -54,7 +57,7 @@ pub const METRICS: &str = "metrics namespace";
 /// Every resource kind the table names.
 pub const RESOURCES: &[&str] = &[
     STREAM,
-    CONSUMERS,
+    CONSUMER,
     REPLAY_CONSUMERS,
     LEASES,
     LEASES_INDEX,
@@ -108,8 +111,8 @@ const SHADOW_LEASE_WORKER: [(&str, &str); 11] = lease_worker!(SHADOW, SHADOW_IND
 const FAN_OUT: [(&str, &str); 4] = [
     ("kinesis:DescribeStreamSummary", STREAM),
     ("kinesis:RegisterStreamConsumer", STREAM),
-    ("kinesis:DescribeStreamConsumer", CONSUMERS),
-    ("kinesis:SubscribeToShard", CONSUMERS),
+    ("kinesis:DescribeStreamConsumer", CONSUMER),
+    ("kinesis:SubscribeToShard", CONSUMER),
 ];
 
 /// A stream replay in fan-out mode (its default, `--consumer-mode`): the
@@ -223,8 +226,8 @@ pub const OPERATIONS: &[(&str, &[(&str, &str)])] = &[
         "consumer",
         &[
             ("kinesis:DescribeStreamSummary", STREAM),
-            ("kinesis:DescribeStreamConsumer", CONSUMERS),
-            ("kinesis:DeregisterStreamConsumer", CONSUMERS),
+            ("kinesis:DescribeStreamConsumer", CONSUMER),
+            ("kinesis:DeregisterStreamConsumer", CONSUMER),
         ],
     ),
     (

@@ -66,9 +66,10 @@ data "aws_iam_policy_document" "worker" {
     resources = [var.stream_arn]
   }
   # lease/src/stream/kinesis.rs, TALLY_CONSUMER_MODE=fan-out: the stream's
-  # ARN, the consumer named after the application registered unless it
-  # exists (never deregistered by a worker), described until ACTIVE, and
-  # one SubscribeToShard per shard (checked on the consumer).
+  # ARN, the consumer named after the application (TALLY_APP, var.app)
+  # registered unless it exists (never deregistered by a worker), described
+  # until ACTIVE, and one SubscribeToShard per shard (checked on the
+  # consumer, <name>:<creation time>): that consumer only, never a replay's.
   statement {
     sid       = "RegisterConsumer"
     actions   = ["kinesis:DescribeStreamSummary", "kinesis:RegisterStreamConsumer"]
@@ -77,7 +78,7 @@ data "aws_iam_policy_document" "worker" {
   statement {
     sid       = "FanOut"
     actions   = ["kinesis:DescribeStreamConsumer", "kinesis:SubscribeToShard"]
-    resources = ["${var.stream_arn}/consumer/*"]
+    resources = ["${var.stream_arn}/consumer/${var.app}:*"]
   }
   # lease/src/store/dynamo.rs: at start CreateTable (the table exists, so
   # it answers ResourceInUse) and DescribeTable; leases are read by GetItem,
@@ -202,9 +203,12 @@ resource "aws_iam_role_policy" "gateway" {
   policy = data.aws_iam_policy_document.gateway.json
 }
 
-# The finalizer (`tally finalize`, a scheduled or one-off task): reads the
-# stream positions and the lease table, scans votes, finalizes polls and
-# writes final results to the snapshot bucket.
+# The finalizer (`tally finalize`, a scheduled or one-off task, and the
+# operator's other commands on the live tables: resolve, audit, snapshot,
+# poll, leases, results, vote-status): reads the stream positions and the
+# lease table, recounts votes, finalizes polls and writes final results to
+# the snapshot bucket. Each table gets the operations those commands call
+# on it (src/operations.rs), no more.
 resource "aws_iam_role" "finalizer" {
   name               = "${var.app}-finalizer"
   assume_role_policy = data.aws_iam_policy_document.assume_ecs_tasks.json
@@ -217,15 +221,38 @@ data "aws_iam_policy_document" "finalizer" {
     actions   = ["kinesis:ListShards", "kinesis:GetShardIterator", "kinesis:GetRecords"]
     resources = [var.stream_arn]
   }
+  # `finalize` scans the leases (is every shard processed past the close);
+  # `leases` scans them, or queries the owner index, and reads the fleet item.
   statement {
-    sid       = "Tables"
-    actions   = ["dynamodb:GetItem", "dynamodb:Query", "dynamodb:Scan", "dynamodb:BatchGetItem"]
-    resources = local.table_and_index_arns
+    sid       = "ReadLeases"
+    actions   = ["dynamodb:GetItem", "dynamodb:Scan", "dynamodb:Query"]
+    resources = local.leases_arns
   }
+  # Read by key and listed (Scan); created by `poll create`; opened,
+  # closed, made final and marked mismatched by UpdateItem.
   statement {
-    sid       = "Finalize"
-    actions   = ["dynamodb:UpdateItem", "dynamodb:PutItem"]
-    resources = [var.table_arns["polls"], var.table_arns["tallies"]]
+    sid       = "Polls"
+    actions   = ["dynamodb:GetItem", "dynamodb:Scan", "dynamodb:PutItem", "dynamodb:UpdateItem"]
+    resources = [var.table_arns["polls"]]
+  }
+  # The recount's parallel Scan; one ballot by key (`vote-status`).
+  statement {
+    sid       = "RecountVotes"
+    actions   = ["dynamodb:GetItem", "dynamodb:Scan"]
+    resources = [var.table_arns["votes"]]
+  }
+  # The counters read, and replaced by `resolve --use recount` (PutItem):
+  # never added to, which only the worker does.
+  statement {
+    sid       = "Tallies"
+    actions   = ["dynamodb:BatchGetItem", "dynamodb:PutItem"]
+    resources = [var.table_arns["tallies"]]
+  }
+  # A voter's rejected votes (`vote-status`), through the voter index.
+  statement {
+    sid       = "ReadRejects"
+    actions   = ["dynamodb:Query"]
+    resources = ["${var.table_arns["rejects"]}/index/voter-index"]
   }
   statement {
     sid       = "Decrypt"
