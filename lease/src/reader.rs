@@ -49,12 +49,23 @@ const SUBSCRIBE_THROTTLED_WAIT: Duration = Duration::from_secs(5);
 /// shard is still open, e.g. the previous owner's, or the connection this
 /// reader just lost is not yet closed on the server's side).
 const SUBSCRIBE_IN_USE_WAIT: Duration = Duration::from_secs(1);
+/// The least time between two SubscribeToShard calls for one shard.
+const SUBSCRIBE_FLOOR: Duration = Duration::from_secs(1);
 /// How often a reader asks `GetRecords` whether a closed shard it reads by
 /// subscription has really ended (only where events never say so).
 const END_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 fn backoff(policy: &ExponentialBuilder) -> ExponentialBackoff {
     policy.build()
+}
+
+/// Where a reader goes on from: after the last sequence it passed on, or
+/// where the lease started when it has passed on nothing yet.
+fn resume_at(last: Option<&SequenceNumber>, first_start: &StartPosition) -> StartPosition {
+    match last {
+        Some(sequence) => StartPosition::AfterSequence(sequence.clone()),
+        None => first_start.clone(),
+    }
 }
 
 /// Reads by polling `GetRecords` (the behaviour before fan-out existed).
@@ -108,10 +119,7 @@ impl PollingReader {
         let current = match &self.iterator {
             Some(current) => current.clone(),
             None => {
-                let reopen_at = match &self.last_sequence {
-                    Some(sequence) => StartPosition::AfterSequence(sequence.clone()),
-                    None => self.first_start.clone(),
-                };
+                let reopen_at = resume_at(self.last_sequence.as_ref(), &self.first_start);
                 let fresh = self.stream.shard_iterator(&self.shard, &reopen_at).await?;
                 self.iterator = Some(fresh.clone());
                 fresh
@@ -293,19 +301,26 @@ impl FanOutReader {
 
     /// Where the next subscription starts.
     pub fn resume_at(&self) -> StartPosition {
-        match &self.position {
-            Some(sequence) => StartPosition::AfterSequence(sequence.clone()),
-            None => self.first_start.clone(),
-        }
+        resume_at(self.position.as_ref(), &self.first_start)
     }
 
     /// Opens a subscription at the resume position, or schedules the next
     /// attempt after a failure.
     async fn subscribe(&mut self) -> Result<(), Vanished> {
-        tokio::time::sleep_until(self.next_subscribe).await;
+        // AWS allows one SubscribeToShard a second per consumer and shard,
+        // and throttles the next call (then the reader waits 5 s): however
+        // the last subscription ended (quietly, dropped, refused), the next
+        // one is at least a second after it.
+        let floor = self
+            .last_subscribed
+            .map_or(self.next_subscribe, |at| at + SUBSCRIBE_FLOOR);
+        tokio::time::sleep_until(self.next_subscribe.max(floor)).await;
         let start = self.resume_at();
         let opened = match self.fan_out.consumer(self.stream.as_ref()).await {
-            Ok(consumer) => self.stream.subscribe(&consumer, &self.shard, &start).await,
+            Ok(consumer) => {
+                self.last_subscribed = Some(Instant::now());
+                self.stream.subscribe(&consumer, &self.shard, &start).await
+            }
             Err(error) => Err(error),
         };
         match opened {
@@ -313,7 +328,6 @@ impl FanOutReader {
                 Metrics::add(&self.metrics.subscriptions_total, 1);
                 debug!(shard_id = %self.shard, start = ?start, "subscribed");
                 self.subscription = Some(subscription);
-                self.last_subscribed = Some(Instant::now());
                 self.not_found = 0;
                 Ok(())
             }
@@ -392,9 +406,7 @@ impl FanOutReader {
         } else {
             warn!(shard_id = %self.shard, "an event without a continuation on a shard not known closed; subscribing again");
             self.subscription = None;
-            self.next_subscribe = self
-                .last_subscribed
-                .map_or_else(Instant::now, |at| at + Duration::from_secs(1));
+            self.next_subscribe = Instant::now();
             Some(
                 self.position
                     .as_ref()
@@ -472,10 +484,7 @@ impl ShardReader for FanOutReader {
                 Ok(None) => {
                     debug!(shard_id = %self.shard, resume_at = ?self.resume_at(), "subscription ended; subscribing again");
                     self.subscription = None;
-                    // At most one SubscribeToShard a second per shard.
-                    self.next_subscribe = self
-                        .last_subscribed
-                        .map_or_else(Instant::now, |at| at + Duration::from_secs(1));
+                    self.next_subscribe = Instant::now();
                 }
                 Err(error) => {
                     debug!(shard_id = %self.shard, error = %error, "subscription failed");
@@ -820,6 +829,42 @@ mod tests {
             .iter()
             .map(|(_, at)| *at)
             .collect();
+        assert!(times
+            .windows(2)
+            .all(|w| w[1] - w[0] >= Duration::from_secs(1)));
+    }
+
+    /// A connection dropped right after an event resets the backoff (the
+    /// event proved the subscription worked), yet the next subscription
+    /// still waits for the one-a-second floor AWS enforces per shard.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_dropped_after_an_event_renews_at_most_once_a_second() {
+        let source = Arc::new(Scripted::default());
+        let dropped = |n: u64| {
+            Ok(vec![
+                Ok(event(&[n], Some(n))),
+                Err(StreamError::Unavailable("connection reset".into())),
+            ])
+        };
+        source
+            .scripts
+            .lock()
+            .unwrap()
+            .extend([dropped(1), dropped(2), dropped(3)]);
+        let mut reader = reader(source.clone(), Arc::new(FanOut::new("app")));
+        for n in 1..=3 {
+            assert_eq!(numbers(&reader.next_page().await.unwrap()), vec![n]);
+        }
+        // The third drop: the fourth subscription is made too.
+        let _ = tokio::time::timeout(Duration::from_secs(3), reader.next_page()).await;
+        let times: Vec<Instant> = source
+            .starts
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, at)| *at)
+            .collect();
+        assert!(times.len() >= 4, "{} subscriptions", times.len());
         assert!(times
             .windows(2)
             .all(|w| w[1] - w[0] >= Duration::from_secs(1)));

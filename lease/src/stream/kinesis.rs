@@ -358,21 +358,13 @@ impl StreamSource for KinesisStream {
             .get_shard_iterator()
             .stream_name(&self.stream)
             .shard_id(shard.as_str());
-        let request = match start {
-            StartPosition::TrimHorizon => {
-                request.shard_iterator_type(ShardIteratorType::TrimHorizon)
-            }
-            StartPosition::Latest => request.shard_iterator_type(ShardIteratorType::Latest),
-            StartPosition::AtTimestamp(time) => request
-                .shard_iterator_type(ShardIteratorType::AtTimestamp)
-                .timestamp(DateTime::from(*time)),
-            StartPosition::AtSequence(sequence) => request
-                .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
-                .starting_sequence_number(sequence.as_str()),
-            StartPosition::AfterSequence(sequence) => request
-                .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
-                .starting_sequence_number(sequence.as_str()),
-        };
+        // One mapping of our positions to the SDK's, shared with
+        // SubscribeToShard.
+        let position = starting_position(start)?;
+        let request = request
+            .shard_iterator_type(position.r#type().clone())
+            .set_timestamp(position.timestamp().copied())
+            .set_starting_sequence_number(position.sequence_number().map(str::to_owned));
         let output = request.send().await.map_err(classify)?;
         output
             .shard_iterator()
