@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
-use tally_lease::{DynamoStore, LeaseStore};
+use tally_lease::{Checkpoint, DynamoStore, LeaseStore, SequenceNumber};
 use tally_testkit::emulators::{
     create_stream, sdk_config, unique_name, wait_stream_active, Emulator, EmulatorKind,
 };
@@ -159,6 +159,47 @@ impl Setup {
                 self.dir.display()
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until every delivered record is at or before its shard's
+    /// checkpoint (a record is written before it is checkpointed): a kill
+    /// after that has nothing in flight.
+    async fn wait_checkpointed(&self, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let checkpoints: HashMap<String, Checkpoint> = self
+                .store
+                .list_leases()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|lease| (lease.key.to_string(), lease.checkpoint))
+                .collect();
+            let deliveries = self.deliveries();
+            let behind: Vec<&serde_json::Value> = deliveries
+                .iter()
+                .filter(|delivery| {
+                    let sequence =
+                        SequenceNumber::parse(delivery["sequence"].as_str().unwrap()).unwrap();
+                    match checkpoints.get(delivery["shard"].as_str().unwrap()) {
+                        Some(Checkpoint::ShardEnd) => false,
+                        Some(Checkpoint::At(position)) => position.sequence < sequence,
+                        _ => true,
+                    }
+                })
+                .collect();
+            if behind.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {} delivered records not checkpointed after 60 s (first {}); logs in {}",
+                behind.len(),
+                behind[0],
+                self.dir.display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -381,10 +422,10 @@ async fn split_and_merge_mid_stream(mode: &'static str) {
     setup.put(100, 200, 20).await;
     setup.wait_delivered(200, "after split").await;
 
-    // SIGKILL one worker once its last batch is checkpointed (a batch is
-    // checkpointed as soon as it is written): its shards, and the children
-    // it would have started, go on elsewhere without a repeat.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // SIGKILL one worker once its last batch is checkpointed: its shards,
+    // and the children it would have started, go on elsewhere without a
+    // repeat.
+    setup.wait_checkpointed("before the kill").await;
     stop(&mut workers[0], "-KILL");
     workers[0].wait().unwrap();
     workers[0] = setup.worker("c", &dynamodb);
