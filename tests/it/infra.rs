@@ -23,10 +23,13 @@
 //! - the role of the task that runs each command on AWS allows every
 //!   operation `src/operations.rs` lists for it, on the right resources;
 //!   every `tally` command a runbook names exists with its flags and runs
-//!   in such a task; replay writes only tables apart from the live ones, a
-//!   restore replaces no table, the gateway service autoscales and reads
-//!   every worker's metrics, rejects expire, and the prod sizing is the
-//!   design doc's and the infra README's.
+//!   in such a task, and each `aws ecs run-task` a runbook spells out uses
+//!   a task definition whose role allows its command; replay writes only
+//!   tables apart from the live ones, a restore replaces no table and
+//!   points the tasks and their roles at the application's restored
+//!   tables; both services autoscale on the documented metrics and targets,
+//!   the gateway reads every worker's metrics, rejects expire, and the
+//!   prod sizing is the design doc's and the infra README's.
 //!
 //! The Terraform is read as text with the small helpers below (`blocks`,
 //! `attr`, `strings`), which rely on `terraform fmt`'s layout: one
@@ -655,6 +658,33 @@ fn local<'a>(text: &'a str, name: &str) -> Option<&'a str> {
     blocks(text, "locals")
         .into_iter()
         .find_map(|body| attr(body, name))
+}
+
+/// The whole value of `name = value` in any `locals` block of `text`,
+/// over as many lines as its brackets take, with runs of whitespace as one
+/// space.
+fn local_expression(text: &str, name: &str) -> Option<String> {
+    let first = local(text, name)?;
+    let body = blocks(text, "locals")
+        .into_iter()
+        .find(|body| attr(body, name) == Some(first))?;
+    let line = body.lines().find(|line| {
+        line.trim_start()
+            .strip_prefix(name)
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+    })?;
+    let value = &body[body.find(line)?..];
+    let value = &value[value.find('=')? + 1..];
+    let mut depth = 0i32;
+    for (at, c) in value.char_indices() {
+        match c {
+            '(' | '[' | '{' => depth += 1,
+            ')' | ']' | '}' => depth -= 1,
+            '\n' if depth == 0 => return Some(squeeze(&value[..at])),
+            _ => {}
+        }
+    }
+    Some(squeeze(value))
 }
 
 /// The `condition` of a variable's `validation`.
@@ -2209,7 +2239,55 @@ fn a_restore_points_the_tasks_at_restored_tables_and_replaces_none() {
         local(&tally, "service_table_prefix"),
         Some(r#"var.vote_tables_prefix == "" ? local.table_prefix : var.vote_tables_prefix"#)
     );
-    assert!(validation(&tally, "vote_tables_prefix").contains("-restored-"));
+    // The roles' ARNs are the tables under that same prefix: the restored
+    // polls, votes, tallies and rejects, and the module's own lease table,
+    // which a restore never replaces.
+    assert_eq!(
+        local_expression(&tally, "service_table_arns").as_deref(),
+        Some(
+            r#"var.vote_tables_prefix == "" ? module.tables.arns : merge(module.tables.arns, { for role in ["polls", "votes", "tallies", "rejects"] : role => "${local.table_arn}/${var.vote_tables_prefix}${role}" })"#
+        )
+    );
+    assert_eq!(
+        local(&tally, "table_arn"),
+        Some(r#""arn:aws:dynamodb:${var.region}:${local.account_id}:table""#)
+    );
+    // Those four are every table modules/tables names with the prefix.
+    let tables = module_text("tables");
+    let prefixed: BTreeSet<&str> = tables
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix(r#"name  = "${var.table_prefix}"#))
+        .map(|rest| rest.trim_end_matches('"'))
+        .collect();
+    assert_eq!(
+        prefixed,
+        BTreeSet::from(["polls", "votes", "tallies", "rejects"])
+    );
+    // The prefix is the application's own restored tables', which the
+    // replay role may write (`<app>-restored-*`): the validation names
+    // `var.app`, which Terraform allows from 1.9 on, and every root module
+    // and the module itself ask for that version.
+    let condition = validation(&tally, "vote_tables_prefix");
+    assert!(
+        condition.contains(r#"startswith(var.vote_tables_prefix, "${var.app}-restored-")"#),
+        "the prefix must start with <app>-restored-: {condition}"
+    );
+    assert!(condition.contains(r#"var.vote_tables_prefix == "" ||"#));
+    let mut roots: Vec<PathBuf> = std::fs::read_dir(infra().join("envs"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path().join("main.tf"))
+        .collect();
+    roots.push(infra().join("modules/tally/versions.tf"));
+    assert!(roots.len() >= 3, "{roots:?}");
+    for file in &roots {
+        let text = std::fs::read_to_string(file).unwrap();
+        assert_eq!(
+            attr(block(&text, "terraform"), "required_version"),
+            Some(r#"">= 1.9""#),
+            "{}",
+            file.display()
+        );
+    }
     // The runbook uses that input, and restores under that name.
     let restore = std::fs::read_to_string(runbooks().join("restore.md")).unwrap();
     assert!(restore.contains("vote_tables_prefix = \"<app>-restored-1-\""));
@@ -2236,9 +2314,24 @@ fn the_gateway_service_autoscales_on_cpu_and_requests() {
     );
     assert_eq!(attr(target, "min_capacity"), Some("var.gateways_min"));
     assert_eq!(attr(target, "max_capacity"), Some("var.gateways_max"));
-    for (label, metric) in [
-        ("gateway_cpu", "ECSServiceAverageCPUUtilization"),
-        ("gateway_requests", "ALBRequestCountPerTarget"),
+    // Each policy tracks its metric at the input the docs name, with the
+    // documented default; requests are counted on the gateway service's
+    // own target group, behind the listener the distribution reaches.
+    let requests_label =
+        r#""${aws_lb.gateway.arn_suffix}/${aws_lb_target_group.gateway.arn_suffix}""#;
+    for (label, metric, target, resource_label) in [
+        (
+            "gateway_cpu",
+            "ECSServiceAverageCPUUtilization",
+            "gateway_cpu_target",
+            None,
+        ),
+        (
+            "gateway_requests",
+            "ALBRequestCountPerTarget",
+            "gateway_requests_per_target",
+            Some(requests_label),
+        ),
     ] {
         let policy = resource(&service, "aws_appautoscaling_policy", label);
         assert_eq!(
@@ -2246,12 +2339,44 @@ fn the_gateway_service_autoscales_on_cpu_and_requests() {
             Some("aws_appautoscaling_target.gateways.resource_id")
         );
         let tracking = block(policy, "target_tracking_scaling_policy_configuration");
+        assert_eq!(
+            attr(tracking, "target_value"),
+            Some(format!("var.{target}").as_str()),
+            "{label}"
+        );
         let predefined = block(tracking, "predefined_metric_specification");
         assert_eq!(
             attr(predefined, "predefined_metric_type"),
             Some(format!("\"{metric}\"").as_str())
         );
+        assert_eq!(
+            attr(predefined, "resource_label"),
+            resource_label,
+            "{label}"
+        );
+        assert_documented_default(target);
     }
+    assert_eq!(
+        attr(block(gateway, "load_balancer"), "target_group_arn"),
+        Some("aws_lb_target_group.gateway.arn")
+    );
+    assert_eq!(
+        attr(
+            block(
+                resource(&service, "aws_lb_listener_rule", "from_cdn"),
+                "action"
+            ),
+            "target_group_arn"
+        ),
+        Some("aws_lb_target_group.gateway.arn")
+    );
+    assert_eq!(
+        attr(
+            resource(&service, "aws_lb_listener", "https"),
+            "load_balancer_arn"
+        ),
+        Some("aws_lb.gateway.arn")
+    );
     // The scale runbook says so, with the inputs' names.
     let scale = std::fs::read_to_string(runbooks().join("scale.md")).unwrap();
     for name in ["gateways_min", "gateways_max", "ALBRequestCountPerTarget"] {
@@ -2264,6 +2389,140 @@ fn the_gateway_service_autoscales_on_cpu_and_requests() {
             Some(format!("var.{name}").as_str())
         );
     }
+}
+
+/// The number the infra README and the scale runbook give in parentheses
+/// after `` `name` `` (`` `gateway_cpu_target` (60%) ``, `(30,000 a
+/// minute)`): the default of the input in modules/service and
+/// modules/tally, which every call passes on and no environment changes.
+fn assert_documented_default(name: &str) {
+    let readme = std::fs::read_to_string(infra().join("README.md")).unwrap();
+    let scale = std::fs::read_to_string(runbooks().join("scale.md")).unwrap();
+    let documented = |doc: &str, text: &str| -> u64 {
+        let squeezed = squeeze(text);
+        let after = squeezed
+            .split(&format!("`{name}` ("))
+            .nth(1)
+            .unwrap_or_else(|| panic!("{doc} gives `{name}` (number)"));
+        let digits: String = after
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == ',')
+            .filter(char::is_ascii_digit)
+            .collect();
+        digits
+            .parse()
+            .unwrap_or_else(|_| panic!("{doc}: a number after `{name}` ("))
+    };
+    let value = documented("infra/terraform/README.md", &readme);
+    assert_eq!(documented("ops/runbooks/scale.md", &scale), value, "{name}");
+    for module in ["service", "tally"] {
+        let text = module_text(module);
+        assert_eq!(
+            attr(block(&text, &format!("variable \"{name}\"")), "default"),
+            Some(value.to_string().as_str()),
+            "modules/{module}: the default of {name} is the documented {value}"
+        );
+    }
+    assert_eq!(
+        attr(block(&module_text("tally"), "module \"service\""), name),
+        Some(format!("var.{name}").as_str())
+    );
+    for env in ["dev", "prod"] {
+        let text = std::fs::read_to_string(infra().join("envs").join(env).join("main.tf")).unwrap();
+        assert_eq!(
+            attr(block(&text, "module \"tally\""), name),
+            None,
+            "envs/{env} keeps the documented {name}"
+        );
+    }
+}
+
+#[test]
+fn the_worker_service_autoscales_on_open_shards_per_worker() {
+    let service = module_text("service");
+    let target = resource(&service, "aws_appautoscaling_target", "workers");
+    assert_eq!(
+        attr(target, "resource_id"),
+        Some(r#""service/${aws_ecs_cluster.this.name}/${aws_ecs_service.worker.name}""#)
+    );
+    assert_eq!(attr(target, "min_capacity"), Some("var.workers_min"));
+    assert_eq!(attr(target, "max_capacity"), Some("var.workers_max"));
+    let policy = resource(&service, "aws_appautoscaling_policy", "shards_per_worker");
+    assert_eq!(
+        attr(policy, "resource_id"),
+        Some("aws_appautoscaling_target.workers.resource_id")
+    );
+    assert_eq!(
+        attr(policy, "policy_type"),
+        Some(r#""TargetTrackingScaling""#)
+    );
+    // It keeps open shards per running worker at shards_per_worker (the
+    // env's number, which prod_sizing_is_the_design_docs checks)...
+    let tracking = block(policy, "target_tracking_scaling_policy_configuration");
+    assert_eq!(
+        attr(tracking, "target_value"),
+        Some("var.shards_per_worker")
+    );
+    assert!(blocks(tracking, "predefined_metric_specification").is_empty());
+    assert_eq!(
+        attr(
+            block(&module_text("tally"), "module \"service\""),
+            "shards_per_worker"
+        ),
+        Some("var.shards_per_worker")
+    );
+    // ...the ratio of the workers' OpenShards (their maximum, under the
+    // application the workers publish as, TALLY_APP) to the worker
+    // service's running tasks.
+    let custom = block(tracking, "customized_metric_specification");
+    let metrics = blocks(custom, "metrics");
+    let by_id = |id: &str| -> &str {
+        metrics
+            .iter()
+            .copied()
+            .find(|body| attr(body, "id") == Some(format!("\"{id}\"").as_str()))
+            .unwrap_or_else(|| panic!("a metric {id}"))
+    };
+    let returned: Vec<&str> = metrics
+        .iter()
+        .filter(|body| attr(body, "return_data") == Some("true"))
+        .filter_map(|body| attr(body, "id"))
+        .collect();
+    assert_eq!(returned, vec![r#""per_worker""#], "one metric is tracked");
+    assert_eq!(
+        attr(by_id("per_worker"), "expression"),
+        Some(r#""shards / MAX([workers, 1])""#)
+    );
+    let stat = |id: &str| block(by_id(id), "metric_stat");
+    let shards = block(stat("shards"), "metric");
+    assert_eq!(attr(stat("shards"), "stat"), Some(r#""Maximum""#));
+    assert_eq!(attr(shards, "namespace"), Some("var.metrics_namespace"));
+    assert_eq!(attr(shards, "metric_name"), Some(r#""OpenShards""#));
+    let dimension = block(shards, "dimensions");
+    assert_eq!(attr(dimension, "name"), Some(r#""Application""#));
+    assert_eq!(attr(dimension, "value"), Some("var.app"));
+    assert!(squeeze(&service).contains(r#"{ name = "TALLY_APP", value = var.app }"#));
+    let workers = block(stat("workers"), "metric");
+    assert_eq!(attr(stat("workers"), "stat"), Some(r#""Average""#));
+    assert_eq!(
+        attr(workers, "namespace"),
+        Some(r#""ECS/ContainerInsights""#)
+    );
+    assert_eq!(attr(workers, "metric_name"), Some(r#""RunningTaskCount""#));
+    let dimensions: Vec<(Option<&str>, Option<&str>)> = blocks(workers, "dimensions")
+        .into_iter()
+        .map(|body| (attr(body, "name"), attr(body, "value")))
+        .collect();
+    assert_eq!(
+        dimensions,
+        vec![
+            (Some(r#""ClusterName""#), Some("aws_ecs_cluster.this.name")),
+            (
+                Some(r#""ServiceName""#),
+                Some("aws_ecs_service.worker.name")
+            ),
+        ]
+    );
 }
 
 #[test]
@@ -2473,6 +2732,112 @@ fn runbook_commands() -> Vec<(String, Vec<String>)> {
     found
 }
 
+/// A one-off run a runbook spells out: `aws ecs run-task --cluster <app>
+/// --task-definition <app>-finalizer ... --overrides
+/// '{"containerOverrides":[{"name":"finalizer","command":["finalize","ID"]}]}'`.
+#[derive(Debug)]
+struct TaskRun {
+    runbook: String,
+    cluster: String,
+    task_definition: String,
+    container: String,
+    /// The command override as written between its brackets (`...` for
+    /// one the text gives elsewhere), and as words.
+    command_text: String,
+    command: Vec<String>,
+}
+
+/// Every `aws ecs run-task` backtick span of the runbooks.
+fn runbook_task_runs() -> Vec<TaskRun> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(runbooks()).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let runbook = path.file_name().unwrap().to_string_lossy().into_owned();
+        for (index, span) in text.split('`').enumerate() {
+            if index % 2 == 0 || !span.starts_with("aws ecs run-task ") {
+                continue;
+            }
+            let words: Vec<&str> = span.split_whitespace().collect();
+            let value = |flag: &str| -> String {
+                words
+                    .iter()
+                    .position(|word| *word == flag)
+                    .and_then(|at| words.get(at + 1))
+                    .unwrap_or_else(|| panic!("{runbook}: no {flag} in `{span}`"))
+                    .to_string()
+            };
+            let between = |text: &str, open: &str, close: char| -> String {
+                let (_, rest) = text
+                    .split_once(open)
+                    .unwrap_or_else(|| panic!("{runbook}: no {open} in `{span}`"));
+                rest.split(close).next().unwrap().to_owned()
+            };
+            let overrides = between(span, "--overrides '", '\'');
+            let command_text = between(&overrides, "\"command\":[", ']');
+            found.push(TaskRun {
+                runbook: runbook.clone(),
+                cluster: value("--cluster"),
+                task_definition: value("--task-definition"),
+                container: between(&overrides, "\"name\":\"", '"'),
+                command: strings(&command_text)
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect(),
+                command_text,
+            });
+        }
+    }
+    found
+}
+
+/// The name of the policy document of `aws_iam_role.<role>` in `text`: its
+/// one `aws_iam_role_policy`'s `data.aws_iam_policy_document.<name>.json`.
+fn role_document<'a>(text: &'a str, role: &str) -> &'a str {
+    let reference = format!("aws_iam_role.{role}.id");
+    let policies: Vec<&str> = blocks(text, "resource \"aws_iam_role_policy\"")
+        .into_iter()
+        .filter(|body| attr(body, "role") == Some(reference.as_str()))
+        .collect();
+    assert_eq!(policies.len(), 1, "one policy of the {role} role");
+    attr(policies[0], "policy")
+        .and_then(|policy| policy.strip_prefix("data.aws_iam_policy_document."))
+        .and_then(|policy| policy.strip_suffix(".json"))
+        .unwrap_or_else(|| panic!("the {role} role's policy is a policy document"))
+}
+
+/// The role of the task definition a runbook names (`<app>-finalizer`), by
+/// its `family` in modules/service, and that task's container name.
+fn task_definition_role<'a>(service: &'a str, name: &str) -> Option<(&'a str, &'a str)> {
+    let family = format!("\"{}\"", name.replace("<app>", "${var.app}"));
+    let task = blocks(service, "resource \"aws_ecs_task_definition\"")
+        .into_iter()
+        .find(|body| attr(body, "family") == Some(family.as_str()))?;
+    let role = attr(task, "task_role_arn")?
+        .strip_prefix("aws_iam_role.")?
+        .strip_suffix(".arn")?;
+    // The container's name: the first `name = "..."` line (the
+    // environment's entries start with `{ name =`).
+    let container = task.lines().map(str::trim).find_map(|line| {
+        line.strip_prefix("name")
+            .and_then(|rest| rest.trim_start().strip_prefix('='))
+            .map(|value| value.trim().trim_matches('"'))
+    })?;
+    Some((role, container))
+}
+
+/// Whether a Deny statement of the role names `action` on `kind`.
+fn role_denies(statements: &[Statement], action: &str, kind: &str) -> bool {
+    let wanted = elements_for(kind);
+    statements.iter().any(|statement| {
+        statement.effect == "Deny"
+            && statement.actions.contains(action)
+            && resource_elements(&statement.resources)
+                .iter()
+                .any(|element| wanted.contains(&element.as_str()))
+    })
+}
+
 /// The subcommand path of a command line's words (`poll close`, `audit`),
 /// after the global flags (each with its value) before it.
 fn subcommand(words: &[String]) -> Vec<String> {
@@ -2558,6 +2923,50 @@ fn every_command_a_runbook_names_exists_and_runs_in_a_task_that_may() {
                 "{runbook} names `tally {}`, which no task on AWS may run",
                 words.join(" ")
             )),
+        }
+    }
+    // Each one-off run spelled out runs in the task definition's own
+    // container on the application's cluster, and its role allows every
+    // call src/operations.rs lists for the command, and denies none.
+    let service = module_text("service");
+    let runs = runbook_task_runs();
+    assert!(runs.len() >= 3, "the scan finds the one-off runs: {runs:?}");
+    assert_eq!(
+        attr(resource(&service, "aws_ecs_cluster", "this"), "name"),
+        Some("var.app")
+    );
+    for run in &runs {
+        let what = format!("{}: {}", run.runbook, run.task_definition);
+        assert_eq!(
+            run.cluster, "<app>",
+            "{what}: the cluster is named after the app"
+        );
+        let (role, container) = task_definition_role(&service, &run.task_definition)
+            .unwrap_or_else(|| panic!("{what}: no such task definition in modules/service"));
+        assert_eq!(run.container, container, "{what}: the container's name");
+        if run.command_text == "..." {
+            continue;
+        }
+        assert!(!run.command.is_empty(), "{what}: a command or [...]");
+        let command = subcommand(&run.command)
+            .first()
+            .cloned()
+            .unwrap_or_default();
+        let calls = operations::of(&command)
+            .unwrap_or_else(|| panic!("{what}: src/operations.rs has no `tally {command}`"));
+        let statements = statements(&service, role_document(&service, role));
+        for (action, kind) in calls {
+            let verdict = if role_denies(&statements, action, kind) {
+                "denies"
+            } else if role_allows(&statements, action, kind) {
+                continue;
+            } else {
+                "does not allow"
+            };
+            refused.push(format!(
+                "{what} runs `tally {}`, which calls {action} on the {kind}: the {role} role {verdict} it",
+                run.command.join(" ")
+            ));
         }
     }
     assert!(refused.is_empty(), "{}", refused.join("\n"));

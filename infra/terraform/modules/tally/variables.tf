@@ -286,8 +286,9 @@ variable "vote_tables_prefix" {
   type        = string
   default     = ""
   validation {
-    condition     = var.vote_tables_prefix == "" || can(regex("^[A-Za-z0-9._-]+-restored-[A-Za-z0-9._-]*-$", var.vote_tables_prefix))
-    error_message = "vote_tables_prefix must be empty or <app>-restored-<name>- (the replay role may write tables named so, the restore runbook names them so)."
+    # Names var.app: needs Terraform 1.9 or later (versions.tf).
+    condition     = var.vote_tables_prefix == "" || (startswith(var.vote_tables_prefix, "${var.app}-restored-") && can(regex("^[A-Za-z0-9._-]+-restored-[A-Za-z0-9._-]*-$", var.vote_tables_prefix)))
+    error_message = "vote_tables_prefix must be empty or <app>-restored-<name>-, with this module's app (the replay role may write tables named so, the restore runbook names them so)."
   }
 }
 
