@@ -17,25 +17,10 @@ use std::time::Duration;
 use local_stack::{eventually, Process, Stack};
 use tally_producer::{KinesisSink, Producer, ProducerConfig, VoteBuilder};
 use tally_store::prelude::*;
+use tally_testkit::process::last_metrics;
 
 /// Votes a second of the steady load.
 const LOAD_PER_SECOND: u64 = 50;
-
-/// The live worker's last metrics line (`uptime_ms` included).
-fn last_metrics(log: &std::path::Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    text.lines()
-        .rev()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|line| line["message"] == "metrics")
-        .filter_map(|line| {
-            line["metrics"]
-                .as_str()
-                .and_then(|m| serde_json::from_str(m).ok())
-        })
-        .next()
-        .unwrap_or(serde_json::Value::Null)
-}
 
 fn number(metrics: &serde_json::Value, name: &str) -> f64 {
     metrics[name].as_f64().unwrap_or(0.0)

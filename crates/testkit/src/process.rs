@@ -85,3 +85,30 @@ pub fn succeed(command: &mut Command, what: &str) -> Output {
     );
     output
 }
+
+/// The metrics lines a `tally` process logged (JSON logs, one `metrics`
+/// message per interval): (uptime in ms, the metrics object), oldest
+/// first. `tally tail` logs the uptime beside the metrics, `tally worker`
+/// inside them.
+pub fn metrics_lines(log: &std::path::Path) -> Vec<(u64, serde_json::Value)> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|value| value["message"] == "metrics")
+        .filter_map(|value| {
+            let metrics: serde_json::Value =
+                serde_json::from_str(value["metrics"].as_str()?).ok()?;
+            let uptime = value["uptime_ms"]
+                .as_u64()
+                .or_else(|| metrics["uptime_ms"].as_u64())?;
+            Some((uptime, metrics))
+        })
+        .collect()
+}
+
+/// The last metrics object a `tally` process logged, or `null`.
+pub fn last_metrics(log: &std::path::Path) -> serde_json::Value {
+    metrics_lines(log)
+        .pop()
+        .map_or(serde_json::Value::Null, |(_, metrics)| metrics)
+}

@@ -60,6 +60,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use tally_testkit::emulators::{create_stream, sdk_config, unique_name, Emulator, EmulatorKind};
+use tally_testkit::process::metrics_lines;
 
 /// One figure of a benchmark, for the combined report of `all`.
 #[derive(Clone, Debug)]
@@ -161,24 +162,6 @@ fn signal(child: &Child, name: &str) {
         .args([name, &child.id().to_string()])
         .status()
         .unwrap();
-}
-
-/// Metrics lines of a worker's log: (uptime_ms, metrics object).
-fn metrics_lines(path: &Path) -> Vec<(u64, serde_json::Value)> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|value| value["message"] == "metrics")
-        .filter_map(|value| {
-            let metrics: serde_json::Value =
-                serde_json::from_str(value["metrics"].as_str()?).ok()?;
-            // `tally tail` logs the uptime beside the metrics, `tally worker` in them.
-            let uptime = value["uptime_ms"]
-                .as_u64()
-                .or_else(|| metrics["uptime_ms"].as_u64())?;
-            Some((uptime, metrics))
-        })
-        .collect()
 }
 
 /// Whole lines of a worker's record output.
