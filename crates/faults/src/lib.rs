@@ -31,6 +31,7 @@
 //! the first) the worker reaches the named step of the counting protocol;
 //! see [`CRASH_POINTS`].
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -88,12 +89,19 @@ pub struct FaultRule {
     pub latency: Duration,
 }
 
-/// A parsed fault specification, with a seeded random source and counts
+/// A parsed fault specification, with seeded random sources and counts
 /// of what it injected.
+///
+/// Each operation draws from a source of its own, seeded from the seed and
+/// the operation's name: the n-th call of an operation meets the same
+/// faults whatever the other operations did before it, so a seed gives the
+/// same faults per operation from run to run (concurrent calls of one
+/// operation may still take its draws in another order).
 #[derive(Debug)]
 pub struct Faults {
     rules: Vec<FaultRule>,
-    random: Mutex<rand::rngs::StdRng>,
+    seed: u64,
+    random: Mutex<HashMap<String, rand::rngs::StdRng>>,
     injected: [AtomicU64; 6],
 }
 
@@ -154,7 +162,8 @@ impl Faults {
         }
         Ok(Self {
             rules,
-            random: Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)),
+            seed,
+            random: Mutex::new(HashMap::new()),
             injected: Default::default(),
         })
     }
@@ -183,7 +192,10 @@ impl Faults {
 
     /// The faults to apply to one request of `operation`, in rule order.
     fn draw(&self, operation: &str) -> Vec<&FaultRule> {
-        let mut random = self.random.lock().expect("lock");
+        let mut sources = self.random.lock().expect("lock");
+        let random = sources.entry(operation.to_owned()).or_insert_with(|| {
+            rand::rngs::StdRng::seed_from_u64(operation_seed(self.seed, operation))
+        });
         self.rules
             .iter()
             .filter(|rule| {
@@ -210,6 +222,16 @@ impl Faults {
             faults: self.clone(),
         })
     }
+}
+
+/// The seed of one operation's random source: the run's seed mixed with
+/// the name (FNV-1a, stable across builds and platforms).
+fn operation_seed(seed: u64, operation: &str) -> u64 {
+    operation
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64 ^ seed, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        })
 }
 
 /// `config` with every request going through `faults`. The inner client
@@ -286,6 +308,11 @@ fn injected_error(kind: FaultKind, operation: &str, dynamodb: bool) -> HttpRespo
     let (status, code, extra) = match kind {
         FaultKind::Throttle if dynamodb && operation == "TransactWriteItems" => {
             (400, "ThrottlingException", String::new())
+        }
+        // Kinesis throttles a second SubscribeToShard of a shard within a
+        // second (or over the account's rate) with LimitExceeded.
+        FaultKind::Throttle if operation == "SubscribeToShard" => {
+            (400, "LimitExceededException", String::new())
         }
         FaultKind::Throttle => (400, "ProvisionedThroughputExceededException", String::new()),
         FaultKind::Conflict if operation == "TransactWriteItems" => (
@@ -549,6 +576,36 @@ mod tests {
             assert!(error.contains(needle), "{spec}: {error}");
         }
         assert!(Faults::parse("", 1).unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_operation_meets_the_same_faults_whatever_other_operations_draw() {
+        let spec = "*:5xx:0.3,SubscribeToShard:throttle:0.3";
+        let alone = Faults::parse(spec, 42).unwrap();
+        let mixed = Faults::parse(spec, 42).unwrap();
+        let kinds = |faults: &Faults| -> Vec<FaultKind> {
+            faults
+                .draw("SubscribeToShard")
+                .iter()
+                .map(|rule| rule.kind)
+                .collect()
+        };
+        let mut by_alone = Vec::new();
+        let mut by_mixed = Vec::new();
+        for call in 0..200 {
+            by_alone.push(kinds(&alone));
+            // Other operations' calls in between, a different number each time.
+            for _ in 0..call % 7 {
+                mixed.draw("GetRecords");
+                mixed.draw("PutItem");
+            }
+            by_mixed.push(kinds(&mixed));
+        }
+        assert_eq!(by_alone, by_mixed);
+        // Another seed, other faults.
+        let other = Faults::parse(spec, 43).unwrap();
+        let by_other: Vec<Vec<FaultKind>> = (0..200).map(|_| kinds(&other)).collect();
+        assert_ne!(by_alone, by_other);
     }
 
     #[test]

@@ -439,12 +439,20 @@ impl StreamSource for KinesisStream {
         start: &StartPosition,
     ) -> Result<Box<dyn Subscription>, StreamError> {
         self.count();
+        // No SDK retries here: AWS allows one call a second per consumer
+        // and shard, and the SDK's backoff would call again sooner (and be
+        // throttled again). The reader decides when to call again.
         let output = self
             .client
             .subscribe_to_shard()
             .consumer_arn(&consumer.arn)
             .shard_id(shard.as_str())
             .starting_position(starting_position(start)?)
+            .customize()
+            .config_override(
+                aws_sdk_kinesis::config::Config::builder()
+                    .retry_config(aws_sdk_kinesis::config::retry::RetryConfig::disabled()),
+            )
             .send()
             .await
             .map_err(classify)?;
