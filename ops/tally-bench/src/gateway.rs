@@ -21,15 +21,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use tally_gateway::auth::{AuthConfig, KeySource, Verifier};
 use tally_testkit::emulators::{sdk_config, unique_name};
 
-use crate::{figure, Figure, Stack};
-
-fn percentile(sorted: &[f64], quantile: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((sorted.len() as f64) * quantile).ceil().max(1.0) as usize;
-    sorted[rank.min(sorted.len()) - 1]
-}
+use crate::{figure, percentile, Figure, Stack};
 
 /// Mints and checks tokens the way a gateway with the local-mode defaults
 /// and this HS256 secret does.

@@ -363,9 +363,10 @@ fn last_requests(log: &Path) -> (u64, i64) {
     )
 }
 
+/// The median and the largest of `values` (sorted in place).
 fn summary(values: &mut [f64]) -> (f64, f64) {
-    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    (values[values.len() / 2], values[values.len() - 1])
+    values.sort_by(f64::total_cmp);
+    (percentile(values, 0.5), percentile(values, 1.0))
 }
 
 async fn failover(runs: usize) -> Vec<Figure> {
@@ -1298,4 +1299,15 @@ async fn main() {
         }
         _ => usage(),
     }
+}
+
+/// The nearest-rank percentile of sorted values (`quantile` in 0..=1):
+/// the smallest value with at least that share of the values at or below
+/// it; NaN when there is none. Every figure of the benchmarks uses it.
+pub fn percentile(sorted: &[f64], quantile: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((sorted.len() as f64) * quantile).ceil().max(1.0) as usize;
+    sorted[rank.min(sorted.len()) - 1]
 }

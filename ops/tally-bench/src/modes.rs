@@ -135,12 +135,9 @@ async fn latency(stack: &Stack, mode: &str, seconds: u64) -> Latency {
         })
         .collect();
     latencies.sort_by(f64::total_cmp);
-    let at = |fraction: f64| {
-        latencies[((latencies.len() as f64 * fraction) as usize).min(latencies.len() - 1)]
-    };
     Latency {
-        median_ms: at(0.5),
-        p99_ms: at(0.99),
+        median_ms: crate::percentile(&latencies, 0.5),
+        p99_ms: crate::percentile(&latencies, 0.99),
         records: latencies.len(),
     }
 }
