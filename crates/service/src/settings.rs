@@ -203,9 +203,17 @@ impl LeaseSettings {
 pub fn parse_consumer_mode(text: &str, app: &str) -> anyhow::Result<ConsumerMode> {
     match text.to_ascii_lowercase().as_str() {
         "polling" => Ok(ConsumerMode::Polling),
-        "fan-out" | "fanout" | "fan_out" => Ok(ConsumerMode::FanOut {
-            consumer_name: app.to_owned(),
-        }),
+        "fan-out" | "fanout" | "fan_out" => {
+            // Kinesis names a stream consumer with 1 to 128 of these.
+            if !tally_lease::config::valid_consumer_name(app) {
+                bail!(
+                    "invalid setting TALLY_APP (--app, or --replay-app for a replay): in fan-out mode the stream consumer is named after the application, so {app:?} must be 1 to 128 characters of [A-Za-z0-9._-]"
+                );
+            }
+            Ok(ConsumerMode::FanOut {
+                consumer_name: app.to_owned(),
+            })
+        }
         _ => bail!("invalid setting TALLY_CONSUMER_MODE (--consumer-mode): {text:?} is not polling or fan-out"),
     }
 }
@@ -247,6 +255,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("TALLY_CONSUMER_MODE"), "{error}");
+        // A name Kinesis would refuse for the consumer fails here, naming
+        // the application setting it comes from.
+        let long = "a".repeat(129);
+        let error = parse_consumer_mode("fan-out", &long)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("TALLY_APP"), "{error}");
+        assert!(parse_consumer_mode("polling", &long).is_ok());
+        assert!(parse_consumer_mode("fan-out", &"a".repeat(128)).is_ok());
     }
 
     #[test]
