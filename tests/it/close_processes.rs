@@ -11,45 +11,27 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use local_stack::Stack;
+use local_stack::{output_text, put_votes, Stack};
 use tally_core::poll::PollStatus;
 use tally_producer::{KinesisSink, Producer, ProducerConfig, VoteBuilder};
 use tally_store::prelude::*;
 
-fn output_text(output: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
 /// Puts votes `(voter, poll, option)` and waits until each is in the stream.
 async fn put(producer: &Producer, votes: &[(String, &str, &str)]) {
-    let mut receipts = Vec::new();
-    for (index, (voter, poll, option)) in votes.iter().enumerate() {
-        let record = VoteBuilder::new(format!("v{index}-{voter}"), *poll, *option, voter.as_str())
-            .build()
-            .unwrap();
-        receipts.push(producer.send(record).await.unwrap());
-    }
-    for receipt in receipts {
-        receipt.await.unwrap();
-    }
+    let builders = votes
+        .iter()
+        .enumerate()
+        .map(|(index, (voter, poll, option))| {
+            VoteBuilder::new(format!("v{index}-{voter}"), *poll, *option, voter.as_str())
+        });
+    put_votes(producer, builders).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_poll_is_recounted_and_finalized_and_a_corrupted_one_is_not() {
     let stack = Stack::new().await;
     let store = stack.store.clone();
-    for id in ["close-me", "corrupt"] {
-        let poll =
-            tally_store::admin::new_poll(id, "Which?", &["a".into(), "b".into()], None, None, 8)
-                .unwrap();
-        tally_store::admin::create_poll(store.as_ref(), poll, true)
-            .await
-            .unwrap();
-    }
+    stack.create_open_polls(&["close-me", "corrupt"]).await;
     let sink = Arc::new(KinesisSink::new(stack.kinesis.clone(), &stack.stream));
     let producer = Producer::start(sink, ProducerConfig::default());
 
@@ -203,30 +185,8 @@ async fn a_closed_poll_is_recounted_and_finalized_and_a_corrupted_one_is_not() {
 
     // Replays of a correct poll, from the votes table and from the stream,
     // equal the live tallies (exit 0).
-    let replay = |poll: &'static str, from: &'static str, shadow: String| {
-        let mut command = stack.tally();
-        command.args([
-            "replay",
-            poll,
-            "--from",
-            from,
-            "--shadow-prefix",
-            &shadow,
-            "--json",
-        ]);
-        if from == "stream" {
-            command.args([
-                "--replay-app",
-                &tally_testkit::emulators::unique_name("replay"),
-                "--timeout-s",
-                "120",
-            ]);
-        }
-        command.output().unwrap()
-    };
-    let shadow = |what: &str| format!("{}-", tally_testkit::emulators::unique_name(what));
     for from in ["votes", "stream"] {
-        let output = replay("close-me", from, shadow("shadow"));
+        let output = stack.replay("close-me", from).output().unwrap();
         assert!(
             output.status.success(),
             "replay from {from}: {}",
@@ -297,7 +257,7 @@ async fn a_closed_poll_is_recounted_and_finalized_and_a_corrupted_one_is_not() {
     assert!(record.is_none());
     assert!(mismatch.unwrap().contains("\"equal\":false"));
     // A replay from the votes table finds the corrupted counter too.
-    let output = replay("corrupt", "votes", shadow("shadow"));
+    let output = stack.replay("corrupt", "votes").output().unwrap();
     assert_eq!(output.status.code(), Some(3), "{}", output_text(&output));
     // The gauge of closed polls whose recount differs: 1 now, 0 after
     // `tally resolve` (each gateway reads it once per 10 s: a new one).

@@ -1,16 +1,18 @@
 //! A local stack for the process tests (gateway, closing): ministack, a stream and the
 //! tables (made by `tally init`), a gateway served in-process on port 0,
-//! and `tally worker` processes when votes must be counted.
+//! and `tally worker` processes when votes must be counted; votes put
+//! through the producer, and the `tally` commands' output.
 
 #![allow(dead_code)]
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use tally_gateway::{Gateway, GatewayArgs, StreamProbe};
+use tally_producer::{Producer, VoteBuilder};
 use tally_store::dynamo::{DynamoVoteStore, TableNames};
 use tally_testkit::emulators::{sdk_config, unique_name, Emulator, EmulatorKind};
 use tally_testkit::process::tally;
@@ -73,6 +75,50 @@ impl Stack {
             .args(["--table-prefix", &self.prefix])
             .env("AWS_ENDPOINT_URL", endpoint());
         command
+    }
+
+    /// Creates the polls `ids` in the store, open, each asking "Which?"
+    /// between `a` and `b` on 8 counter shards.
+    pub async fn create_open_polls(&self, ids: &[&str]) {
+        for id in ids {
+            let poll = tally_store::admin::new_poll(
+                id,
+                "Which?",
+                &["a".into(), "b".into()],
+                None,
+                None,
+                8,
+            )
+            .unwrap();
+            tally_store::admin::create_poll(self.store.as_ref(), poll, true)
+                .await
+                .unwrap();
+        }
+    }
+
+    /// `tally replay <poll> --from <from> --json` into shadow tables of its
+    /// own; from the stream it reads as [`Stack::replay_app`] for at most 120 s.
+    pub fn replay(&self, poll: &str, from: &str) -> Command {
+        let mut command = self.tally();
+        command.args([
+            "replay",
+            poll,
+            "--from",
+            from,
+            "--shadow-prefix",
+            &format!("{}-", unique_name("shadow")),
+            "--json",
+        ]);
+        if from == "stream" {
+            command.args(["--replay-app", &self.replay_app(), "--timeout-s", "120"]);
+        }
+        command
+    }
+
+    /// The application a replay from the stream reads as (its lease table
+    /// and stream consumer are named after it).
+    pub fn replay_app(&self) -> String {
+        format!("{}-replay", self.app)
     }
 
     /// Starts a `tally worker`, logging into the stack's directory.
@@ -189,6 +235,27 @@ impl TestGateway {
             .unwrap();
         assert_eq!(response.status(), 201, "{:?}", response.text().await);
     }
+}
+
+/// Sends each vote through `producer`, then waits until every one is in
+/// the stream.
+pub async fn put_votes(producer: &Producer, votes: impl IntoIterator<Item = VoteBuilder>) {
+    let mut receipts = Vec::new();
+    for vote in votes {
+        receipts.push(producer.send(vote.build().unwrap()).await.unwrap());
+    }
+    for receipt in receipts {
+        receipt.await.unwrap();
+    }
+}
+
+/// The stdout and then the stderr of a finished command, as one text.
+pub fn output_text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
 }
 
 /// Waits until `check` holds, at most `limit`.

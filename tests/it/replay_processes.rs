@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use local_stack::{eventually, Process, Stack};
+use local_stack::{eventually, output_text, put_votes, Process, Stack};
 use tally_producer::{KinesisSink, Producer, ProducerConfig, VoteBuilder};
 use tally_store::prelude::*;
 use tally_testkit::process::last_metrics;
@@ -55,29 +55,16 @@ async fn next_metrics(log: &std::path::Path) -> serde_json::Value {
 async fn a_fan_out_replay_during_a_live_run_leaves_the_live_get_records_and_throughput_unchanged() {
     let stack = Stack::new().await;
     let store = stack.store.clone();
-    for id in ["fixed", "steady"] {
-        let poll =
-            tally_store::admin::new_poll(id, "Which?", &["a".into(), "b".into()], None, None, 8)
-                .unwrap();
-        tally_store::admin::create_poll(store.as_ref(), poll, true)
-            .await
-            .unwrap();
-    }
+    stack.create_open_polls(&["fixed", "steady"]).await;
     let sink = Arc::new(KinesisSink::new(stack.kinesis.clone(), &stack.stream));
     let producer = Arc::new(Producer::start(sink, ProducerConfig::default()));
 
     // The replayed poll: all its votes are in before the replay starts.
-    let mut receipts = Vec::new();
-    for index in 0..200 {
+    let fixed_votes = (0..200).map(|index| {
         let option = if index % 4 == 0 { "a" } else { "b" };
-        let record = VoteBuilder::new(format!("f{index}"), "fixed", option, format!("fv{index}"))
-            .build()
-            .unwrap();
-        receipts.push(producer.send(record).await.unwrap());
-    }
-    for receipt in receipts {
-        receipt.await.unwrap();
-    }
+        VoteBuilder::new(format!("f{index}"), "fixed", option, format!("fv{index}"))
+    });
+    put_votes(&producer, fixed_votes).await;
 
     // The live application: one polling worker, metrics every 500 ms.
     let log = stack.dir.join("live.log");
@@ -105,23 +92,13 @@ async fn a_fan_out_replay_during_a_live_run_leaves_the_live_get_records_and_thro
             let mut index = 0u64;
             while !stop_load.load(Ordering::Relaxed) {
                 tick.tick().await;
-                let mut receipts = Vec::new();
-                for _ in 0..LOAD_PER_SECOND / 10 {
-                    let option = if index % 3 == 0 { "a" } else { "b" };
-                    let record = VoteBuilder::new(
-                        format!("s{index}"),
-                        "steady",
-                        option,
-                        format!("sv{index}"),
-                    )
-                    .build()
-                    .unwrap();
-                    receipts.push(producer.send(record).await.unwrap());
-                    index += 1;
-                }
-                for receipt in receipts {
-                    receipt.await.unwrap();
-                }
+                let batch = index..index + LOAD_PER_SECOND / 10;
+                index = batch.end;
+                let votes = batch.map(|vote| {
+                    let option = if vote % 3 == 0 { "a" } else { "b" };
+                    VoteBuilder::new(format!("s{vote}"), "steady", option, format!("sv{vote}"))
+                });
+                put_votes(&producer, votes).await;
                 sent_a.store(index.div_ceil(3), Ordering::Relaxed);
                 sent_b.store(index - index.div_ceil(3), Ordering::Relaxed);
             }
@@ -148,30 +125,12 @@ async fn a_fan_out_replay_during_a_live_run_leaves_the_live_get_records_and_thro
     let before_end = next_metrics(&log).await;
 
     // The replay, in its default consumer mode (fan-out).
-    let replay_app = format!("{}-replay", stack.app);
-    let mut replay = stack.tally();
-    replay.args([
-        "replay",
-        "fixed",
-        "--from",
-        "stream",
-        "--shadow-prefix",
-        &format!("{}-", tally_testkit::emulators::unique_name("shadow")),
-        "--replay-app",
-        &replay_app,
-        "--timeout-s",
-        "120",
-        "--json",
-    ]);
+    let mut replay = stack.replay("fixed", "stream");
     let output = tokio::task::spawn_blocking(move || replay.output().unwrap())
         .await
         .unwrap();
     let during_end = next_metrics(&log).await;
-    let replay_text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let replay_text = output_text(&output);
     assert!(output.status.success(), "replay: {replay_text}");
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["equal"], true, "{report}");
@@ -211,7 +170,7 @@ async fn a_fan_out_replay_during_a_live_run_leaves_the_live_get_records_and_thro
 
     // The replay's consumer is gone; the live counts end exact.
     let shown = tally_testkit::process::tally(env!("CARGO_BIN_EXE_tally"))
-        .args(["--stream", &stack.stream, "--app", &replay_app])
+        .args(["--stream", &stack.stream, "--app", &stack.replay_app()])
         .args(["consumer", "show"])
         .env("AWS_ENDPOINT_URL", local_stack::endpoint())
         .output()

@@ -12,6 +12,8 @@
 //! - in fan-out mode (`SubscribeToShard`): put twice, each crash point, and
 //!   a lease moved in the middle of a batch.
 
+use crate::local_stack::endpoint;
+
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
@@ -23,7 +25,7 @@ use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use tally_lease::{Checkpoint, DynamoStore, LeaseStore, SequenceNumber};
 use tally_store::dynamo::{DynamoVoteStore, TableNames};
 use tally_store::prelude::*;
-use tally_testkit::emulators::{create_stream, sdk_config, unique_name, Emulator, EmulatorKind};
+use tally_testkit::emulators::{create_stream, sdk_config, unique_name};
 use tally_testkit::workload::{self, Shape, Workload};
 use tokio::sync::OnceCell;
 
@@ -34,10 +36,6 @@ struct Loaded {
     stream: String,
     workload: Workload,
     last: BTreeMap<String, SequenceNumber>,
-}
-
-fn endpoint() -> String {
-    Emulator::shared(EmulatorKind::Ministack).endpoint.clone()
 }
 
 async fn put_workload(workload: Workload, shards: i32) -> Loaded {
