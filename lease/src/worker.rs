@@ -63,6 +63,8 @@ pub struct Worker {
     rng: StdRng,
     shard_ended: Arc<Notify>,
     dead_seen: BTreeSet<String>,
+    /// Keys of lease-table items that did not read as leases (last scan).
+    unreadable: BTreeSet<ShardId>,
     /// Shared by the consumers in fan-out mode.
     fan_out: Option<Arc<FanOut>>,
 }
@@ -100,6 +102,7 @@ impl Worker {
             requested: BTreeMap::new(),
             shard_ended: Arc::new(Notify::new()),
             dead_seen: BTreeSet::new(),
+            unreadable: BTreeSet::new(),
         })
     }
 
@@ -214,6 +217,11 @@ impl Worker {
                         }
                     }
                     Metrics::set(&self.metrics.lease_table_skipped_items, skipped);
+                    self.unreadable = table
+                        .skipped
+                        .iter()
+                        .map(|item| ShardId::new(item.key.as_str()))
+                        .collect();
                     self.leases = table
                         .leases
                         .into_iter()
@@ -407,6 +415,7 @@ impl Worker {
             .filter(|lease| lease.owner.as_deref() == Some(me.as_str()))
             .filter(|lease| !self.consumers.contains_key(&lease.key))
             .filter(|lease| lease_state(lease, &self.leases) == LeaseState::Ready)
+            .filter(|lease| !self.parent_unreadable(lease))
             .cloned()
             .collect();
         for lease in to_start {
@@ -456,11 +465,33 @@ impl Worker {
         }
     }
 
+    /// A lease whose parent is in the table but does not read as a lease
+    /// waits: a parent missing from the table has ended (finished parents
+    /// are deleted), an unreadable one may not have.
+    fn parent_unreadable(&self, lease: &Lease) -> bool {
+        lease
+            .parents
+            .iter()
+            .any(|parent| self.unreadable.contains(parent))
+    }
+
     async fn act(&mut self, now: Instant) {
         let live = self.liveness.live(now);
+        // Leases waiting on an unreadable parent are left out of the plan.
+        let plannable: std::borrow::Cow<'_, LeaseMap> = if self.unreadable.is_empty() {
+            std::borrow::Cow::Borrowed(&self.leases)
+        } else {
+            std::borrow::Cow::Owned(
+                self.leases
+                    .iter()
+                    .filter(|(_, lease)| !self.parent_unreadable(lease))
+                    .map(|(key, lease)| (key.clone(), lease.clone()))
+                    .collect(),
+            )
+        };
         let input = PlanInput {
             me: &self.config.worker_id,
-            leases: &self.leases,
+            leases: &plannable,
             live: &live,
             mine: self.consumers.len(),
             pending_handoffs: self.requested.len(),
@@ -470,6 +501,7 @@ impl Worker {
             },
         };
         let actions = plan(&input, &mut self.rng);
+        drop(plannable);
         let me = self.config.worker_id.clone();
         let mut requested_any = false;
         for action in actions {

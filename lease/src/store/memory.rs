@@ -17,6 +17,8 @@ use crate::types::{Lease, ShardId};
 struct Table {
     exists: bool,
     leases: BTreeMap<ShardId, Lease>,
+    /// Items under a lease's key that do not read as a lease, and why.
+    unreadable: BTreeMap<ShardId, String>,
     fleet: FleetView,
     requests: u64,
 }
@@ -47,7 +49,18 @@ impl MemoryStore {
     /// Overwrites a lease as is (tests that corrupt or prepare state).
     pub fn put_raw(&self, lease: Lease) {
         let mut table = self.table.lock().expect("lock");
+        table.unreadable.remove(&lease.key);
         table.leases.insert(lease.key.clone(), lease);
+    }
+
+    /// Puts an item under `key` that does not read as a lease (a hand
+    /// edit, a half-written migration), as the DynamoDB adapter finds one:
+    /// scans skip and report it, a read of it fails, a creation finds it
+    /// there, and no conditional update matches it.
+    pub fn put_unreadable(&self, key: &ShardId, reason: &str) {
+        let mut table = self.table.lock().expect("lock");
+        table.leases.remove(key);
+        table.unreadable.insert(key.clone(), reason.to_owned());
     }
 }
 
@@ -97,7 +110,14 @@ impl LeaseStore for MemoryStore {
         self.with(|table| {
             Ok(super::LeaseTable {
                 leases: table.leases.values().cloned().collect(),
-                skipped: Vec::new(),
+                skipped: table
+                    .unreadable
+                    .iter()
+                    .map(|(key, reason)| super::SkippedItem {
+                        key: key.to_string(),
+                        reason: reason.clone(),
+                    })
+                    .collect(),
             })
         })
     }
@@ -114,12 +134,18 @@ impl LeaseStore for MemoryStore {
     }
 
     async fn get_lease(&self, key: &ShardId) -> Result<Option<Lease>, StoreError> {
-        self.with(|table| Ok(table.leases.get(key).cloned()))
+        self.with(|table| match table.unreadable.get(key) {
+            Some(reason) => Err(StoreError::Malformed {
+                key: key.to_string(),
+                reason: reason.clone(),
+            }),
+            None => Ok(table.leases.get(key).cloned()),
+        })
     }
 
     async fn create_lease(&self, lease: &Lease, epoch: u64) -> Result<Created, StoreError> {
         self.with(|table| {
-            if table.leases.contains_key(&lease.key) {
+            if table.leases.contains_key(&lease.key) || table.unreadable.contains_key(&lease.key) {
                 return Ok(Created::Exists);
             }
             if table.fleet.epoch != epoch {

@@ -780,6 +780,71 @@ fn millis_behind_is_the_largest_over_the_shards() {
     });
 }
 
+/// A parent lease the table holds but cannot read (a hand edit, a
+/// half-written migration) keeps its children waiting: a parent missing
+/// from the table has ended (finished parents are deleted), an unreadable
+/// one may not have. Once it reads again, the parent goes first.
+#[test]
+fn children_of_an_unreadable_parent_lease_wait_for_it() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let world = World {
+            table: MemoryStore::new(),
+            stream: MemoryStream::with_shards(1),
+            log: Arc::default(),
+            faults: Faults::new(11),
+            seed: 11,
+            fan_out: false,
+        };
+        world.table.ensure_table().await.unwrap();
+        let parent = world.stream.open_shards().remove(0);
+        world.stream.put("voter", Bytes::from_static(b"before"));
+        world.stream.split(&parent).unwrap();
+        let (child, _) = world.stream.put("voter", Bytes::from_static(b"after"));
+        assert_ne!(child, parent);
+        world
+            .table
+            .put_unreadable(&parent, "checkpoint is not a string");
+        let worker = world.spawn("only", 0);
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        {
+            let log = world.log.lock().unwrap();
+            assert!(
+                log.delivered.is_empty(),
+                "nothing read while the parent cannot be: {:?}",
+                log.delivered
+            );
+        }
+        assert_eq!(
+            worker
+                .metrics
+                .lease_table_skipped_items
+                .load(Ordering::SeqCst),
+            1
+        );
+        // Repaired: the parent is read to its end, then its children.
+        world
+            .table
+            .put_raw(Lease::new(parent.clone(), Checkpoint::TrimHorizon));
+        world.table.bump_epoch().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let log = world.log.lock().unwrap();
+        let shards: HashSet<&ShardId> = log.delivered.iter().map(|(shard, _)| shard).collect();
+        assert_eq!(
+            shards,
+            HashSet::from([&parent, &child]),
+            "{:?}",
+            log.delivered
+        );
+        assert!(log.violations.is_empty(), "{:?}", log.violations);
+        worker.stop.cancel();
+    });
+}
+
 /// A lease lost at a checkpoint is counted once (the reader's exit), not
 /// also by the checkpointer.
 #[test]

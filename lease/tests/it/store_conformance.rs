@@ -3,6 +3,33 @@
 
 mod memory {
     tally_lease::lease_store_conformance!(tally_lease::MemoryStore::new());
+
+    /// An item that does not read as a lease, as the DynamoDB adapter
+    /// meets one (`dynamo::items_that_are_not_leases_are_skipped_and_reported_with_their_key`).
+    #[tokio::test]
+    async fn an_unreadable_item_is_skipped_reported_refused_and_there() {
+        use tally_lease::store::Created;
+        use tally_lease::{Checkpoint, Lease, LeaseStore, MemoryStore, ShardId};
+        let store = MemoryStore::new();
+        store.ensure_table().await.unwrap();
+        let bad = ShardId::new("shardId-bad");
+        store.put_unreadable(&bad, "checkpoint is not a sequence number");
+        let table = store.scan_leases().await.unwrap();
+        assert!(table.leases.is_empty());
+        assert_eq!(table.skipped.len(), 1);
+        assert_eq!(table.skipped[0].key, "shardId-bad");
+        assert!(store.get_lease(&bad).await.is_err());
+        let epoch = store.fleet().await.unwrap().epoch;
+        let lease = Lease::new(bad.clone(), Checkpoint::TrimHorizon);
+        assert_eq!(
+            store.create_lease(&lease, epoch).await.unwrap(),
+            Created::Exists
+        );
+        // Written whole again, it reads.
+        store.put_raw(lease.clone());
+        assert_eq!(store.get_lease(&bad).await.unwrap(), Some(lease));
+        assert!(store.scan_leases().await.unwrap().skipped.is_empty());
+    }
 }
 
 mod dynamo {
@@ -67,6 +94,18 @@ mod dynamo {
         assert!(skipped[1].1.contains("leaseCounter"), "{skipped:?}");
         assert_eq!(store.list_leases().await.unwrap().len(), 1);
         assert!(store.leases_owned_by("w1").await.unwrap().is_empty());
+        // What the in-memory store's unreadable items mimic: a read of one
+        // fails, and a creation finds it there.
+        let bad = ShardId::new("shardId-bad");
+        assert!(store.get_lease(&bad).await.is_err());
+        let epoch = store.fleet().await.unwrap().epoch;
+        assert_eq!(
+            store
+                .create_lease(&Lease::new(bad, Checkpoint::TrimHorizon), epoch)
+                .await
+                .unwrap(),
+            tally_lease::store::Created::Exists
+        );
     }
 
     #[tokio::test]
