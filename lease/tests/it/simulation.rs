@@ -440,6 +440,20 @@ struct World {
 }
 
 impl World {
+    /// A fresh world of `shards` open shards, its lease table created.
+    async fn new(shards: usize, seed: u64, fan_out: bool) -> World {
+        let world = World {
+            table: MemoryStore::new(),
+            stream: MemoryStream::with_shards(shards),
+            log: Arc::default(),
+            faults: Faults::new(seed),
+            seed,
+            fan_out,
+        };
+        world.table.ensure_table().await.unwrap();
+        world
+    }
+
     fn config(&self, id: &str, incarnation: u64) -> WorkerConfig {
         let mut config = WorkerConfig::new(id);
         if self.fan_out {
@@ -487,29 +501,27 @@ impl World {
     }
 }
 
-fn run_schedule(seed: u64, fan_out: bool) -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+/// Runs `test` on a one-thread runtime whose clock is virtual (it jumps
+/// ahead whenever every task waits).
+fn in_virtual_time<T>(test: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()
-        .unwrap();
-    runtime.block_on(schedule(seed, fan_out))
+        .unwrap()
+        .block_on(test)
+}
+
+fn run_schedule(seed: u64, fan_out: bool) -> Result<(), String> {
+    in_virtual_time(schedule(seed, fan_out))
 }
 
 async fn schedule(seed: u64, fan_out: bool) -> Result<(), String> {
     let mut rng = StdRng::seed_from_u64(seed);
     let shard_count = rng.gen_range(1..=8);
     let worker_count = rng.gen_range(1..=5);
-    let world = World {
-        table: MemoryStore::new(),
-        stream: MemoryStream::with_shards(shard_count),
-        log: Arc::default(),
-        faults: Faults::new(seed),
-        seed,
-        fan_out,
-    };
+    let world = World::new(shard_count, seed, fan_out).await;
     world.faults.on.store(true, Ordering::SeqCst);
-    world.table.ensure_table().await.unwrap();
     let mut incarnation = 0;
     let mut workers: Vec<SimWorker> = (0..worker_count)
         .map(|i| world.spawn(&format!("w{i}"), 0))
@@ -678,21 +690,8 @@ async fn schedule(seed: u64, fan_out: bool) -> Result<(), String> {
 /// next full refresh (60 s): the worker re-reads the table at once.
 #[test]
 fn a_lost_take_response_is_recovered_at_the_next_cycle() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let world = World {
-            table: MemoryStore::new(),
-            stream: MemoryStream::with_shards(1),
-            log: Arc::default(),
-            faults: Faults::new(7),
-            seed: 7,
-            fan_out: false,
-        };
-        world.table.ensure_table().await.unwrap();
+    in_virtual_time(async {
+        let world = World::new(1, 7, false).await;
         world.faults.lose_next_take.store(true, Ordering::SeqCst);
         let worker = world.spawn("only", 0);
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -715,21 +714,8 @@ fn a_lost_take_response_is_recovered_at_the_next_cycle() {
 /// page read.
 #[test]
 fn millis_behind_is_the_largest_over_the_shards() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let world = World {
-            table: MemoryStore::new(),
-            stream: MemoryStream::with_shards(2),
-            log: Arc::default(),
-            faults: Faults::new(5),
-            seed: 5,
-            fan_out: false,
-        };
-        world.table.ensure_table().await.unwrap();
+    in_virtual_time(async {
+        let world = World::new(2, 5, false).await;
         // Reads of 1 record a call: the shard with a backlog stays behind
         // (the in-memory stream reports 1000 ms behind until a shard's end).
         let mut config = world.config("only", 0);
@@ -786,21 +772,8 @@ fn millis_behind_is_the_largest_over_the_shards() {
 /// one may not have. Once it reads again, the parent goes first.
 #[test]
 fn children_of_an_unreadable_parent_lease_wait_for_it() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let world = World {
-            table: MemoryStore::new(),
-            stream: MemoryStream::with_shards(1),
-            log: Arc::default(),
-            faults: Faults::new(11),
-            seed: 11,
-            fan_out: false,
-        };
-        world.table.ensure_table().await.unwrap();
+    in_virtual_time(async {
+        let world = World::new(1, 11, false).await;
         let parent = world.stream.open_shards().remove(0);
         world.stream.put("voter", Bytes::from_static(b"before"));
         world.stream.split(&parent).unwrap();
@@ -849,21 +822,8 @@ fn children_of_an_unreadable_parent_lease_wait_for_it() {
 /// also by the checkpointer.
 #[test]
 fn a_lease_lost_at_a_checkpoint_is_counted_once() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let world = World {
-            table: MemoryStore::new(),
-            stream: MemoryStream::with_shards(1),
-            log: Arc::default(),
-            faults: Faults::new(3),
-            seed: 3,
-            fan_out: false,
-        };
-        world.table.ensure_table().await.unwrap();
+    in_virtual_time(async {
+        let world = World::new(1, 3, false).await;
         let worker = world.spawn("only", 0);
         tokio::time::sleep(Duration::from_secs(3)).await;
         let lease = world.table.list_leases().await.unwrap().remove(0);
