@@ -622,6 +622,24 @@ mod tests {
             .collect()
     }
 
+    /// When each subscribe call was made.
+    fn times(source: &Scripted) -> Vec<Instant> {
+        source
+            .starts
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, at)| *at)
+            .collect()
+    }
+
+    /// A scripted stream: each subscribe call takes the next script.
+    fn scripted(scripts: impl IntoIterator<Item = Script>) -> Arc<Scripted> {
+        let source = Arc::new(Scripted::default());
+        source.scripts.lock().unwrap().extend(scripts);
+        source
+    }
+
     fn starts(source: &Scripted) -> Vec<StartPosition> {
         source
             .starts
@@ -634,10 +652,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn child_shards_end_the_shard_and_a_new_subscription_repeats_nothing() {
-        let source = Arc::new(Scripted::default());
         let mut last = event(&[5], None);
         last.children = vec![child("shardId-1"), child("shardId-2")];
-        source.scripts.lock().unwrap().extend([
+        let source = scripted([
             Ok(vec![Ok(event(&[1, 2], Some(2))), Ok(event(&[3], Some(3)))]),
             // The server sends 3 again after the renewal: dropped.
             Ok(vec![Ok(event(&[3, 4], Some(4))), Ok(last)]),
@@ -668,12 +685,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_end_without_child_shards_on_a_closed_shard_is_an_end_with_no_children() {
-        let source = Arc::new(Scripted::default());
-        source
-            .scripts
-            .lock()
-            .unwrap()
-            .push_back(Ok(vec![Ok(event(&[1], None))]));
+        let source = scripted([Ok(vec![Ok(event(&[1], None))])]);
         let fan_out = Arc::new(FanOut::new("app"));
         fan_out.set_closed(BTreeSet::from([ShardId::new("shardId-0")]));
         let mut reader = reader(source, fan_out);
@@ -687,8 +699,7 @@ mod tests {
     /// delivered and the reader subscribes again after them.
     #[tokio::test(start_paused = true)]
     async fn no_continuation_on_an_open_shard_subscribes_again_instead_of_ending() {
-        let source = Arc::new(Scripted::default());
-        source.scripts.lock().unwrap().extend([
+        let source = scripted([
             Ok(vec![Ok(event(&[1, 2], None))]),
             Ok(vec![Ok(event(&[3], Some(3)))]),
         ]);
@@ -709,8 +720,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_dropped_connection_resubscribes_after_the_last_position() {
-        let source = Arc::new(Scripted::default());
-        source.scripts.lock().unwrap().extend([
+        let source = scripted([
             // The continuation runs ahead of the last record.
             Ok(vec![
                 Ok(event(&[1, 2], Some(7))),
@@ -736,8 +746,7 @@ mod tests {
     /// the shard shows as behind instead of losing votes silently.
     #[tokio::test(start_paused = true)]
     async fn a_refused_position_is_retried_from_the_same_position() {
-        let source = Arc::new(Scripted::default());
-        source.scripts.lock().unwrap().extend([
+        let source = scripted([
             Ok(vec![
                 Ok(event(&[1, 2], Some(2))),
                 Err(StreamError::Unavailable("connection reset".into())),
@@ -762,20 +771,13 @@ mod tests {
                 StartPosition::AfterSequence(seq(2)),
             ]
         );
-        let times: Vec<Instant> = source
-            .starts
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(_, at)| *at)
-            .collect();
+        let times = times(&source);
         assert!(times[2] > times[1] && times[3] > times[2], "backed off");
     }
 
     #[tokio::test(start_paused = true)]
     async fn resource_in_use_and_throttling_wait_before_subscribing_again() {
-        let source = Arc::new(Scripted::default());
-        source.scripts.lock().unwrap().extend([
+        let source = scripted([
             Err(StreamError::InUse("another subscription".into())),
             // Kinesis-mock answers ResourceInUse as the stream's first event.
             Ok(vec![Err(StreamError::InUse("another subscription".into()))]),
@@ -784,13 +786,7 @@ mod tests {
         ]);
         let mut reader = reader(source.clone(), Arc::new(FanOut::new("app")));
         assert_eq!(numbers(&reader.next_page().await.unwrap()), vec![1]);
-        let times: Vec<Instant> = source
-            .starts
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(_, at)| *at)
-            .collect();
+        let times = times(&source);
         assert_eq!(times.len(), 4);
         assert!(times[1] - times[0] >= SUBSCRIBE_IN_USE_WAIT);
         assert!(times[2] - times[1] >= SUBSCRIBE_IN_USE_WAIT);
@@ -802,8 +798,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn not_found_registers_the_consumer_again_then_the_shard_is_gone() {
-        let source = Arc::new(Scripted::default());
-        source.scripts.lock().unwrap().extend([
+        let source = scripted([
             Err(StreamError::NotFound("consumer".into())),
             Err(StreamError::NotFound("shard".into())),
         ]);
@@ -814,21 +809,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_subscription_ending_quietly_renews_at_most_once_a_second() {
-        let source = Arc::new(Scripted::default());
-        source.scripts.lock().unwrap().extend([
-            Ok(vec![]),
-            Ok(vec![]),
-            Ok(vec![Ok(event(&[1], Some(1)))]),
-        ]);
+        let source = scripted([Ok(vec![]), Ok(vec![]), Ok(vec![Ok(event(&[1], Some(1)))])]);
         let mut reader = reader(source.clone(), Arc::new(FanOut::new("app")));
         assert_eq!(numbers(&reader.next_page().await.unwrap()), vec![1]);
-        let times: Vec<Instant> = source
-            .starts
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(_, at)| *at)
-            .collect();
+        let times = times(&source);
         assert!(times
             .windows(2)
             .all(|w| w[1] - w[0] >= Duration::from_secs(1)));
@@ -839,31 +823,20 @@ mod tests {
     /// still waits for the one-a-second floor AWS enforces per shard.
     #[tokio::test(start_paused = true)]
     async fn a_connection_dropped_after_an_event_renews_at_most_once_a_second() {
-        let source = Arc::new(Scripted::default());
         let dropped = |n: u64| {
             Ok(vec![
                 Ok(event(&[n], Some(n))),
                 Err(StreamError::Unavailable("connection reset".into())),
             ])
         };
-        source
-            .scripts
-            .lock()
-            .unwrap()
-            .extend([dropped(1), dropped(2), dropped(3)]);
+        let source = scripted([dropped(1), dropped(2), dropped(3)]);
         let mut reader = reader(source.clone(), Arc::new(FanOut::new("app")));
         for n in 1..=3 {
             assert_eq!(numbers(&reader.next_page().await.unwrap()), vec![n]);
         }
         // The third drop: the fourth subscription is made too.
         let _ = tokio::time::timeout(Duration::from_secs(3), reader.next_page()).await;
-        let times: Vec<Instant> = source
-            .starts
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(_, at)| *at)
-            .collect();
+        let times = times(&source);
         assert!(times.len() >= 4, "{} subscriptions", times.len());
         assert!(times
             .windows(2)
@@ -872,12 +845,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_closed_shard_whose_events_never_end_it_ends_by_get_records() {
-        let source = Arc::new(Scripted::default());
-        source.scripts.lock().unwrap().push_back(Ok(vec![
+        let source = scripted([Ok(vec![
             Ok(event(&[1], Some(1))),
             Ok(event(&[], Some(1))),
             Ok(event(&[], Some(1))),
-        ]));
+        ])]);
         *source.tail.lock().unwrap() = Page {
             children: vec![child("shardId-1")],
             ..Page::default()
