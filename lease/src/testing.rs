@@ -144,6 +144,34 @@ pub async fn create_stream(client: &aws_sdk_kinesis::Client, name: &str, shards:
     wait_stream_active(client, name).await;
 }
 
+/// Puts `entries` on `stream`, 500 to a `PutRecords` call (the API's
+/// limit), and fails the test when a call or any record is refused. The
+/// answers, in the entries' order.
+pub async fn put_records(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    entries: Vec<aws_sdk_kinesis::types::PutRecordsRequestEntry>,
+) -> Vec<aws_sdk_kinesis::types::PutRecordsResultEntry> {
+    let mut answers = Vec::with_capacity(entries.len());
+    for chunk in entries.chunks(500) {
+        let output = client
+            .put_records()
+            .stream_name(stream)
+            .set_records(Some(chunk.to_vec()))
+            .send()
+            .await
+            .expect("PutRecords");
+        assert_eq!(
+            output.failed_record_count(),
+            Some(0),
+            "records refused: {:?}",
+            output.records().iter().find(|r| r.error_code().is_some())
+        );
+        answers.extend_from_slice(output.records());
+    }
+    answers
+}
+
 /// Waits until a stream is ACTIVE (after a create, split or merge).
 pub async fn wait_stream_active(client: &aws_sdk_kinesis::Client, name: &str) {
     for _ in 0..200 {

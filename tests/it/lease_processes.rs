@@ -108,17 +108,7 @@ impl Setup {
                     .unwrap()
             })
             .collect();
-        for chunk in entries.chunks(100) {
-            let out = self
-                .kinesis
-                .put_records()
-                .stream_name(&self.stream)
-                .set_records(Some(chunk.to_vec()))
-                .send()
-                .await
-                .expect("put records");
-            assert_eq!(out.failed_record_count(), Some(0));
-        }
+        tally_testkit::emulators::put_records(&self.kinesis, &self.stream, entries).await;
     }
 
     /// Every record line written so far by any worker, parsed.

@@ -55,15 +55,7 @@ async fn put_workload(workload: Workload, shards: i32) -> Loaded {
                     .unwrap()
             })
             .collect();
-        let output = kinesis
-            .put_records()
-            .stream_name(&stream)
-            .set_records(Some(entries))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(output.failed_record_count(), Some(0));
-        for record in output.records() {
+        for record in &tally_testkit::emulators::put_records(&kinesis, &stream, entries).await {
             let shard = record.shard_id().unwrap().to_owned();
             let sequence = SequenceNumber::parse(record.sequence_number().unwrap()).unwrap();
             let entry = last.entry(shard).or_insert_with(|| sequence.clone());

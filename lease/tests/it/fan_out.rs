@@ -97,17 +97,7 @@ impl Setup {
                     .unwrap()
             })
             .collect();
-        for chunk in entries.chunks(100) {
-            let out = self
-                .kinesis
-                .put_records()
-                .stream_name(&self.name)
-                .set_records(Some(chunk.to_vec()))
-                .send()
-                .await
-                .expect("put records");
-            assert_eq!(out.failed_record_count(), Some(0));
-        }
+        tally_lease::testing::put_records(&self.kinesis, &self.name, entries).await;
     }
 
     async fn shards(&self) -> Vec<aws_sdk_kinesis::types::Shard> {

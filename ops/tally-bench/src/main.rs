@@ -59,7 +59,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
-use tally_testkit::emulators::{create_stream, sdk_config, unique_name, Emulator, EmulatorKind};
+use tally_testkit::emulators::{
+    create_stream, put_records, sdk_config, unique_name, Emulator, EmulatorKind,
+};
 use tally_testkit::process::metrics_lines;
 
 /// One figure of a benchmark, for the combined report of `all`.
@@ -709,15 +711,7 @@ async fn pipeline_on(votes: usize, shards: i32, writes: &'static str) -> Vec<Fig
                     .unwrap()
             })
             .collect();
-        let out = stack
-            .kinesis
-            .put_records()
-            .stream_name(&stream)
-            .set_records(Some(entries))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(out.failed_record_count(), Some(0), "pre-load failed");
+        put_records(&stack.kinesis, &stream, entries).await;
     }
     eprintln!("counting");
     let log = stack.log(&app, "pipeline");
@@ -1015,14 +1009,7 @@ async fn preload(kinesis: &aws_sdk_kinesis::Client, stream: &str, records: usize
                     .unwrap()
             })
             .collect();
-        let out = kinesis
-            .put_records()
-            .stream_name(stream)
-            .set_records(Some(entries))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(out.failed_record_count(), Some(0), "pre-load failed");
+        put_records(kinesis, stream, entries).await;
     }
     eprintln!(
         "pre-loaded in {:.1} s; draining",
