@@ -154,6 +154,7 @@ const CHECK_VOTES: &str = "votes table equals the ground truth";
 const CHECK_REJECTS: &str = "every rejected record in rejects";
 const CHECK_STUCK: &str = "no stuck shard";
 const CHECK_ALIVE: &str = "no unplanned exit or panic";
+const CHECK_READS: &str = "the tables could be read";
 
 /// The lease duration the workers run with; a pause lasts longer.
 const LEASE_DURATION_MS: u64 = 3_000;
@@ -515,16 +516,26 @@ impl Fleet {
 
     /// A slot for a kill or a pause: one whose worker holds leases if any
     /// does, so that the action has something to cost.
+    /// A running worker that holds a lease, waited for up to 30 s (right
+    /// after a restart none may hold one yet); any worker after that, and
+    /// the effects check then reports that it held none.
     async fn slot_with_leases(&mut self) -> usize {
-        let mut holding = Vec::new();
-        for (index, slot) in self.slots.iter().enumerate() {
-            if slot.child.is_some() && !held_by(&self.system.leases, &slot.id).await.is_empty() {
-                holding.push(index);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut holding = Vec::new();
+            for (index, slot) in self.slots.iter().enumerate() {
+                if slot.child.is_some() && !held_by(&self.system.leases, &slot.id).await.is_empty()
+                {
+                    holding.push(index);
+                }
             }
-        }
-        match holding.choose(&mut self.random) {
-            Some(index) => *index,
-            None => self.random.gen_range(0..self.slots.len()),
+            if let Some(index) = holding.choose(&mut self.random) {
+                return *index;
+            }
+            if Instant::now() > deadline {
+                return self.random.gen_range(0..self.slots.len());
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 
@@ -1311,18 +1322,13 @@ pub async fn chaos(options: Options) -> bool {
     ));
 
     // Quiet: every shard processed to its end or its tip.
-    let stream_source = KinesisStream::new(system.kinesis.clone(), &system.stream);
     let quiet_started = Instant::now();
-    let mut stuck = Vec::new();
+    let mut stuck;
     let mut last_report = Instant::now();
     loop {
-        match tally_worker::close::pending_shards(&stream_source, &system.leases, i64::MAX).await {
-            Ok(pending) if pending.is_empty() => {
-                stuck.clear();
-                break;
-            }
-            Ok(pending) => stuck = pending.into_iter().map(|p| p.shard).collect(),
-            Err(error) => stuck = vec![format!("(shard check failed: {error})")],
+        stuck = behind_shards(&system).await;
+        if stuck.is_empty() {
+            break;
         }
         if quiet_started.elapsed() > options.quiet_timeout {
             break;
@@ -1400,24 +1406,37 @@ pub async fn chaos(options: Options) -> bool {
     let mut sabotaged: Vec<(Sabotage, bool, String)> = Vec::new();
     let mut unplanned_seen = unplanned_before.max(fleet.unplanned.len());
     if !options.sabotage.is_empty() {
+        let mut not_done = BTreeMap::new();
         for mode in &options.sabotage {
             match sabotage(*mode, &system, &mut fleet, &ground, &producer).await {
                 Ok(text) => fleet.log(format!("sabotage  {}: {text}", mode.name())),
-                Err(error) => fleet.log(format!("sabotage  {}: not done: {error}", mode.name())),
+                Err(error) => {
+                    fleet.log(format!("sabotage  {}: not done: {error}", mode.name()));
+                    not_done.insert(mode.name(), error);
+                }
             }
         }
         let mut again = data_checks(&system, &ground, &producer).await;
         again.push(fleet.alive_check(unplanned_seen));
         unplanned_seen = fleet.unplanned.len();
+        // Caught: the mode was done, the tables could be read, and its own
+        // check failed.
+        let reads = again.iter().find(|c| c.name == CHECK_READS);
         for mode in &options.sabotage {
             let check = again.iter().find(|c| c.name == mode.check());
-            sabotaged.push((
-                *mode,
-                check.is_some_and(|c| !c.ok),
-                check.map_or("no such check".to_owned(), |c| {
-                    format!("{}: {}", c.name, c.detail)
-                }),
-            ));
+            let (caught, detail) = match (not_done.get(mode.name()), reads) {
+                (Some(error), _) => (false, format!("not done: {error}")),
+                (None, Some(reads)) if !reads.ok => {
+                    (false, format!("{}: {}", reads.name, reads.detail))
+                }
+                (None, _) => (
+                    check.is_some_and(|c| !c.ok),
+                    check.map_or("no such check".to_owned(), |c| {
+                        format!("{}: {}", c.name, c.detail)
+                    }),
+                ),
+            };
+            sabotaged.push((*mode, caught, detail));
         }
         if options.sabotage.contains(&Sabotage::StuckShard) {
             for slot in 0..fleet.slots.len() {
@@ -1623,6 +1642,9 @@ struct Ground {
 /// The checks of what the system stored, against the ground truth.
 async fn data_checks(system: &System, ground: &Ground, producer: &ProducerLoad) -> Vec<Check> {
     let mut checks = Vec::new();
+    // A read that fails is a failed check of its own, never a difference
+    // in the data (which would make a sabotage look caught).
+    let mut unread: Vec<String> = Vec::new();
     let polls = &ground.polls;
     let mut counts = BTreeMap::new();
     for poll in polls {
@@ -1632,7 +1654,7 @@ async fn data_checks(system: &System, ground: &Ground, producer: &ProducerLoad) 
             }
             Err(error) => {
                 counts.insert(poll.id.clone(), BTreeMap::new());
-                eprintln!("chaos: counts of {}: {error}", poll.id);
+                unread.push(format!("counts of {}: {error}", poll.id));
             }
         }
     }
@@ -1657,7 +1679,10 @@ async fn data_checks(system: &System, ground: &Ground, producer: &ProducerLoad) 
         },
     });
 
-    let votes = system.store.scan_votes().await.unwrap_or_default();
+    let votes = system.store.scan_votes().await.unwrap_or_else(|error| {
+        unread.push(format!("votes: {error}"));
+        Vec::new()
+    });
     let stored: BTreeMap<(String, String), (String, String)> = votes
         .iter()
         .map(|v| {
@@ -1773,18 +1798,14 @@ async fn data_checks(system: &System, ground: &Ground, producer: &ProducerLoad) 
         },
     });
 
-    checks.push(check_rejects(
-        producer,
-        &system.store.scan_rejects().await.unwrap_or_default(),
-    ));
+    let rejects = system.store.scan_rejects().await.unwrap_or_else(|error| {
+        unread.push(format!("rejects: {error}"));
+        Vec::new()
+    });
+    checks.push(check_rejects(producer, &rejects));
 
     // Every shard processed to its end or its tip, now.
-    let stream_source = KinesisStream::new(system.kinesis.clone(), &system.stream);
-    let stuck: Vec<String> =
-        match tally_worker::close::pending_shards(&stream_source, &system.leases, i64::MAX).await {
-            Ok(pending) => pending.into_iter().map(|p| p.shard).collect(),
-            Err(error) => vec![format!("(shard check failed: {error})")],
-        };
+    let stuck = behind_shards(system).await;
     let shards = open_shards(&system.kinesis, &system.stream)
         .await
         .map(|open| open.len())
@@ -1805,6 +1826,15 @@ async fn data_checks(system: &System, ground: &Ground, producer: &ProducerLoad) 
             )
         } else {
             format!("behind: {}", stuck.join(", "))
+        },
+    });
+    checks.push(Check {
+        name: CHECK_READS,
+        ok: unread.is_empty(),
+        detail: if unread.is_empty() {
+            "counts, votes and rejects read".to_owned()
+        } else {
+            unread.join("; ")
         },
     });
     checks
@@ -2001,6 +2031,11 @@ async fn sabotage(
             Ok(format!("the reject at {origin} deleted"))
         }
         Sabotage::StuckShard => {
+            // Control: with every worker running, a record put now is
+            // read within `took`; the paused fleet gets three times that,
+            // so the check fails because of the pause, not because it
+            // looked too soon.
+            let took = put_and_wait_read(system).await?;
             for slot in 0..fleet.slots.len() {
                 fleet.signal(slot, "-STOP");
             }
@@ -2015,9 +2050,13 @@ async fn sabotage(
                 .send()
                 .await
                 .map_err(|e| format!("{e:?}"))?;
+            let wait = (took * 3).max(Duration::from_secs(2));
+            tokio::time::sleep(wait).await;
             Ok(format!(
-                "every worker paused (SIGSTOP), a record put on {}",
-                put.shard_id()
+                "every worker paused (SIGSTOP), a record put on {} and {:.1} s given (a running fleet read one in {:.1} s)",
+                put.shard_id(),
+                wait.as_secs_f64(),
+                took.as_secs_f64()
             ))
         }
         Sabotage::DeadWorker => {
@@ -2027,9 +2066,54 @@ async fn sabotage(
                 .position(|slot| slot.child.is_some())
                 .ok_or("no worker running")?;
             fleet.signal(slot, "-KILL");
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            // Left for the alive check to find: wait until it has exited.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while fleet.slots[slot]
+                .child
+                .as_mut()
+                .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+            {
+                if Instant::now() > deadline {
+                    return Err("the killed worker did not exit in 10 s".into());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             Ok(format!("{} killed (SIGKILL)", fleet.slots[slot].id))
         }
+    }
+}
+
+/// Puts one record and waits until every shard is read to its tip again:
+/// how long the running fleet took (at most 60 s).
+async fn put_and_wait_read(system: &System) -> Result<Duration, String> {
+    let started = Instant::now();
+    system
+        .kinesis
+        .put_record()
+        .stream_name(&system.stream)
+        .partition_key("sabotage-control")
+        .data(aws_sdk_kinesis::primitives::Blob::new(
+            &b"a record the running fleet reads"[..],
+        ))
+        .send()
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    while !behind_shards(system).await.is_empty() {
+        if started.elapsed() > Duration::from_secs(60) {
+            return Err("the running fleet did not read a control record in 60 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(started.elapsed())
+}
+
+/// The shards not yet processed to their end or their tip (or why that
+/// could not be read).
+async fn behind_shards(system: &System) -> Vec<String> {
+    let stream_source = KinesisStream::new(system.kinesis.clone(), &system.stream);
+    match tally_worker::close::pending_shards(&stream_source, &system.leases, i64::MAX).await {
+        Ok(pending) => pending.into_iter().map(|p| p.shard).collect(),
+        Err(error) => vec![format!("(shard check failed: {error})")],
     }
 }
 
