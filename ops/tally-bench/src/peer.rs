@@ -427,6 +427,33 @@ async fn idle_both(stack: &Stack, bin: &Path) -> (f64, f64, String) {
     )
 }
 
+/// The median of the peer's successful failover runs, or why there is none;
+/// and a note saying how many runs failed, if any did.
+fn peer_failover_median(runs: &[Result<f64, String>]) -> (Result<f64, String>, Option<String>) {
+    let mut seconds: Vec<f64> = runs
+        .iter()
+        .filter_map(|run| run.as_ref().ok().copied())
+        .collect();
+    let failures: Vec<&String> = runs.iter().filter_map(|run| run.as_ref().err()).collect();
+    let Some(first_failure) = failures.first() else {
+        return (Ok(summary(&mut seconds).0), None);
+    };
+    if seconds.is_empty() {
+        let reason = format!(
+            "all {} {PEER_NAME} failover runs failed; the first: {first_failure}",
+            runs.len()
+        );
+        return (Err(reason), None);
+    }
+    let note = format!(
+        "{PEER_NAME} failover: {} of {} runs failed, the median is of the other {}; the first failure: {first_failure}",
+        failures.len(),
+        runs.len(),
+        seconds.len()
+    );
+    (Ok(summary(&mut seconds).0), Some(note))
+}
+
 /// One row of the comparison: the figure for each and their ratio.
 struct Row {
     /// The report's keys of Tally's figure, the peer's and the ratio.
@@ -461,28 +488,23 @@ pub async fn peer(bin: Option<&Path>, records: usize, runs: usize) -> Vec<Figure
     let peer_drain = drain_peer(&stack, bin, &stream, records).await;
 
     let mut tally_kills = Vec::new();
-    let mut peer_kills = Vec::new();
-    let mut peer_failure = None;
+    let mut peer_runs: Vec<Result<f64, String>> = Vec::new();
     for run in 0..runs {
-        tally_kills.push(failover_run(&stack, true).await);
-        match peer_failover_run(&stack, bin).await {
-            Ok(seconds) => peer_kills.push(seconds),
-            Err(reason) => peer_failure = Some(reason),
-        }
+        let tally_seconds = failover_run(&stack, true).await;
+        let peer_run = peer_failover_run(&stack, bin).await;
         eprintln!(
-            "peer: failover run {}/{runs}: tally {:.2} s, {PEER_NAME} {}",
+            "peer: failover run {}/{runs}: tally {tally_seconds:.2} s, {PEER_NAME} {}",
             run + 1,
-            tally_kills[run],
-            peer_kills
-                .get(run)
-                .map_or_else(|| "failed".to_owned(), |s| format!("{s:.2} s"))
+            match &peer_run {
+                Ok(seconds) => format!("{seconds:.2} s"),
+                Err(reason) => format!("failed: {reason}"),
+            }
         );
+        tally_kills.push(tally_seconds);
+        peer_runs.push(peer_run);
     }
     let (tally_kill, _) = summary(&mut tally_kills);
-    let peer_kill = match peer_failure {
-        Some(reason) => Err(reason),
-        None => Ok(summary(&mut peer_kills).0),
-    };
+    let (peer_kill, peer_failover_note) = peer_failover_median(&peer_runs);
     eprintln!("peer: idle lease-table requests, both at once (70 s)");
     let (tally_idle, peer_idle, idle_detail) = idle_both(&stack, bin).await;
 
@@ -625,6 +647,9 @@ pub async fn peer(bin: Option<&Path>, records: usize, runs: usize) -> Vec<Figure
                 ));
             }
         }
+    }
+    if let Some(note) = peer_failover_note {
+        println!("({note})");
     }
     println!("({idle_detail})");
     println!("(the peer is killed while holding all the shards it took, often all 4; a Tally worker while holding 2 of 4 after balancing)");
