@@ -1052,7 +1052,7 @@ async fn drain_tally_with(stack: &Stack, stream: &str, records: usize, extra: &[
     let app = unique_name("app");
     let mut flags = vec!["--quiet", "--metrics-interval-ms", "100"];
     flags.extend_from_slice(extra);
-    let worker = stack.worker(stream, &app, "drain", &flags);
+    let mut worker = stack.worker(stream, &app, "drain", &flags);
     let pid = worker.id();
     let log = stack.log(&app, "drain");
     let mut first: Option<u64> = None;
@@ -1070,6 +1070,12 @@ async fn drain_tally_with(stack: &Stack, stream: &str, records: usize, extra: &[
         }) {
             break (*t, first.unwrap_or(0));
         }
+        if let Some(status) = worker.try_wait().expect("poll the drain worker") {
+            panic!(
+                "tally tail exited ({status}) before draining the stream; log {}",
+                log.display()
+            );
+        }
         assert!(
             Instant::now() < deadline,
             "drain did not finish; log {}",
@@ -1079,7 +1085,6 @@ async fn drain_tally_with(stack: &Stack, stream: &str, records: usize, extra: &[
     };
     let (cpu, peak_kib) = cpu_and_peak(pid);
     signal(&worker, "-TERM");
-    let mut worker = worker;
     let _ = worker.wait();
     Drained::new(records, first_ms, done_ms, cpu, peak_kib)
 }
