@@ -67,12 +67,16 @@ fn usage(problem: &str) -> ! {
     std::process::exit(2);
 }
 
-fn parse_args() -> Args {
+/// The arguments, or `None` when `cargo bench` started the program on its
+/// own (`--bench` and no `--endpoint`): there is nothing to measure then.
+fn parse_args() -> Option<Args> {
+    let all: Vec<String> = std::env::args().skip(1).collect();
+    let started_by_cargo_bench = all.iter().any(|arg| arg == "--bench");
+    if started_by_cargo_bench && !all.iter().any(|arg| arg == "--endpoint") {
+        return None;
+    }
     // `cargo bench` appends `--bench`; it means nothing here.
-    let raw: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|arg| arg != "--bench")
-        .collect();
+    let raw: Vec<String> = all.into_iter().filter(|arg| arg != "--bench").collect();
     let value = |flag: &str| -> Option<String> {
         let at = raw.iter().position(|arg| arg == flag)?;
         match raw.get(at + 1) {
@@ -89,7 +93,7 @@ fn parse_args() -> Args {
     let required =
         |flag: &str| value(flag).unwrap_or_else(|| usage(&format!("{flag} is required")));
     let batch = number("--batch").unwrap_or(10_000);
-    Args {
+    Some(Args {
         endpoint: required("--endpoint"),
         dynamodb_endpoint: value("--dynamodb-endpoint"),
         stream: required("--stream"),
@@ -102,7 +106,7 @@ fn parse_args() -> Args {
             .unwrap_or_else(|| usage("--batch is too large")),
         progress: Duration::from_millis(number("--progress-ms").unwrap_or(100)),
         output: value("--output"),
-    }
+    })
 }
 
 fn epoch_ms() -> u128 {
@@ -155,7 +159,10 @@ async fn acknowledge(batch: Vec<KinesisMessage>) {
 #[tokio::main]
 async fn main() {
     let started = Instant::now();
-    let args = parse_args();
+    let Some(args) = parse_args() else {
+        println!("peer_drain: nothing to do under cargo bench; `tally-bench peer` (or `drain`/`all` with --peer-bin) runs this program");
+        return;
+    };
     let uptime_ms = move || started.elapsed().as_millis();
 
     // The local stack's settings: a fixed region and dummy credentials.
