@@ -30,7 +30,7 @@
 //! concurrency (and the ratio), DynamoDB requests and write units per 1,000
 //! votes, CPU seconds and peak memory of the worker.
 //!
-//! `all [--quick] [--out FILE] [--compare OLD.json] [--criterion-dir DIR]`:
+//! `all [--quick] [--out FILE] [--compare OLD.json] [--criterion-dir DIR] [--peer-bin PATH]`:
 //! see [`report`].
 //!
 //! `gateway [--votes N] [--concurrency C] [--clients K]`: see [`gateway`].
@@ -1149,11 +1149,30 @@ async fn drain(records: usize, peer_bin: Option<PathBuf>) {
     println!("(CPU includes start-up and the idle tail until the last metrics line; times from each process's own clock; best peer measured earlier here, disney-kinesis-client-rust: 72,000-80,000 records/s, 0.20 CPU s, 38-41 MiB, 1.4 s)");
 }
 
+/// Every subcommand and the flags it reads.
+const USAGE: &str = "\
+usage: tally-bench SUBCOMMAND [FLAGS]
+  all [--quick] [--out FILE] [--compare OLD.json] [--criterion-dir DIR] [--peer-bin PATH]
+  failover [--runs N]
+  drain [--records N] [--peer-bin PATH]
+  peer [--peer-bin PATH] [--records N] [--runs N]
+  consumer-modes [--records N] [--seconds S]
+  pipeline [--votes N]
+  producer [--records N]
+  gateway [--votes N] [--concurrency C] [--clients K]
+  recount [--votes N] [--segments S] [--concurrency C]
+  fuzz --target vote|kpl|gateway [--seconds N] [--seed S]
+  scale [--shards S] [--workers W] [--seed N]
+  chaos [--seconds N] [--seed S] [--workers W] [--rate R] [--gateway-rate G]
+        [--quiet-timeout-s Q] [--sabotage all|MODE,...]
+numbers are positive whole numbers; --peer-bin names the peer_drain program
+(default: TALLY_PEER_BIN); TALLY_BIN names the tally binary";
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = || -> ! {
-        eprintln!("usage: tally-bench all [--quick] [--out FILE] [--compare OLD.json] [--criterion-dir DIR] | failover [--runs N] | drain [--records N] | consumer-modes [--records N] [--seconds S] | pipeline [--votes N] | producer [--records N] | gateway [--votes N] [--concurrency C] [--clients K] | recount [--votes N] [--segments S] [--concurrency C] | fuzz --target vote|kpl|gateway [--seconds N] [--seed S] | scale [--shards S] [--workers W] [--seed N] | chaos [--seconds N] [--seed S] [--workers W] [--rate R] [--gateway-rate G] [--quiet-timeout-s Q] [--sabotage all|MODE,...]   (numbers are positive whole numbers)");
+        eprintln!("{USAGE}");
         std::process::exit(2);
     };
     let number = |flag: &str, default: usize| match args.iter().position(|a| a == flag) {

@@ -1,4 +1,4 @@
-//! `all [--quick] [--out FILE] [--compare OLD.json] [--criterion-dir DIR]`:
+//! `all [--quick] [--out FILE] [--compare OLD.json] [--criterion-dir DIR] [--peer-bin PATH]`:
 //! every benchmark, one table.
 //!
 //! Runs, one after another, each on its own emulator: the pipeline end to
