@@ -51,6 +51,14 @@ const SUBSCRIBE_THROTTLED_WAIT: Duration = Duration::from_secs(5);
 const SUBSCRIBE_IN_USE_WAIT: Duration = Duration::from_secs(1);
 /// The least time between two SubscribeToShard calls for one shard.
 const SUBSCRIBE_FLOOR: Duration = Duration::from_secs(1);
+/// How long a subscription may bring no event before it is taken for dead
+/// and made again from the position. Kinesis sends one at least every few
+/// seconds even on an idle shard; a connection dropped without a reset (a
+/// NAT or load balancer forgetting it) would otherwise stall the shard
+/// while the lease stays renewed. The SDK sets no read time-out on the
+/// stream, and this wait covers only the next event, never the processor's
+/// work on the last one. (The KCL gives up after 35 s too.)
+const EVENT_TIMEOUT: Duration = Duration::from_secs(35);
 /// How often a reader asks `GetRecords` whether a closed shard it reads by
 /// subscription has really ended (only where events never say so).
 const END_CHECK_INTERVAL: Duration = Duration::from_secs(2);
@@ -321,7 +329,14 @@ impl FanOutReader {
                 self.last_subscribed = Some(Instant::now());
                 self.stream.subscribe(&consumer, &self.shard, &start).await
             }
-            Err(error) => Err(error),
+            Err(error) => {
+                // Not a subscribe throttle: the stream may have its 20
+                // consumers already (LimitExceeded), the role may lack the
+                // grant, or the consumer is not ACTIVE yet. Nothing is read
+                // until it is fixed, so say so at warn.
+                warn!(shard_id = %self.shard, consumer = %self.fan_out.consumer_name(), error = %error, "could not look up or register the stream consumer; retrying");
+                Err(error)
+            }
         };
         match opened {
             Ok(subscription) => {
@@ -463,7 +478,17 @@ impl ShardReader for FanOutReader {
                 self.subscribe().await?;
                 continue;
             };
-            match subscription.next_event().await {
+            let next = match tokio::time::timeout(EVENT_TIMEOUT, subscription.next_event()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    warn!(shard_id = %self.shard, timeout_s = EVENT_TIMEOUT.as_secs(), "no event on the subscription; subscribing again");
+                    Err(StreamError::Unavailable(format!(
+                        "no event for {} s",
+                        EVENT_TIMEOUT.as_secs()
+                    )))
+                }
+            };
+            match next {
                 Ok(Some(event)) => {
                     self.backoff = backoff(&self.policy);
                     Metrics::add(&self.metrics.subscription_events_total, 1);
@@ -522,14 +547,26 @@ mod tests {
         registrations: AtomicU32,
         /// What `GetRecords` answers (the end check).
         tail: Mutex<Page>,
+        /// The first subscription goes silent after its events instead of
+        /// ending.
+        stall_first: std::sync::atomic::AtomicBool,
     }
 
-    struct Events(VecDeque<Result<ShardEvent, StreamError>>);
+    /// A subscription's events; then its end, or (`stall`) nothing ever
+    /// again, as a connection dropped without a reset.
+    struct Events {
+        events: VecDeque<Result<ShardEvent, StreamError>>,
+        stall: bool,
+    }
 
     #[async_trait]
     impl Subscription for Events {
         async fn next_event(&mut self) -> Result<Option<ShardEvent>, StreamError> {
-            self.0.pop_front().transpose()
+            match self.events.pop_front() {
+                Some(event) => event.map(Some),
+                None if self.stall => std::future::pending().await,
+                None => Ok(None),
+            }
         }
     }
 
@@ -571,7 +608,13 @@ mod tests {
                 .unwrap()
                 .pop_front()
                 .unwrap_or(Ok(Vec::new()));
-            script.map(|events| Box::new(Events(events.into())) as Box<dyn Subscription>)
+            let stall = self.stall_first.swap(false, Ordering::SeqCst);
+            script.map(|events| {
+                Box::new(Events {
+                    events: events.into(),
+                    stall,
+                }) as Box<dyn Subscription>
+            })
         }
     }
 
@@ -841,6 +884,34 @@ mod tests {
         assert!(times
             .windows(2)
             .all(|w| w[1] - w[0] >= Duration::from_secs(1)));
+    }
+
+    /// A subscription that goes silent (its connection gone without a
+    /// reset) is given up after `EVENT_TIMEOUT` and made again from the
+    /// position: the shard goes on instead of stalling under a renewed
+    /// lease.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_subscription_is_made_again_after_the_event_timeout() {
+        let source = scripted([
+            Ok(vec![Ok(event(&[1], Some(1)))]),
+            Ok(vec![Ok(event(&[2], Some(2)))]),
+        ]);
+        source.stall_first.store(true, Ordering::SeqCst);
+        let mut reader = reader(source.clone(), Arc::new(FanOut::new("app")));
+        assert_eq!(numbers(&reader.next_page().await.unwrap()), vec![1]);
+        let started = Instant::now();
+        let next = tokio::time::timeout(Duration::from_secs(120), reader.next_page())
+            .await
+            .expect("a silent subscription was waited on for 120 s");
+        assert_eq!(numbers(&next.unwrap()), vec![2]);
+        assert!(started.elapsed() >= EVENT_TIMEOUT);
+        assert_eq!(
+            starts(&source),
+            vec![
+                StartPosition::TrimHorizon,
+                StartPosition::AfterSequence(seq(1))
+            ]
+        );
     }
 
     #[tokio::test(start_paused = true)]
