@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A bucket's refill rate and size.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -21,18 +21,26 @@ struct Bucket {
 /// Above this many keys, full buckets are forgotten (they equal new ones).
 const MAX_KEYS_BEFORE_SWEEP: usize = 100_000;
 const SHARDS: usize = 16;
-/// A shard still this full after a sweep (a flood of distinct keys, all
-/// active) is emptied: memory stays bounded, and a forgotten key only gets
-/// a fresh burst.
+/// A shard holds at most this many buckets. While it is full (a flood of
+/// distinct keys, all active), keys it does not hold share one overflow
+/// bucket: memory stays bounded, and a key being throttled keeps its
+/// bucket (forgetting it would give it a fresh burst).
 const MAX_KEYS_PER_SHARD: usize = 2 * MAX_KEYS_BEFORE_SWEEP / SHARDS;
+/// A full shard is swept again at most this often, so that buckets that
+/// have refilled since make room for new keys.
+const FULL_SHARD_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// One shard's buckets, and the size at which it is swept next: a sweep
 /// costs the shard's size, so it runs again only once the shard has grown
-/// by half (amortized O(1) a call, however many keys stay active).
+/// by half (amortized O(1) a call, however many keys stay active), or,
+/// once the shard is full, after [`FULL_SHARD_SWEEP_INTERVAL`].
 #[derive(Default)]
 struct Shard {
     buckets: HashMap<String, Bucket>,
     sweep_at: usize,
+    swept: Option<Instant>,
+    /// Shared by the keys the shard has no room for.
+    overflow: Option<Bucket>,
 }
 
 /// Buckets by key, sharded so that concurrent requests rarely contend.
@@ -60,35 +68,51 @@ impl RateLimiter {
     pub fn check(&self, key: &str, now: Instant) -> Result<(), u64> {
         let rate = self.rate;
         let mut shard = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
-        let Shard { buckets, sweep_at } = &mut *shard;
-        if buckets.len() > (*sweep_at).max(MAX_KEYS_BEFORE_SWEEP / SHARDS) {
-            buckets.retain(|_, bucket| {
+        let shard = &mut *shard;
+        // A known key is found without allocating, and never forgotten
+        // while it is not full.
+        if let Some(bucket) = shard.buckets.get_mut(key) {
+            return take(bucket, rate, now);
+        }
+        let full = shard.buckets.len() >= MAX_KEYS_PER_SHARD;
+        let grown = shard.buckets.len() > shard.sweep_at.max(MAX_KEYS_BEFORE_SWEEP / SHARDS);
+        let due = shard
+            .swept
+            .is_none_or(|at| now.saturating_duration_since(at) >= FULL_SHARD_SWEEP_INTERVAL);
+        if grown || (full && due) {
+            shard.buckets.retain(|_, bucket| {
                 let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
                 bucket.tokens + elapsed * rate.per_second < rate.burst
             });
-            if buckets.len() >= MAX_KEYS_PER_SHARD {
-                buckets.clear();
-            }
-            *sweep_at = buckets.len() + buckets.len() / 2;
+            shard.sweep_at = shard.buckets.len() + shard.buckets.len() / 2;
+            shard.swept = Some(now);
         }
-        // A known key is found without allocating.
-        let bucket = match buckets.get_mut(key) {
-            Some(bucket) => bucket,
-            None => buckets.entry(key.to_owned()).or_insert(Bucket {
+        let bucket = if shard.buckets.len() >= MAX_KEYS_PER_SHARD {
+            shard.overflow.get_or_insert(Bucket {
                 tokens: rate.burst,
                 updated: now,
-            }),
-        };
-        let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * rate.per_second).min(rate.burst);
-        bucket.updated = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Ok(())
+            })
         } else {
-            let wait = (1.0 - bucket.tokens) / rate.per_second;
-            Err(wait.ceil().max(1.0) as u64)
-        }
+            shard.buckets.entry(key.to_owned()).or_insert(Bucket {
+                tokens: rate.burst,
+                updated: now,
+            })
+        };
+        take(bucket, rate, now)
+    }
+}
+
+/// Refills `bucket` up to `now` and takes one token from it.
+fn take(bucket: &mut Bucket, rate: Rate, now: Instant) -> Result<(), u64> {
+    let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
+    bucket.tokens = (bucket.tokens + elapsed * rate.per_second).min(rate.burst);
+    bucket.updated = now;
+    if bucket.tokens >= 1.0 {
+        bucket.tokens -= 1.0;
+        Ok(())
+    } else {
+        let wait = (1.0 - bucket.tokens) / rate.per_second;
+        Err(wait.ceil().max(1.0) as u64)
     }
 }
 
@@ -137,9 +161,17 @@ mod tests {
             burst: 2.0,
         });
         let start = Instant::now();
+        let mut allowed = 0;
         for key in 0..(5 * MAX_KEYS_BEFORE_SWEEP) {
-            assert!(limiter.check(&format!("k{key}"), start).is_ok());
+            allowed += usize::from(limiter.check(&format!("k{key}"), start).is_ok());
         }
+        // Each key the shards hold had its own burst; the rest shared one
+        // overflow bucket per shard.
+        assert!(allowed >= MAX_KEYS_BEFORE_SWEEP, "{allowed}");
+        assert!(
+            allowed <= 2 * MAX_KEYS_BEFORE_SWEEP + 2 * SHARDS,
+            "{allowed}"
+        );
         for shard in &limiter.shards {
             let shard = shard.lock().unwrap();
             // At most half again the cap between two sweeps.
@@ -149,6 +181,61 @@ mod tests {
                 shard.buckets.len()
             );
         }
+    }
+
+    /// Keys in the same shard as `key`, none of them `key`.
+    fn shard_mates<'a>(
+        limiter: &'a RateLimiter,
+        key: &'a str,
+    ) -> impl Iterator<Item = String> + 'a {
+        (0..)
+            .map(|n| format!("flood{n}"))
+            .filter(move |other| std::ptr::eq(limiter.shard(other), limiter.shard(key)))
+    }
+
+    /// A flood of distinct keys in a throttled key's shard (as from many
+    /// IPv6 addresses) neither gives that key a fresh burst nor grows the
+    /// shard past its cap; once the flood's buckets refill, new keys get
+    /// their own again.
+    #[test]
+    fn a_flood_of_distinct_keys_does_not_free_a_throttled_key() {
+        let limiter = RateLimiter::new(Rate {
+            per_second: 0.01,
+            burst: 1.0,
+        });
+        let start = Instant::now();
+        assert!(limiter.check("k", start).is_ok());
+        assert_eq!(limiter.check("k", start), Err(100));
+        for (n, other) in shard_mates(&limiter, "k")
+            .take(3 * MAX_KEYS_PER_SHARD)
+            .enumerate()
+        {
+            let now = start + Duration::from_millis(n as u64);
+            let _ = limiter.check(&other, now);
+            let shard = limiter.shard("k").lock().unwrap();
+            assert!(shard.buckets.len() <= MAX_KEYS_PER_SHARD);
+        }
+        let later = start + Duration::from_secs(60);
+        assert!(limiter.check("k", later).is_err(), "a fresh burst");
+        let newcomer = shard_mates(&limiter, "k")
+            .nth(3 * MAX_KEYS_PER_SHARD)
+            .unwrap();
+        assert!(
+            limiter.check(&newcomer, later).is_err(),
+            "the flood shares one bucket"
+        );
+        assert!(!limiter
+            .shard("k")
+            .lock()
+            .unwrap()
+            .buckets
+            .contains_key(&newcomer));
+
+        let refilled = start + Duration::from_secs(200);
+        assert!(limiter.check("k", refilled).is_ok());
+        assert!(limiter.check(&newcomer, refilled).is_ok());
+        let shard = limiter.shard("k").lock().unwrap();
+        assert!(shard.buckets.contains_key(&newcomer), "tracked again");
     }
 }
 
