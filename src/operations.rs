@@ -20,13 +20,17 @@
 
 /// The vote stream.
 pub const STREAM: &str = "stream";
-/// The application's stream consumer, named after `--app` (`TALLY_APP`):
-/// `<stream ARN>/consumer/<app>:*` (the name, then its creation time),
-/// which no replay's consumer matches.
+/// The application's stream consumer, named after `--app` (`TALLY_APP`).
+/// IAM checks `DescribeStreamConsumer`, which the code calls with the
+/// stream's ARN and the consumer's name, on `<stream ARN>/consumer/<app>`,
+/// and `SubscribeToShard`, called with the consumer's ARN, on
+/// `<stream ARN>/consumer/<app>:<creation time>`; no replay's consumer
+/// matches either.
 pub const CONSUMER: &str = "application stream consumer";
 /// The stream consumers `tally replay` registers: named after its
 /// `--replay-app`, which begins `<app>-replay` or `<app>-restored` as its
-/// lease table's name must (`<stream ARN>/consumer/<app>-replay*`, `...-restored*`).
+/// lease table's name must (`<stream ARN>/consumer/<app>-replay*`, `...-restored*`,
+/// which match a consumer's name alone and with its creation time).
 pub const REPLAY_CONSUMERS: &str = "replay stream consumers";
 /// The lease table `<app>-leases`.
 pub const LEASES: &str = "leases table";
@@ -107,7 +111,8 @@ const SHADOW_LEASE_WORKER: [(&str, &str); 11] = lease_worker!(SHADOW, SHADOW_IND
 /// after the application registered unless it exists and described until
 /// ACTIVE, and a subscription per shard. IAM checks `RegisterStreamConsumer`
 /// on the stream and `DescribeStreamConsumer` and `SubscribeToShard` on the
-/// consumer. A worker never deregisters it.
+/// consumer (by name and by ARN, see `CONSUMER`). A worker never
+/// deregisters it.
 const FAN_OUT: [(&str, &str); 4] = [
     ("kinesis:DescribeStreamSummary", STREAM),
     ("kinesis:RegisterStreamConsumer", STREAM),

@@ -1981,7 +1981,10 @@ fn elements_for(kind: &str) -> Vec<&'static str> {
     let all = "local.table_and_index_arns";
     match kind {
         k if k == STREAM => vec!["var.stream_arn"],
-        k if k == CONSUMER => vec![r#""${var.stream_arn}/consumer/${var.app}:*""#],
+        k if k == CONSUMER => vec![
+            r#""${var.stream_arn}/consumer/${var.app}""#,
+            r#""${var.stream_arn}/consumer/${var.app}:*""#,
+        ],
         k if k == REPLAY_CONSUMERS => vec![
             r#""${var.stream_arn}/consumer/${var.app}-replay*""#,
             r#""${var.stream_arn}/consumer/${var.app}-restored*""#,
@@ -2072,6 +2075,142 @@ fn every_role_allows_what_its_commands_call() {
         );
         assert_eq!(role_of(command), Some(role));
     }
+}
+
+/// A stream ARN and an application name to fill in the roles' resource
+/// patterns with.
+const SAMPLE_STREAM_ARN: &str = "arn:aws:kinesis:eu-west-1:123456789012:stream/tally-votes";
+const SAMPLE_APP: &str = "tally";
+
+/// Whether `arn` matches the IAM resource pattern `pattern`: `*` stands
+/// for any run of characters (none too), `?` for one, anything else for
+/// itself.
+fn iam_pattern_matches(pattern: &[char], arn: &[char]) -> bool {
+    match pattern.split_first() {
+        None => arn.is_empty(),
+        Some(('*', rest)) => (0..=arn.len()).any(|skip| iam_pattern_matches(rest, &arn[skip..])),
+        Some(('?', rest)) => !arn.is_empty() && iam_pattern_matches(rest, &arn[1..]),
+        Some((literal, rest)) => {
+            arn.first() == Some(literal) && iam_pattern_matches(rest, &arn[1..])
+        }
+    }
+}
+
+#[test]
+fn check_iam_pattern_matches() {
+    let matches = |pattern: &str, arn: &str| {
+        let pattern: Vec<char> = pattern.chars().collect();
+        let arn: Vec<char> = arn.chars().collect();
+        iam_pattern_matches(&pattern, &arn)
+    };
+    assert!(matches("a/b", "a/b"));
+    assert!(!matches("a/b", "a/bc"));
+    assert!(matches("a/b:*", "a/b:1"));
+    assert!(matches("a/b:*", "a/b:"));
+    assert!(!matches("a/b:*", "a/b"));
+    assert!(matches("a/b*", "a/b"));
+    assert!(matches("a/?:1", "a/b:1"));
+    assert!(!matches("a/?:1", "a/:1"));
+}
+
+/// The patterns of a statement's resources with `var.stream_arn` and
+/// `var.app` filled in with the samples; elements that name anything else
+/// (the tables' locals, the key) are left out.
+fn sample_patterns(statement: &Statement) -> Vec<String> {
+    resource_elements(&statement.resources)
+        .iter()
+        .filter_map(|element| {
+            if element == "var.stream_arn" {
+                return Some(SAMPLE_STREAM_ARN.to_owned());
+            }
+            let template = element.strip_prefix('"')?.strip_suffix('"')?;
+            let pattern = template
+                .replace("${var.stream_arn}", SAMPLE_STREAM_ARN)
+                .replace("${var.app}", SAMPLE_APP);
+            (!pattern.contains("${")).then_some(pattern)
+        })
+        .collect()
+}
+
+/// Whether the statements allow `action` on `arn` and deny it nowhere, as
+/// IAM evaluates them, with the sample stream and application.
+fn allows_on_sample(statements: &[Statement], action: &str, arn: &str) -> bool {
+    let arn: Vec<char> = arn.chars().collect();
+    let any = |effect: &str| {
+        statements.iter().any(|statement| {
+            statement.effect == effect
+                && statement.actions.contains(action)
+                && sample_patterns(statement).iter().any(|pattern| {
+                    let pattern: Vec<char> = pattern.chars().collect();
+                    iam_pattern_matches(&pattern, &arn)
+                })
+        })
+    };
+    any("Allow") && !any("Deny")
+}
+
+/// Kinesis checks `DescribeStreamConsumer` and `DeregisterStreamConsumer`,
+/// which the code calls with the stream's ARN and the consumer's name, on
+/// `<stream>/consumer/<name>` without the creation time, and
+/// `SubscribeToShard`, called with the consumer's ARN, on
+/// `<stream>/consumer/<name>:<creation time>`: each role's patterns match
+/// its own consumers in the form each call is checked in, and no other
+/// role's.
+#[test]
+fn the_consumer_grants_match_the_arns_kinesis_checks() {
+    let service = module_text("service");
+    let consumer = |name: &str| format!("{SAMPLE_STREAM_ARN}/consumer/{name}");
+    let created = |name: &str| format!("{SAMPLE_STREAM_ARN}/consumer/{name}:1700000000");
+    const DESCRIBE: &str = "kinesis:DescribeStreamConsumer";
+    const SUBSCRIBE: &str = "kinesis:SubscribeToShard";
+    const DEREGISTER: &str = "kinesis:DeregisterStreamConsumer";
+    const REGISTER: &str = "kinesis:RegisterStreamConsumer";
+    let mut wrong = Vec::new();
+    let mut expect =
+        |role: &str, statements: &[Statement], action: &str, arn: &str, allowed: bool| {
+            if allows_on_sample(statements, action, arn) != allowed {
+                let verdict = if allowed { "does not allow" } else { "allows" };
+                wrong.push(format!("the {role} role {verdict} {action} on {arn}"));
+            }
+        };
+
+    let worker = statements(&service, "worker");
+    expect("worker", &worker, REGISTER, SAMPLE_STREAM_ARN, true);
+    expect("worker", &worker, DESCRIBE, &consumer(SAMPLE_APP), true);
+    expect("worker", &worker, DESCRIBE, &created(SAMPLE_APP), true);
+    expect("worker", &worker, SUBSCRIBE, &created(SAMPLE_APP), true);
+    for other in ["tally-replay-1", "tally-restored-1", "tally2", "other"] {
+        for arn in [consumer(other), created(other)] {
+            for action in [DESCRIBE, SUBSCRIBE, DEREGISTER] {
+                expect("worker", &worker, action, &arn, false);
+            }
+        }
+    }
+    expect("worker", &worker, DEREGISTER, &consumer(SAMPLE_APP), false);
+
+    let replay = statements(&service, "replay");
+    expect("replay", &replay, REGISTER, SAMPLE_STREAM_ARN, true);
+    for own in [
+        "tally-replay-1",
+        "tally-replay-restore-1",
+        "tally-restored-1",
+    ] {
+        for arn in [consumer(own), created(own)] {
+            expect("replay", &replay, DESCRIBE, &arn, true);
+            expect("replay", &replay, DEREGISTER, &arn, true);
+        }
+        expect("replay", &replay, SUBSCRIBE, &created(own), true);
+    }
+    for live in [
+        consumer(SAMPLE_APP),
+        created(SAMPLE_APP),
+        created("other-replay-1"),
+    ] {
+        for action in [DESCRIBE, SUBSCRIBE, DEREGISTER] {
+            expect("replay", &replay, action, &live, false);
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
 /// The resource kinds of src/operations.rs a `resources` element stands

@@ -68,16 +68,24 @@ data "aws_iam_policy_document" "worker" {
   # lease/src/stream/kinesis.rs, TALLY_CONSUMER_MODE=fan-out: the stream's
   # ARN, the consumer named after the application (TALLY_APP, var.app)
   # registered unless it exists (never deregistered by a worker), described
-  # until ACTIVE, and one SubscribeToShard per shard (checked on the
-  # consumer, <name>:<creation time>): that consumer only, never a replay's.
+  # until ACTIVE, and one SubscribeToShard per shard: that consumer only,
+  # never a replay's. DescribeStreamConsumer is called with the stream's ARN
+  # and the consumer's name, which IAM checks as <stream>/consumer/<name>
+  # (no creation time); SubscribeToShard with the consumer's ARN,
+  # <stream>/consumer/<name>:<creation time>.
   statement {
     sid       = "RegisterConsumer"
     actions   = ["kinesis:DescribeStreamSummary", "kinesis:RegisterStreamConsumer"]
     resources = [var.stream_arn]
   }
   statement {
+    sid       = "DescribeConsumer"
+    actions   = ["kinesis:DescribeStreamConsumer"]
+    resources = ["${var.stream_arn}/consumer/${var.app}", "${var.stream_arn}/consumer/${var.app}:*"]
+  }
+  statement {
     sid       = "FanOut"
-    actions   = ["kinesis:DescribeStreamConsumer", "kinesis:SubscribeToShard"]
+    actions   = ["kinesis:SubscribeToShard"]
     resources = ["${var.stream_arn}/consumer/${var.app}:*"]
   }
   # lease/src/store/dynamo.rs: at start CreateTable (the table exists, so
