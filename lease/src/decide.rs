@@ -6,7 +6,7 @@
 //! dead once its heartbeat counter has not changed, as seen by the observer,
 //! for the lease duration on the observer's own monotonic clock.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use rand::seq::SliceRandom;
@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::graph::{lease_state, LeaseState};
 use crate::store::FleetView;
-use crate::types::{Fence, Lease, LeaseMap};
+use crate::types::{Fence, Lease, LeaseMap, ShardId};
 
 #[derive(Clone, Debug)]
 struct Seen {
@@ -111,6 +111,8 @@ pub struct PlanLimits {
 pub struct PlanInput<'a> {
     pub me: &'a str,
     pub leases: &'a LeaseMap,
+    /// Keys of the table's items that do not read as leases.
+    pub unreadable: &'a BTreeSet<ShardId>,
     /// Live workers (me included) and their lease counts; mine is replaced
     /// by what I actually hold.
     pub live: &'a BTreeMap<String, u32>,
@@ -135,7 +137,7 @@ pub fn plan(input: &PlanInput<'_>, rng: &mut impl Rng) -> Vec<Action> {
     let ready: Vec<&Lease> = input
         .leases
         .values()
-        .filter(|lease| lease_state(lease, input.leases) == LeaseState::Ready)
+        .filter(|lease| lease_state(lease, input.leases, input.unreadable) == LeaseState::Ready)
         .collect();
     let mut counts = input.live.clone();
     counts.insert(me.to_owned(), input.mine as u32);
@@ -263,6 +265,7 @@ mod tests {
         let input = PlanInput {
             me: "me",
             leases: &leases,
+            unreadable: &BTreeSet::new(),
             live: &live,
             mine: 0,
             pending_handoffs: 0,
@@ -276,6 +279,8 @@ mod tests {
         assert!(actions.iter().all(|a| matches!(a, Action::Take(f) if f.owner.is_none() || f.owner.as_deref() == Some("dead"))));
     }
 
+    static NONE: BTreeSet<ShardId> = BTreeSet::new();
+
     /// "me" planning with `mine` leases, no request outstanding, default limits.
     fn input_for_me<'a>(
         leases: &'a LeaseMap,
@@ -285,6 +290,7 @@ mod tests {
         PlanInput {
             me: "me",
             leases,
+            unreadable: &NONE,
             live,
             mine,
             pending_handoffs: 0,
@@ -356,6 +362,7 @@ mod tests {
         let input = PlanInput {
             me: "me",
             leases: &leases,
+            unreadable: &BTreeSet::new(),
             live: &live,
             mine: 0,
             pending_handoffs: 0,
@@ -371,6 +378,7 @@ mod tests {
         let live = BTreeMap::from([("me".to_owned(), 1), ("b".to_owned(), 2)]);
         let input = PlanInput {
             leases: &balanced,
+            unreadable: &BTreeSet::new(),
             live: &live,
             mine: 1,
             ..input
@@ -398,6 +406,7 @@ mod tests {
                 let input = PlanInput {
                     me: worker,
                     leases,
+                    unreadable: &BTreeSet::new(),
                     live: &live,
                     mine: count_of(leases, worker),
                     pending_handoffs: 0,

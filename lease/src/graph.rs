@@ -2,7 +2,7 @@
 //! listing, when a child may start, and when a finished parent may go.
 //! Pure code; the sync loop and the simulation both call it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::types::{Checkpoint, InitialPosition, Lease, LeaseMap, Shard, ShardId};
 
@@ -139,17 +139,22 @@ pub enum LeaseState {
     Ready,
 }
 
-/// The state of `lease` given every lease in the table. A parent without a
-/// lease counts as ended: leases of parents are only deleted after they
-/// ended (see [`parents_to_clean_up`]) and shards past retention are gone.
-pub fn lease_state(lease: &Lease, all: &LeaseMap) -> LeaseState {
+/// The state of `lease` given every lease in the table, and the keys of
+/// the table's items that do not read as leases. A parent without a lease
+/// counts as ended: leases of parents are only deleted after they ended
+/// (see [`parents_to_clean_up`]) and shards past retention are gone. A
+/// parent whose item is there but unreadable may not have ended: its
+/// children wait.
+pub fn lease_state(lease: &Lease, all: &LeaseMap, unreadable: &BTreeSet<ShardId>) -> LeaseState {
     if lease.is_finished() {
         return LeaseState::Ended;
     }
     let parents_done = lease.parents.iter().all(|parent| {
-        all.get(parent)
-            .map(|parent_lease| parent_lease.is_finished())
-            .unwrap_or(true)
+        !unreadable.contains(parent)
+            && all
+                .get(parent)
+                .map(|parent_lease| parent_lease.is_finished())
+                .unwrap_or(true)
     });
     if parents_done {
         LeaseState::Ready
@@ -249,10 +254,16 @@ mod tests {
             .into_iter()
             .map(|l| (l.key.clone(), l))
             .collect();
-        assert_eq!(lease_state(&child, &all), LeaseState::WaitingOnParents);
+        assert_eq!(
+            lease_state(&child, &all, &BTreeSet::new()),
+            LeaseState::WaitingOnParents
+        );
         assert!(parents_to_clean_up(&all).is_empty(), "child never taken");
         all.get_mut(&ShardId::new("b")).unwrap().checkpoint = Checkpoint::ShardEnd;
-        assert_eq!(lease_state(&child, &all), LeaseState::Ready);
+        assert_eq!(
+            lease_state(&child, &all, &BTreeSet::new()),
+            LeaseState::Ready
+        );
         all.get_mut(&ShardId::new("m")).unwrap().counter = 1;
         assert_eq!(
             parents_to_clean_up(&all),
@@ -356,7 +367,7 @@ mod tests {
             }
             let all: LeaseMap = leases.into_iter().map(|l| (l.key.clone(), l)).collect();
             for lease in all.values() {
-                if lease_state(lease, &all) == LeaseState::Ready {
+                if lease_state(lease, &all, &BTreeSet::new()) == LeaseState::Ready {
                     for parent in &lease.parents {
                         prop_assert!(all[parent].is_finished());
                     }

@@ -414,8 +414,7 @@ impl Worker {
             .values()
             .filter(|lease| lease.owner.as_deref() == Some(me.as_str()))
             .filter(|lease| !self.consumers.contains_key(&lease.key))
-            .filter(|lease| lease_state(lease, &self.leases) == LeaseState::Ready)
-            .filter(|lease| !self.parent_unreadable(lease))
+            .filter(|lease| lease_state(lease, &self.leases, &self.unreadable) == LeaseState::Ready)
             .cloned()
             .collect();
         for lease in to_start {
@@ -465,33 +464,12 @@ impl Worker {
         }
     }
 
-    /// A lease whose parent is in the table but does not read as a lease
-    /// waits: a parent missing from the table has ended (finished parents
-    /// are deleted), an unreadable one may not have.
-    fn parent_unreadable(&self, lease: &Lease) -> bool {
-        lease
-            .parents
-            .iter()
-            .any(|parent| self.unreadable.contains(parent))
-    }
-
     async fn act(&mut self, now: Instant) {
         let live = self.liveness.live(now);
-        // Leases waiting on an unreadable parent are left out of the plan.
-        let plannable: std::borrow::Cow<'_, LeaseMap> = if self.unreadable.is_empty() {
-            std::borrow::Cow::Borrowed(&self.leases)
-        } else {
-            std::borrow::Cow::Owned(
-                self.leases
-                    .iter()
-                    .filter(|(_, lease)| !self.parent_unreadable(lease))
-                    .map(|(key, lease)| (key.clone(), lease.clone()))
-                    .collect(),
-            )
-        };
         let input = PlanInput {
             me: &self.config.worker_id,
-            leases: &plannable,
+            leases: &self.leases,
+            unreadable: &self.unreadable,
             live: &live,
             mine: self.consumers.len(),
             pending_handoffs: self.requested.len(),
@@ -501,7 +479,6 @@ impl Worker {
             },
         };
         let actions = plan(&input, &mut self.rng);
-        drop(plannable);
         let me = self.config.worker_id.clone();
         let mut requested_any = false;
         for action in actions {
@@ -647,8 +624,21 @@ async fn sync_once(
                 .collect(),
         );
     }
-    let leases = store.list_leases().await.map_err(|e| e.to_string())?;
-    let existing = leases.iter().map(|l| l.key.clone()).collect();
+    let table = store.scan_leases().await.map_err(|e| e.to_string())?;
+    // An item that does not read as a lease still holds its key: creating
+    // one there would only be refused, a conditional write each sync.
+    let existing = table
+        .leases
+        .iter()
+        .map(|l| l.key.clone())
+        .chain(
+            table
+                .skipped
+                .iter()
+                .map(|item| ShardId::new(item.key.as_str())),
+        )
+        .collect();
+    let leases = table.leases;
     let mut created = 0;
     for lease in leases_to_create(&shards, &existing, config.initial_position) {
         match store

@@ -1,10 +1,12 @@
 //! `tally leases`: the lease table as a person wants to read it.
 
+use std::collections::BTreeSet;
+
 use anyhow::Context;
 use serde::Serialize;
 use tally_lease::graph::{lease_state, LeaseState};
 use tally_lease::store::LeaseTable;
-use tally_lease::{DynamoStore, Lease, LeaseMap, LeaseStore};
+use tally_lease::{DynamoStore, Lease, LeaseMap, LeaseStore, ShardId};
 
 use tally_service::settings::{Clients, Common};
 
@@ -19,8 +21,9 @@ pub struct Row {
     pub pending_owner: Option<String>,
 }
 
-/// One row per lease, in shard order.
-pub fn rows(leases: &[Lease]) -> Vec<Row> {
+/// One row per lease, in shard order; `unreadable`: the keys of items that
+/// do not read as leases (their children wait, as the workers make them).
+pub fn rows(leases: &[Lease], unreadable: &BTreeSet<ShardId>) -> Vec<Row> {
     let all: LeaseMap = leases.iter().map(|l| (l.key.clone(), l.clone())).collect();
     let mut rows: Vec<Row> = leases
         .iter()
@@ -30,7 +33,7 @@ pub fn rows(leases: &[Lease]) -> Vec<Row> {
             counter: lease.counter,
             checkpoint: lease.checkpoint.to_string(),
             parents: lease.parents.iter().map(ToString::to_string).collect(),
-            state: match lease_state(lease, &all) {
+            state: match lease_state(lease, &all, unreadable) {
                 LeaseState::Ended => "ended",
                 LeaseState::WaitingOnParents => "waiting on parents",
                 LeaseState::Ready if lease.owner.is_some() => "processing",
@@ -115,7 +118,11 @@ pub async fn show(
     let LeaseTable { leases, skipped } =
         read.with_context(|| format!("reading lease table {}", common.lease_table()))?;
     let fleet = store.fleet().await?;
-    let rows = rows(&leases);
+    let unreadable = skipped
+        .iter()
+        .map(|item| ShardId::new(item.key.as_str()))
+        .collect();
+    let rows = rows(&leases, &unreadable);
     if json {
         let workers: Vec<serde_json::Value> = fleet
             .workers
@@ -150,7 +157,7 @@ pub async fn show(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tally_lease::{Checkpoint, ShardId};
+    use tally_lease::Checkpoint;
 
     #[test]
     fn states_read_as_people_expect() {
@@ -159,12 +166,27 @@ mod tests {
         let mut child = Lease::new(ShardId::new("shardId-2"), Checkpoint::TrimHorizon);
         child.parents = vec![parent.key.clone()];
         let ended = Lease::new(ShardId::new("shardId-0"), Checkpoint::ShardEnd);
-        let rows = rows(&[parent, child, ended]);
+        let mut orphan = Lease::new(ShardId::new("shardId-4"), Checkpoint::TrimHorizon);
+        orphan.parents = vec![ShardId::new("shardId-3")];
+        let rows = rows(&[parent, child, ended, orphan.clone()], &BTreeSet::new());
         let states: Vec<&str> = rows.iter().map(|r| r.state).collect();
-        assert_eq!(states, vec!["ended", "processing", "waiting on parents"]);
+        assert_eq!(
+            states,
+            vec!["ended", "processing", "waiting on parents", "free"]
+        );
+        // A parent whose item does not read as a lease: its child waits.
+        let unreadable = BTreeSet::from([ShardId::new("shardId-3")]);
+        assert_eq!(
+            rows_states(&[orphan], &unreadable),
+            vec!["waiting on parents"]
+        );
         let text = render(&rows);
         assert!(text.starts_with("SHARD"));
         assert!(text.contains("shardId-2") && text.contains("waiting on parents"));
+    }
+
+    fn rows_states(leases: &[Lease], unreadable: &BTreeSet<ShardId>) -> Vec<&'static str> {
+        rows(leases, unreadable).iter().map(|r| r.state).collect()
     }
 }
 

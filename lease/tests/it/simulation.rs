@@ -642,7 +642,7 @@ async fn schedule(seed: u64, fan_out: bool) -> Result<(), String> {
     let live: HashSet<&str> = workers.iter().map(|w| w.id.as_str()).collect();
     let mut counts: BTreeMap<&str, usize> = live.iter().map(|id| (*id, 0)).collect();
     for lease in leases.values() {
-        if lease_state(lease, &leases) != LeaseState::Ready {
+        if lease_state(lease, &leases, &Default::default()) != LeaseState::Ready {
             continue;
         }
         match lease.owner.as_deref() {
@@ -772,6 +772,17 @@ fn millis_behind_is_the_largest_over_the_shards() {
 /// one may not have. Once it reads again, the parent goes first.
 #[test]
 fn children_of_an_unreadable_parent_lease_wait_for_it() {
+    children_wait_for_an_unreadable_parent(false);
+}
+
+/// The same when the child's lease is already the worker's (a restart, a
+/// handoff): it is not started either.
+#[test]
+fn an_owned_child_of_an_unreadable_parent_lease_waits_for_it() {
+    children_wait_for_an_unreadable_parent(true);
+}
+
+fn children_wait_for_an_unreadable_parent(child_owned: bool) {
     in_virtual_time(async {
         let world = World::new(1, 11, false).await;
         let parent = world.stream.open_shards().remove(0);
@@ -782,6 +793,13 @@ fn children_of_an_unreadable_parent_lease_wait_for_it() {
         world
             .table
             .put_unreadable(&parent, "checkpoint is not a string");
+        if child_owned {
+            let mut lease = Lease::new(child.clone(), Checkpoint::TrimHorizon);
+            lease.parents = vec![parent.clone()];
+            lease.owner = Some("only".into());
+            lease.counter = 1;
+            world.table.put_raw(lease);
+        }
         let worker = world.spawn("only", 0);
         tokio::time::sleep(Duration::from_secs(20)).await;
         {

@@ -241,7 +241,7 @@ async fn standing(world: &World, live: &BTreeSet<String>) -> (usize, usize, usiz
     let mut held: BTreeMap<&str, usize> = live.iter().map(|id| (id.as_str(), 0)).collect();
     let mut unowned = 0;
     for lease in leases.values() {
-        if lease_state(lease, &leases) != LeaseState::Ready {
+        if lease_state(lease, &leases, &Default::default()) != LeaseState::Ready {
             continue;
         }
         match lease.owner.as_deref().and_then(|o| held.get_mut(o)) {
