@@ -188,7 +188,6 @@ fn reader(ctx: &ConsumerContext, first_start: StartPosition) -> Box<dyn ShardRea
     }
 }
 
-/// Runs one shard until it ends, is lost, or is stopped.
 /// Drops the sub-records already checkpointed inside the aggregate a
 /// resumed lease starts at, on the first page that has records; an empty
 /// page before it (an event with nothing in it) leaves the skip for later.
@@ -201,6 +200,7 @@ fn skip_checkpointed(records: &mut Vec<Record>, skip_through: &mut Option<Extend
     }
 }
 
+/// Runs one shard until it ends, is lost, or is stopped.
 pub async fn run(mut ctx: ConsumerContext) -> ConsumerExit {
     let shard = ctx.lease.key.clone();
     let checkpointer = Checkpointer::new(
