@@ -1025,7 +1025,23 @@ async fn bad_gateway_settings_fail_naming_the_setting() {
     ])
     .contains("TALLY_DEV_TOKENS"));
     // A claim every token shares (or none does twice) is no voter.
-    for claim in ["aud", "iss", "jti", "roles"] {
+    for claim in [
+        "aud",
+        "iss",
+        "jti",
+        "roles",
+        "client_id",
+        "origin_jti",
+        "event_id",
+        "sid",
+        "token_use",
+        "auth_time",
+        "iat",
+        "nbf",
+        "email_verified",
+        "phone_number_verified",
+        "scope",
+    ] {
         assert!(run(&[
             ("TALLY_AUTH_SECRET", &secret),
             ("TALLY_AUTH_VOTER_CLAIM", claim)

@@ -204,17 +204,28 @@ impl GatewayArgs {
         }
         // A claim that is the same for every voter (or new in every token)
         // would make everyone one voter (or every token a new one).
-        const NOT_A_PERSON: [&str; 10] = [
+        const NOT_A_PERSON: &[&str] = &[
+            // The same for every voter.
             "iss",
             "aud",
+            "azp",
+            "client_id",
+            "scope",
+            "token_use",
+            "version",
+            "email_verified",
+            "phone_number_verified",
+            // New in every token, or every sign-in.
             "exp",
             "nbf",
             "iat",
-            "jti",
-            "azp",
-            "scope",
-            "token_use",
             "auth_time",
+            "jti",
+            "origin_jti",
+            "event_id",
+            "sid",
+            "nonce",
+            "at_hash",
         ];
         if NOT_A_PERSON.contains(&self.auth_voter_claim.as_str())
             || self.auth_voter_claim == self.auth_role_claim
@@ -855,6 +866,42 @@ mod tests {
         let mut argv = vec!["gateway", "--auth-secret", secret.as_str()];
         argv.extend_from_slice(extra);
         Wrapper::try_parse_from(argv).unwrap().args
+    }
+
+    /// Claims every voter shares, or that change with each token or
+    /// sign-in, are refused as the voter claim.
+    #[test]
+    fn a_claim_that_names_no_person_is_refused() {
+        for claim in [
+            "iss",
+            "aud",
+            "azp",
+            "client_id",
+            "scope",
+            "token_use",
+            "email_verified",
+            "phone_number_verified",
+            "exp",
+            "nbf",
+            "iat",
+            "auth_time",
+            "jti",
+            "origin_jti",
+            "event_id",
+            "sid",
+            "roles",
+        ] {
+            let Err(error) = args(&["--auth-voter-claim", claim]).auth_config() else {
+                panic!("{claim} was accepted as the voter claim");
+            };
+            assert!(
+                error.to_string().contains("TALLY_AUTH_VOTER_CLAIM"),
+                "{error}"
+            );
+        }
+        for claim in ["sub", "phone_number", "email", "cognito:username"] {
+            assert!(args(&["--auth-voter-claim", claim]).auth_config().is_ok());
+        }
     }
 
     #[test]
