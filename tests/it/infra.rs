@@ -2871,6 +2871,107 @@ fn runbook_commands() -> Vec<(String, Vec<String>)> {
     found
 }
 
+/// The Terraform outputs a runbook tells the operator to read: the name in
+/// each `terraform output [flags] NAME` backtick span, and each backtick
+/// span followed by the word "output" (the `NAME` output), as (runbook,
+/// name).
+fn runbook_outputs() -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(runbooks()).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let runbook = path.file_name().unwrap().to_string_lossy().into_owned();
+        let parts: Vec<&str> = text.split('`').collect();
+        for (index, span) in parts.iter().enumerate() {
+            if index % 2 == 0 {
+                continue;
+            }
+            if let Some(rest) = span.strip_prefix("terraform output") {
+                let name = rest
+                    .split_whitespace()
+                    .find(|word| !word.starts_with('-'))
+                    .unwrap_or_else(|| panic!("{runbook}: `{span}` names no output"));
+                found.push((runbook.clone(), name.to_owned()));
+                continue;
+            }
+            let after = parts.get(index + 1).copied().unwrap_or_default();
+            let names_an_output = after.split_whitespace().next().is_some_and(|word| {
+                word.trim_end_matches(|c: char| !c.is_ascii_alphabetic()) == "output"
+            });
+            if names_an_output && after.starts_with(char::is_whitespace) {
+                found.push((runbook.clone(), (*span).to_owned()));
+            }
+        }
+    }
+    found
+}
+
+/// Every output a runbook names is one of every environment root (the
+/// module's own outputs are not visible to `terraform output` there), and
+/// the one-off run settings are what modules/service makes.
+#[test]
+fn every_output_a_runbook_names_is_an_output_of_every_environment() {
+    let outputs = runbook_outputs();
+    assert!(!outputs.is_empty(), "the scan finds the runbooks' outputs");
+    let tally = module_text("tally");
+    let mut envs: Vec<PathBuf> = std::fs::read_dir(infra().join("envs"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    envs.sort();
+    assert!(envs.len() >= 2, "{envs:?}");
+    let mut missing = Vec::new();
+    for env in &envs {
+        let mut files = Vec::new();
+        terraform_files(env, &mut files);
+        let text = files
+            .iter()
+            .map(|file| std::fs::read_to_string(file).unwrap())
+            .collect::<Vec<_>>()
+            .join("\n");
+        for (runbook, name) in &outputs {
+            let found = blocks(&text, &format!("output \"{name}\""));
+            let value = found.first().and_then(|body| attr(body, "value"));
+            if value != Some(format!("module.tally.{name}").as_str()) {
+                missing.push(format!(
+                    "{runbook} names the `{name}` output, which {} does not give as module.tally.{name}",
+                    env.display()
+                ));
+            }
+            if blocks(&tally, &format!("output \"{name}\"")).len() != 1 {
+                missing.push(format!("{runbook}: modules/tally has no output {name}"));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "{}", missing.join("\n"));
+    assert!(
+        outputs.iter().any(|(_, name)| name == "one_off_run"),
+        "the runbooks name the one_off_run output: {outputs:?}"
+    );
+    // What one_off_run holds: the fields the runbooks name, from
+    // modules/service's outputs.
+    let one_off_run = squeeze(&without_comments(block(&tally, "output \"one_off_run\"")));
+    let service = module_text("service");
+    for field in [
+        "cluster = module.service.cluster_name",
+        "finalizer = module.service.finalizer_task_definition",
+        "replay = module.service.replay_task_definition",
+        "security_groups = [module.service.worker_security_group_id]",
+        "subnets = var.private_subnet_ids",
+    ] {
+        assert!(one_off_run.contains(field), "one_off_run has {field}");
+        if let Some(output) = field.split("module.service.").nth(1) {
+            let output = output.trim_end_matches(']');
+            assert_eq!(
+                blocks(&service, &format!("output \"{output}\"")).len(),
+                1,
+                "modules/service has the output {output}"
+            );
+        }
+    }
+    assert!(one_off_run.contains("task_definitions = {"));
+}
+
 /// A one-off run a runbook spells out: `aws ecs run-task --cluster <app>
 /// --task-definition <app>-finalizer ... --overrides
 /// '{"containerOverrides":[{"name":"finalizer","command":["finalize","ID"]}]}'`.

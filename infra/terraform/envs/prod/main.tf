@@ -135,3 +135,8 @@ output "cdn_domain_name" {
   description = "Point cdn_aliases here (CNAME, or a Route 53 alias record)."
   value       = module.tally.cdn_domain_name
 }
+
+output "one_off_run" {
+  description = "Cluster, task definitions (finalizer, replay), security groups and subnets of one-off task runs (ops/runbooks)."
+  value       = module.tally.one_off_run
+}

@@ -68,6 +68,19 @@ output "private_subnet_ids" {
   value       = var.private_subnet_ids
 }
 
+output "one_off_run" {
+  description = "What a one-off task run (ops/runbooks: recount.md, restore.md, deploy.md) takes: aws ecs run-task --cluster <cluster> --task-definition <task_definitions.finalizer or .replay> --launch-type FARGATE --network-configuration 'awsvpcConfiguration={subnets=[<subnets>],securityGroups=[<security_groups>]}'."
+  value = {
+    cluster = module.service.cluster_name
+    task_definitions = {
+      finalizer = module.service.finalizer_task_definition
+      replay    = module.service.replay_task_definition
+    }
+    security_groups = [module.service.worker_security_group_id]
+    subnets         = var.private_subnet_ids
+  }
+}
+
 output "voter_claim" {
   description = "The claim both vote paths take the voter id from."
   value       = var.voter_claim
