@@ -1024,6 +1024,11 @@ async fn bad_gateway_settings_fail_naming_the_setting() {
         ("TALLY_DEV_TOKENS", "true")
     ])
     .contains("TALLY_DEV_TOKENS"));
+    assert!(run(&[
+        ("TALLY_AUTH_SECRET", &secret),
+        ("TALLY_WORKER_METRICS_URLS", "dns+http://")
+    ])
+    .contains("TALLY_WORKER_METRICS_URLS"));
     // A claim every token shares (or none does twice) is no voter.
     for claim in [
         "aud",

@@ -143,7 +143,9 @@ pub struct GatewayArgs {
     /// by commas, for the admin page's pipeline health. A
     /// `dns+http://name:port/path` entry stands for one `http://` URL per
     /// address the name resolves to when the page is read (a service
-    /// discovery name that answers every worker's address).
+    /// discovery name that answers every worker's address). At most 64
+    /// entries of at most 512 bytes, each a whole URL with a host, checked
+    /// at start.
     #[arg(long, env = "TALLY_WORKER_METRICS_URLS", value_delimiter = ',')]
     pub worker_metrics_urls: Vec<String>,
     /// How long a vote may wait for others to share its Kinesis call.
@@ -253,12 +255,17 @@ impl GatewayArgs {
                 bail!("invalid setting {name}: {value} must be at least 1");
             }
         }
+        if self.worker_metrics_urls.len() > api::MAX_METRICS_URLS {
+            bail!(
+                "invalid setting TALLY_WORKER_METRICS_URLS: {} entries, at most {} (a dns+http://name entry stands for every worker)",
+                self.worker_metrics_urls.len(),
+                api::MAX_METRICS_URLS
+            );
+        }
         for url in &self.worker_metrics_urls {
-            if !["http://", "https://", "dns+http://"]
-                .iter()
-                .any(|scheme| url.starts_with(scheme))
-            {
-                bail!("invalid setting TALLY_WORKER_METRICS_URLS: {url:?} is not an http(s) or dns+http URL");
+            if let Some(error) = api::metrics_url_error(url) {
+                let shown: String = url.chars().take(80).collect();
+                bail!("invalid setting TALLY_WORKER_METRICS_URLS: {shown:?}: {error}");
             }
         }
         for origin in &self.cors_origins {
@@ -902,6 +909,32 @@ mod tests {
         for claim in ["sub", "phone_number", "email", "cognito:username"] {
             assert!(args(&["--auth-voter-claim", claim]).auth_config().is_ok());
         }
+    }
+
+    #[test]
+    fn bad_metrics_urls_fail_naming_the_setting() {
+        let many = vec!["http://10.0.0.1:9464/metrics"; api::MAX_METRICS_URLS + 1].join(",");
+        for urls in [
+            "dns+http://",
+            "dns+http:///metrics",
+            "http://10.0.0.1:9464/metrics,https://",
+            "file:///etc/passwd",
+            many.as_str(),
+        ] {
+            let Err(error) = args(&["--worker-metrics-urls", urls]).auth_config() else {
+                panic!("{urls} was accepted");
+            };
+            assert!(
+                error.to_string().contains("TALLY_WORKER_METRICS_URLS"),
+                "{error}"
+            );
+        }
+        assert!(args(&[
+            "--worker-metrics-urls",
+            "http://10.0.0.1:9464/metrics,dns+http://workers.local:9464/metrics"
+        ])
+        .auth_config()
+        .is_ok());
     }
 
     #[test]

@@ -35,6 +35,7 @@ pub use self::dto::{
 pub use self::extract::{Admin, MaybeCaller, OptionalJson, PollId, StrictJson, Voter};
 pub use self::openapi::{openapi, spec};
 pub use self::ops::{dev_token, healthz, metrics, pipeline, readyz};
+pub(crate) use self::ops::{metrics_url_error, MAX_METRICS_URLS};
 pub use self::polls::{close_poll, create_poll, get_poll, list_polls, open_poll};
 pub use self::results::{results, results_stream};
 pub use self::votes::{cast_vote, my_vote};

@@ -114,6 +114,48 @@ pub async fn pipeline(
 /// The scheme of a metrics URL entry that names every address of a host.
 const DNS_SCHEME: &str = "dns+";
 
+/// Most entries in TALLY_WORKER_METRICS_URLS (a `dns+http://` entry
+/// stands for any number of workers).
+pub(crate) const MAX_METRICS_URLS: usize = 64;
+/// Longest entry in TALLY_WORKER_METRICS_URLS, in bytes.
+const MAX_METRICS_URL_BYTES: usize = 512;
+
+/// Why a TALLY_WORKER_METRICS_URLS entry cannot be read: it must be a whole
+/// `http(s)://host[:port]/path` or `dns+http://name[:port]/path` URL.
+pub(crate) fn metrics_url_error(entry: &str) -> Option<String> {
+    if entry.len() > MAX_METRICS_URL_BYTES {
+        return Some(format!("longer than {MAX_METRICS_URL_BYTES} bytes"));
+    }
+    if entry.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Some("contains white space".to_owned());
+    }
+    let (plain, schemes): (&str, &[&str]) = match entry.strip_prefix(DNS_SCHEME) {
+        Some(plain) => (plain, &["http"]),
+        None => (entry, &["http", "https"]),
+    };
+    let url = match reqwest::Url::parse(plain) {
+        Ok(url) => url,
+        Err(error) => return Some(format!("not a URL: {error}")),
+    };
+    if !schemes.contains(&url.scheme()) {
+        return Some("not an http(s) or dns+http URL".to_owned());
+    }
+    // The parser reads `http:///name` or `http:name` as naming the host
+    // `name`: the host must follow `//`.
+    let after_scheme = plain.get(url.scheme().len()..).unwrap_or_default();
+    let authority = after_scheme.strip_prefix("://").unwrap_or("/");
+    if authority.starts_with(['/', '\\']) || url.host_str().is_none_or(str::is_empty) {
+        return Some("names no host".to_owned());
+    }
+    if url.port_or_known_default().is_none() {
+        return Some("names no port".to_owned());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Some("carries credentials".to_owned());
+    }
+    None
+}
+
 /// The metrics URLs to read: an `http(s)://` entry as it is; a
 /// `dns+http://name:port/path` entry as `http://address:port/path` for each
 /// address `name` resolves to now (in order, each once), or as itself when
@@ -266,6 +308,36 @@ pub async fn dev_token(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_urls_are_whole_urls() {
+        for good in [
+            "http://10.0.0.1:9464/metrics",
+            "https://worker.internal/metrics",
+            "http://[::1]:9464/metrics",
+            "dns+http://workers.tally.local:9464/metrics?x=1",
+        ] {
+            assert_eq!(metrics_url_error(good), None, "{good}");
+        }
+        for bad in [
+            "dns+http://",
+            "dns+http://:9464/metrics",
+            "dns+http:///metrics",
+            "http:10.0.0.1:9464/metrics",
+            "http:\\\\10.0.0.1:9464/metrics",
+            "dns+https://workers.tally.local/metrics",
+            "http://",
+            "http://:9464/metrics",
+            "ftp://10.0.0.1/metrics",
+            "10.0.0.1:9464/metrics",
+            " http://10.0.0.1:9464/metrics",
+            "http://10.0.0.1:99999/metrics",
+            "http://user:secret@10.0.0.1:9464/metrics",
+            &format!("http://10.0.0.1:9464/{}", "m".repeat(MAX_METRICS_URL_BYTES)),
+        ] {
+            assert!(metrics_url_error(bad).is_some(), "{bad}");
+        }
+    }
 
     #[tokio::test]
     async fn a_dns_entry_is_one_url_per_address() {
