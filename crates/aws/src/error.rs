@@ -138,6 +138,9 @@ const CODES: &[(&str, ErrorClass)] = &[
     // 500 and 503 answers by name (DynamoDB's and Kinesis's).
     ("InternalServerError", ErrorClass::Transient),
     ("InternalFailure", ErrorClass::Transient),
+    // Kinesis: a 500 inside a SubscribeToShard event stream (no HTTP
+    // status there to fall back on).
+    ("InternalFailureException", ErrorClass::Transient),
     ("ServiceUnavailable", ErrorClass::Transient),
     ("ResourceNotFoundException", ErrorClass::NotFound),
     ("ResourceNotFound", ErrorClass::NotFound),
@@ -282,6 +285,7 @@ mod tests {
         ("TransactionInProgressException", Conflict),
         ("InternalServerError", Transient),
         ("InternalFailure", Transient),
+        ("InternalFailureException", Transient),
         ("ServiceUnavailable", Transient),
         ("ResourceNotFoundException", NotFound),
         ("ResourceNotFound", NotFound),
