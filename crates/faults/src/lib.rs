@@ -193,9 +193,14 @@ impl Faults {
     /// The faults to apply to one request of `operation`, in rule order.
     fn draw(&self, operation: &str) -> Vec<&FaultRule> {
         let mut sources = self.random.lock().expect("lock");
-        let random = sources.entry(operation.to_owned()).or_insert_with(|| {
-            rand::rngs::StdRng::seed_from_u64(operation_seed(self.seed, operation))
-        });
+        // The name is copied once per operation, not per request.
+        if !sources.contains_key(operation) {
+            sources.insert(
+                operation.to_owned(),
+                rand::rngs::StdRng::seed_from_u64(operation_seed(self.seed, operation)),
+            );
+        }
+        let random = sources.get_mut(operation).expect("inserted above");
         self.rules
             .iter()
             .filter(|rule| {
