@@ -36,19 +36,13 @@ fn per_second(from: &serde_json::Value, to: &serde_json::Value, name: &str) -> f
 /// Waits for the next metrics line after the current one.
 async fn next_metrics(log: &std::path::Path) -> serde_json::Value {
     let before = number(&last_metrics(log), "uptime_ms");
-    let started = std::time::Instant::now();
-    loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = last_metrics(log);
-        if number(&now, "uptime_ms") > before {
-            return now;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no new metrics line in {} for 60 s (the worker stopped logging?)",
-            log.display()
-        );
-    }
+    tally_testkit::process::wait_for_metrics(
+        log,
+        Duration::from_secs(60),
+        "a new metrics line (the worker stopped logging?)",
+        |now| number(now, "uptime_ms") > before,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

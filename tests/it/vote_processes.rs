@@ -171,18 +171,7 @@ impl Run {
         what: &str,
         ready: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        let started = Instant::now();
-        loop {
-            let metrics = self.last_metrics(id);
-            if ready(&metrics) {
-                return metrics;
-            }
-            assert!(
-                started.elapsed() < LIMIT,
-                "{what}: not seen in {LIMIT:?}; last metrics of {id}: {metrics}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        tally_testkit::process::wait_for_metrics(&self.log(id), LIMIT, what, ready).await
     }
 
     /// The last metrics line a worker logged.
@@ -374,29 +363,21 @@ async fn fan_out_clean_run_through_a_kill_counts_exactly() {
     let run = Run::with_mode(shared().await, "fan-out").await;
     let mut first = run.worker("w1", &[("TALLY_METRICS_INTERVAL_MS", "200")]);
     // Kill it once it has counted some votes, not all.
-    let started = std::time::Instant::now();
-    loop {
-        let counted = run.last_metrics("w1")["tally_votes_counted_total"]
-            .as_u64()
-            .unwrap_or(0);
-        if counted > 0 || started.elapsed() > LIMIT {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    run.wait_for_metrics("w1", "the first worker counted votes", |m| {
+        m["tally_votes_counted_total"].as_u64().unwrap_or(0) > 0
+    })
+    .await;
     first.signal("KILL");
     first.wait_exit(Duration::from_secs(10));
     let mut second = run.worker("w2", &[("TALLY_METRICS_INTERVAL_MS", "200")]);
     run.wait_and_verify(LIMIT).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let metrics = run.last_metrics("w2");
-    assert!(
-        metrics["tally_lease_subscriptions_total"]
-            .as_u64()
-            .unwrap_or(0)
-            > 0,
-        "the worker read through subscriptions: {metrics}"
-    );
+    // The second worker took over part way: it read records, through
+    // subscriptions.
+    run.wait_for_metrics("w2", "the second worker read through subscriptions", |m| {
+        m["tally_lease_subscriptions_total"].as_u64().unwrap_or(0) > 0
+            && m["tally_lease_user_records_total"].as_u64().unwrap_or(0) > 0
+    })
+    .await;
     second.signal("TERM");
     assert!(second.wait_exit(Duration::from_secs(30)).success());
     for lease in run.leases.list_leases().await.unwrap() {

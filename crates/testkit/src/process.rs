@@ -112,3 +112,26 @@ pub fn last_metrics(log: &std::path::Path) -> serde_json::Value {
         .pop()
         .map_or(serde_json::Value::Null, |(_, metrics)| metrics)
 }
+
+/// Waits up to `limit` for a metrics line in `log` that satisfies `ready`
+/// and returns it; fails the test naming `what` and the last line seen.
+pub async fn wait_for_metrics(
+    log: &std::path::Path,
+    limit: Duration,
+    what: &str,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let started = Instant::now();
+    loop {
+        let metrics = last_metrics(log);
+        if ready(&metrics) {
+            return metrics;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{what}: not seen in {limit:?}; last metrics in {}: {metrics}",
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
