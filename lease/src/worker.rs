@@ -343,6 +343,7 @@ impl Worker {
             .await
         {
             Ok(Some(lease)) => {
+                info!(shard_id = %lease.key, "lease released");
                 self.leases.insert(lease.key.clone(), lease);
             }
             Ok(None) => self.last_epoch = None,

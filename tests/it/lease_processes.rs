@@ -326,15 +326,27 @@ async fn three_workers_through_kill_stop_and_restart(mode: &'static str) {
     setup.wait_delivered(600, "after kill").await;
 
     // SIGTERM: the stopping worker gives its leases up itself (a kill's
-    // leases wait for the expiry, 3 s here). So the moment it has exited,
-    // none is still its own: free, or already taken by a survivor. (Under
-    // a heavy load an expiry could also have moved them by the time the
-    // table is read, but a stop that released nothing shows here at once
-    // on an ordinary machine; no time limit is asserted.)
+    // leases wait for the expiry, 3 s here): its log says it released
+    // every lease it held, and the moment it has exited none is still its
+    // own (free, or already taken by a survivor).
+    let held_by_w2 = setup
+        .owners()
+        .await
+        .values()
+        .filter(|owner| owner.as_deref() == Some("w2"))
+        .count();
+    assert!(held_by_w2 > 0, "w2 held leases before its stop");
     stop(workers.get_mut("w2").unwrap(), "-TERM");
     assert!(
         workers.remove("w2").unwrap().wait().unwrap().success(),
         "graceful stop exits 0"
+    );
+    let w2_log = std::fs::read_to_string(setup.dir.join("w2.log")).unwrap();
+    // (At least one: the fleet may still move a lease between the read
+    // above and the stop.)
+    assert!(
+        w2_log.contains("lease released"),
+        "w2 released the leases it held ({held_by_w2} just before): {w2_log}"
     );
     let owners = setup.owners().await;
     assert!(
