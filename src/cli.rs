@@ -165,17 +165,31 @@ mod tests {
         for arg in command.get_arguments() {
             let Some(env) = arg.get_env() else { continue };
             let env = env.to_string_lossy().into_owned();
-            let setting = settings.entry(env).or_default();
-            setting.flag = arg.get_long().map(|l| format!("--{l}")).unwrap_or_default();
-            setting.default = arg
+            let flag = arg.get_long().map(|l| format!("--{l}")).unwrap_or_default();
+            let default = arg
                 .get_default_values()
                 .iter()
                 .map(|v| v.to_string_lossy().into_owned())
                 .collect::<Vec<_>>()
                 .join(", ");
-            if let Some(help) = arg.get_long_help().or(arg.get_help()) {
-                setting.help = first_sentence(&help.to_string());
+            let help = arg
+                .get_long_help()
+                .or(arg.get_help())
+                .map(|help| first_sentence(&help.to_string()))
+                .unwrap_or_default();
+            let setting = settings.entry(env.clone()).or_default();
+            if !setting.commands.is_empty() {
+                // One variable, one meaning: the table has one row for it.
+                assert_eq!(
+                    (&setting.flag, &setting.default, &setting.help),
+                    (&flag, &default, &help),
+                    "{env} is declared differently by {path:?} and {:?}",
+                    setting.commands
+                );
             }
+            setting.flag = flag;
+            setting.default = default;
+            setting.help = help;
             setting
                 .commands
                 .insert(if arg.is_global_set() || path.is_empty() {

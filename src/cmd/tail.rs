@@ -187,8 +187,8 @@ pub struct TailArgs {
     /// Print no records (only checkpoint): for draining and benchmarks.
     #[arg(long)]
     pub quiet: bool,
-    /// How often to log the worker's metrics.
-    #[arg(long, env = "TALLY_METRICS_INTERVAL_MS", default_value_t = 10_000)]
+    /// How often to log the metrics.
+    #[arg(long, env = "TALLY_METRICS_INTERVAL_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..))]
     pub metrics_interval_ms: u64,
 }
 
@@ -202,7 +202,7 @@ pub async fn run(common: &Common, args: TailArgs) -> anyhow::Result<ExitCode> {
         &clients,
         config,
         Output::new(args.output, args.quiet)?,
-        Duration::from_millis(args.metrics_interval_ms.max(100)),
+        Duration::from_millis(args.metrics_interval_ms),
         shutdown,
     )
     .await?;
