@@ -29,9 +29,10 @@ pub struct ReplayArgs {
     #[arg(long)]
     pub shadow_prefix: String,
     /// Application name of a stream replay (lease table `<name>-leases`;
-    /// must differ from --app).
-    #[arg(long, default_value = "tally-replay")]
-    pub replay_app: String,
+    /// must differ from --app) [default: <app>-replay, the names the replay
+    /// role on AWS may use].
+    #[arg(long)]
+    pub replay_app: Option<String>,
     /// Where a stream replay starts: trim_horizon or an RFC 3339 time.
     #[arg(long, default_value = "trim_horizon")]
     pub position: String,
@@ -53,12 +54,20 @@ pub struct ReplayArgs {
 }
 
 impl ReplayArgs {
+    /// The replay's application name: `--replay-app`, or `<app>-replay`.
+    fn replay_app(&self, live: &Common) -> String {
+        self.replay_app
+            .clone()
+            .unwrap_or_else(|| format!("{}-replay", live.app))
+    }
+
     /// Checks the shadow names against the live ones, naming the flag at
     /// fault.
     fn validate(&self, live: &Common) -> anyhow::Result<()> {
+        let replay_app = self.replay_app(live);
         let shadow = Common {
             table_prefix: self.shadow_prefix.clone(),
-            app: self.replay_app.clone(),
+            app: replay_app.clone(),
             ..live.clone()
         };
         shadow.validate().map_err(|error| {
@@ -76,11 +85,8 @@ impl ReplayArgs {
                 self.shadow_prefix
             );
         }
-        if self.replay_app == live.app {
-            anyhow::bail!(
-                "invalid --replay-app {:?}: it is the live application",
-                self.replay_app
-            );
+        if replay_app == live.app {
+            anyhow::bail!("invalid --replay-app {replay_app:?}: it is the live application");
         }
         Ok(())
     }
@@ -89,6 +95,7 @@ impl ReplayArgs {
 /// Prints the replay's report; exits 3 when it differs from the live tallies.
 pub async fn run(common: &Common, args: ReplayArgs) -> anyhow::Result<ExitCode> {
     args.validate(common)?;
+    let replay_app = args.replay_app(common);
     let position = parse_initial_position(&args.position).map_err(|error| {
         anyhow::anyhow!(
             "{}",
@@ -97,16 +104,15 @@ pub async fn run(common: &Common, args: ReplayArgs) -> anyhow::Result<ExitCode> 
                 .replace("TALLY_INITIAL_POSITION", "--position")
         )
     })?;
-    let consumer_mode =
-        parse_consumer_mode(&args.consumer_mode, &args.replay_app).map_err(|error| {
-            anyhow::anyhow!(
-                "{}",
-                error.to_string().replace(
-                    "setting TALLY_CONSUMER_MODE (--consumer-mode)",
-                    "--consumer-mode"
-                )
+    let consumer_mode = parse_consumer_mode(&args.consumer_mode, &replay_app).map_err(|error| {
+        anyhow::anyhow!(
+            "{}",
+            error.to_string().replace(
+                "setting TALLY_CONSUMER_MODE (--consumer-mode)",
+                "--consumer-mode"
             )
-        })?;
+        )
+    })?;
     let clients = Clients::from_env().await?;
     let live = DynamoVoteStore::new(clients.dynamodb.clone(), common.table_names());
     let report = match args.from {
@@ -128,7 +134,7 @@ pub async fn run(common: &Common, args: ReplayArgs) -> anyhow::Result<ExitCode> 
         ReplaySource::Stream => {
             let settings = StreamReplay {
                 stream: common.stream.clone(),
-                app: args.replay_app,
+                app: replay_app,
                 shadow_prefix: args.shadow_prefix,
                 position,
                 consumer_mode,
