@@ -2359,6 +2359,164 @@ fn the_replay_role_writes_only_tables_apart_from_the_live_ones() {
         .all(|s| !s.actions.contains("dynamodb:CreateTable")));
 }
 
+/// One item of an anchored pattern: the characters it takes (as ranges),
+/// and how many: at least `least`, and one at most when `at_most_one`.
+struct PatternItem {
+    ranges: Vec<(char, char)>,
+    least: usize,
+    at_most_one: bool,
+}
+
+impl PatternItem {
+    fn accepts(&self, c: char) -> bool {
+        self.ranges
+            .iter()
+            .any(|(low, high)| (*low..=*high).contains(&c))
+    }
+}
+
+/// Whether `text` matches `pattern`, a regular expression of the one form
+/// the Terraform validations use: `^`, then items, then `$`; an item is a
+/// bracketed class of characters and ranges or a character, followed by
+/// `+`, `*` or nothing.
+fn anchored_pattern_matches(pattern: &str, text: &str) -> bool {
+    let inner = pattern
+        .strip_prefix('^')
+        .and_then(|rest| rest.strip_suffix('$'))
+        .unwrap_or_else(|| panic!("{pattern} is anchored at both ends"));
+    let chars: Vec<char> = inner.chars().collect();
+    let mut items = Vec::new();
+    let mut at = 0;
+    while at < chars.len() {
+        let mut ranges = Vec::new();
+        if chars[at] == '[' {
+            let end = (at..chars.len()).find(|&i| chars[i] == ']').unwrap();
+            let class = &chars[at + 1..end];
+            assert!(class.first() != Some(&'^'), "no negated classes");
+            let mut index = 0;
+            while index < class.len() {
+                if index + 2 < class.len() && class[index + 1] == '-' {
+                    ranges.push((class[index], class[index + 2]));
+                    index += 3;
+                } else {
+                    ranges.push((class[index], class[index]));
+                    index += 1;
+                }
+            }
+            at = end + 1;
+        } else {
+            let literal = chars[at];
+            assert!(
+                !"\\.()|?{}".contains(literal),
+                "unsupported {literal} in {pattern}"
+            );
+            ranges.push((literal, literal));
+            at += 1;
+        }
+        let (least, at_most_one) = match chars.get(at) {
+            Some('+') => (1, false),
+            Some('*') => (0, false),
+            _ => (1, true),
+        };
+        if !at_most_one {
+            at += 1;
+        }
+        items.push(PatternItem {
+            ranges,
+            least,
+            at_most_one,
+        });
+    }
+    fn matches(items: &[PatternItem], text: &[char]) -> bool {
+        let Some((item, rest)) = items.split_first() else {
+            return text.is_empty();
+        };
+        let run = text.iter().take_while(|c| item.accepts(**c)).count();
+        let most = if item.at_most_one { run.min(1) } else { run };
+        (item.least..=most)
+            .rev()
+            .any(|taken| matches(rest, &text[taken..]))
+    }
+    let text: Vec<char> = text.chars().collect();
+    matches(&items, &text)
+}
+
+/// The restored tables' prefix is `<app>-restored-<name>-` with a name of
+/// the characters a table name may have, and no longer than the tasks take
+/// as `TALLY_TABLE_PREFIX`, which keeps `<prefix>rejects` within
+/// DynamoDB's 255 characters: the validation, evaluated on sample values,
+/// refuses an empty name and a prefix the tasks would refuse.
+#[test]
+fn the_restored_tables_prefix_is_one_the_tasks_and_dynamodb_take() {
+    let tally = module_text("tally");
+    let condition = validation(&tally, "vote_tables_prefix");
+    let shape = [
+        r#"var.vote_tables_prefix == "" || (startswith(var.vote_tables_prefix, "${var.app}-restored-") && can(regex(""#,
+        r#"", trimprefix(var.vote_tables_prefix, "${var.app}-restored-"))) && length(var.vote_tables_prefix) <= "#,
+        ")",
+    ];
+    let unexpected = format!(
+        "the validation is `{}<name pattern>{}<limit>{}`: {condition}",
+        shape[0], shape[1], shape[2]
+    );
+    let rest = condition
+        .strip_prefix(shape[0])
+        .unwrap_or_else(|| panic!("{unexpected}"));
+    let (name_pattern, rest) = rest
+        .split_once(shape[1])
+        .unwrap_or_else(|| panic!("{unexpected}"));
+    let limit: usize = rest
+        .strip_suffix(shape[2])
+        .and_then(|limit| limit.parse().ok())
+        .unwrap_or_else(|| panic!("{unexpected}"));
+    // The condition, evaluated as Terraform does.
+    let app = "tally";
+    let accepted = |prefix: &str| {
+        prefix.is_empty()
+            || prefix
+                .strip_prefix(&format!("{app}-restored-"))
+                .is_some_and(|name| {
+                    anchored_pattern_matches(name_pattern, name) && prefix.len() <= limit
+                })
+    };
+    let long = |length: usize| {
+        let start = format!("{app}-restored-");
+        format!("{start}{}-", "x".repeat(length - start.len() - 1))
+    };
+    for good in [
+        "",
+        "tally-restored-1-",
+        "tally-restored-a.b_C-2-",
+        &long(limit),
+    ] {
+        assert!(accepted(good), "{good:?} is refused");
+    }
+    for bad in [
+        "tally-restored--",
+        "tally-restored-",
+        "tally-restored-1",
+        "tally-restored-a b-",
+        "tally-restored-ü-",
+        "other-restored-1-",
+        "tally-replay-1-",
+        &long(limit + 1),
+    ] {
+        assert!(!accepted(bad), "{bad:?} is accepted");
+    }
+    // The limit is the tasks' own for TALLY_TABLE_PREFIX...
+    let settings = |table_prefix: String| tally_service::settings::Common {
+        stream: "tally-votes".into(),
+        app: app.into(),
+        table_prefix,
+    };
+    assert!(settings(long(limit)).validate().is_ok());
+    assert!(settings(long(limit + 1)).validate().is_err());
+    // ...and the longest table name it makes fits DynamoDB's 255.
+    for role in ["polls", "votes", "tallies", "rejects"] {
+        assert!(limit + role.len() <= 255, "{role}");
+    }
+}
+
 #[test]
 fn a_restore_points_the_tasks_at_restored_tables_and_replaces_none() {
     let tally = module_text("tally");

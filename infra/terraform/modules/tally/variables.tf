@@ -286,9 +286,11 @@ variable "vote_tables_prefix" {
   type        = string
   default     = ""
   validation {
-    # Names var.app: needs Terraform 1.9 or later (versions.tf).
-    condition     = var.vote_tables_prefix == "" || (startswith(var.vote_tables_prefix, "${var.app}-restored-") && can(regex("^[A-Za-z0-9._-]+-restored-[A-Za-z0-9._-]*-$", var.vote_tables_prefix)))
-    error_message = "vote_tables_prefix must be empty or <app>-restored-<name>-, with this module's app (the replay role may write tables named so, the restore runbook names them so)."
+    # Names var.app: needs Terraform 1.9 or later (versions.tf). At most 200
+    # characters, as the tasks' TALLY_TABLE_PREFIX (crates/service/src/settings.rs),
+    # which keeps <prefix>rejects within DynamoDB's 255.
+    condition     = var.vote_tables_prefix == "" || (startswith(var.vote_tables_prefix, "${var.app}-restored-") && can(regex("^[A-Za-z0-9._-]+-$", trimprefix(var.vote_tables_prefix, "${var.app}-restored-"))) && length(var.vote_tables_prefix) <= 200)
+    error_message = "vote_tables_prefix must be empty or <app>-restored-<name>-, with this module's app and a name of [A-Za-z0-9._-], 200 characters at most (the replay role may write tables named so, the restore runbook names them so, the tasks take prefixes up to 200)."
   }
 }
 
