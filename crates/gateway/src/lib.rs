@@ -143,7 +143,9 @@ pub struct GatewayArgs {
     /// by commas, for the admin page's pipeline health. A
     /// `dns+http://name:port/path` entry stands for one `http://` URL per
     /// address the name resolves to when the page is read (a service
-    /// discovery name that answers every worker's address). At most 64
+    /// discovery name that answers every worker's address; names are looked
+    /// up at the same time, and one that does not resolve within 2 s shows
+    /// as a worker that is down). At most 64
     /// entries of at most 512 bytes, each a whole URL with a host, checked
     /// at start.
     #[arg(long, env = "TALLY_WORKER_METRICS_URLS", value_delimiter = ',')]

@@ -2,6 +2,8 @@
 //! metrics, and the demo token mint.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -28,22 +30,21 @@ pub async fn pipeline(
     State(gateway): Shared,
     Admin(_admin): Admin,
 ) -> Result<Json<PipelineHealth>, ApiError> {
-    let urls = worker_urls(&gateway.args.worker_metrics_urls).await;
-    let fetches = urls.into_iter().map(|url| {
+    let targets = worker_targets(&gateway.args.worker_metrics_urls, lookup).await;
+    let fetches = targets.into_iter().map(|target| {
         let client = gateway.http.clone();
         async move {
+            let url = match target {
+                Target::Read(url) => url,
+                Target::Unresolved { entry, error } => return (entry, Err(error)),
+            };
+            // The client's timeout bounds the whole exchange, body included.
             let answer = async {
-                if url.starts_with(DNS_SCHEME) {
-                    return Err("the name resolves to no address".to_owned());
-                }
-                let response = client.get(&url).send().await.map_err(|e| e.to_string())?;
+                let response = client.get(&url).send().await.map_err(describe)?;
                 if !response.status().is_success() {
                     return Err(format!("answered {}", response.status()));
                 }
-                response
-                    .json::<serde_json::Value>()
-                    .await
-                    .map_err(|e| e.to_string())
+                response.json::<serde_json::Value>().await.map_err(describe)
             }
             .await;
             (url, answer)
@@ -156,46 +157,94 @@ pub(crate) fn metrics_url_error(entry: &str) -> Option<String> {
     None
 }
 
+/// A name's addresses are looked up for at most this long.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What one metrics entry gives: a URL to read, or why it gives none (then
+/// read as a worker that is down).
+#[derive(Debug, PartialEq)]
+enum Target {
+    Read(String),
+    Unresolved { entry: String, error: String },
+}
+
+/// A fetch's error, saying so when it timed out.
+fn describe(error: reqwest::Error) -> String {
+    if error.is_timeout() {
+        format!("timed out: {error}")
+    } else {
+        error.to_string()
+    }
+}
+
+/// The system resolver's addresses for `host`.
+async fn lookup(host: String, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    Ok(tokio::net::lookup_host((host.as_str(), port))
+        .await?
+        .collect())
+}
+
 /// The metrics URLs to read: an `http(s)://` entry as it is; a
 /// `dns+http://name:port/path` entry as `http://address:port/path` for each
-/// address `name` resolves to now (in order, each once), or as itself when
-/// it resolves to none (then read as a worker that is down).
-async fn worker_urls(configured: &[String]) -> Vec<String> {
-    let mut urls = Vec::with_capacity(configured.len());
-    for entry in configured {
+/// address `resolve` gives for `name` now (in order, each once), or as
+/// unresolved when it gives none, fails, or takes over [`LOOKUP_TIMEOUT`].
+/// Entries are resolved concurrently.
+async fn worker_targets<R, F>(configured: &[String], resolve: R) -> Vec<Target>
+where
+    R: Fn(String, u16) -> F,
+    F: Future<Output = std::io::Result<Vec<SocketAddr>>>,
+{
+    let resolve = &resolve;
+    let entries = configured.iter().map(|entry| async move {
         let Some(plain) = entry.strip_prefix(DNS_SCHEME) else {
-            urls.push(entry.clone());
-            continue;
+            return vec![Target::Read(entry.clone())];
         };
-        let addresses = match reqwest::Url::parse(plain) {
-            Ok(url) => match (url.host_str(), url.port_or_known_default()) {
-                (Some(host), Some(port)) => {
-                    let path = match url.query() {
-                        Some(query) => format!("{}?{query}", url.path()),
-                        None => url.path().to_owned(),
-                    };
-                    let mut found: Vec<std::net::SocketAddr> =
-                        tokio::net::lookup_host((host, port))
-                            .await
-                            .map(Iterator::collect)
-                            .unwrap_or_default();
-                    found.sort();
-                    found.dedup();
-                    found
-                        .into_iter()
-                        .map(|address| format!("http://{address}{path}"))
-                        .collect()
-                }
-                _ => Vec::new(),
-            },
-            Err(_) => Vec::new(),
+        let unresolved = |error: String| {
+            vec![Target::Unresolved {
+                entry: entry.clone(),
+                error,
+            }]
         };
-        if addresses.is_empty() {
-            urls.push(entry.clone());
+        let Ok(url) = reqwest::Url::parse(plain) else {
+            return unresolved("not a URL".to_owned());
+        };
+        let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+            return unresolved("names no host".to_owned());
+        };
+        // An IPv6 address without its brackets.
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let path = match url.query() {
+            Some(query) => format!("{}?{query}", url.path()),
+            None => url.path().to_owned(),
+        };
+        let mut found = match tokio::time::timeout(LOOKUP_TIMEOUT, resolve(host, port)).await {
+            Err(_) => {
+                return unresolved(format!(
+                    "timed out: the name did not resolve within {} s",
+                    LOOKUP_TIMEOUT.as_secs()
+                ))
+            }
+            Ok(Err(error)) => return unresolved(format!("the name did not resolve: {error}")),
+            Ok(Ok(found)) => found,
+        };
+        found.sort();
+        found.dedup();
+        if found.is_empty() {
+            return unresolved("the name resolves to no address".to_owned());
         }
-        urls.extend(addresses);
-    }
-    urls
+        found
+            .into_iter()
+            .map(|address| Target::Read(format!("http://{address}{path}")))
+            .collect()
+    });
+    futures::future::join_all(entries)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// Liveness: the process serves requests.
@@ -341,25 +390,75 @@ mod tests {
 
     #[tokio::test]
     async fn a_dns_entry_is_one_url_per_address() {
-        let urls = worker_urls(&[
-            "http://10.0.0.1:9464/metrics".to_owned(),
-            "dns+http://localhost:9464/metrics?x=1".to_owned(),
-            "dns+http://no-such-name.invalid:9464/metrics".to_owned(),
-        ])
+        let targets = worker_targets(
+            &[
+                "http://10.0.0.1:9464/metrics".to_owned(),
+                "dns+http://localhost:9464/metrics?x=1".to_owned(),
+                "dns+http://no-such-name.invalid:9464/metrics".to_owned(),
+            ],
+            lookup,
+        )
         .await;
-        assert_eq!(urls[0], "http://10.0.0.1:9464/metrics");
+        assert_eq!(
+            targets[0],
+            Target::Read("http://10.0.0.1:9464/metrics".to_owned())
+        );
         assert!(
-            urls.contains(&"http://127.0.0.1:9464/metrics?x=1".to_owned()),
-            "{urls:?}"
+            targets.contains(&Target::Read(
+                "http://127.0.0.1:9464/metrics?x=1".to_owned()
+            )),
+            "{targets:?}"
         );
         // Every address of the name, each once, then the unresolved entry
         // as it is (read as a worker that is down).
-        assert!(urls[1..urls.len() - 1]
-            .iter()
-            .all(|url| url.starts_with("http://") && url.ends_with(":9464/metrics?x=1")));
+        assert!(targets[1..targets.len() - 1].iter().all(|target| matches!(
+            target,
+            Target::Read(url) if url.starts_with("http://") && url.ends_with(":9464/metrics?x=1")
+        )));
+        assert!(matches!(
+            targets.last(),
+            Some(Target::Unresolved { entry, .. })
+                if entry == "dns+http://no-such-name.invalid:9464/metrics"
+        ));
+    }
+
+    /// A name whose lookup hangs is reported as timed out after
+    /// [`LOOKUP_TIMEOUT`], without holding up the other entries, which are
+    /// resolved at the same time.
+    #[tokio::test(start_paused = true)]
+    async fn a_lookup_that_hangs_times_out_and_entries_resolve_concurrently() {
+        let started = tokio::time::Instant::now();
+        let targets = worker_targets(
+            &[
+                "dns+http://hangs.example:9464/metrics".to_owned(),
+                "dns+http://hangs-too.example:9464/metrics".to_owned(),
+                "dns+http://fast.example:9464/metrics".to_owned(),
+                "dns+http://[::1]:9464/metrics".to_owned(),
+                "http://10.0.0.1:9464/metrics".to_owned(),
+            ],
+            |host: String, port| async move {
+                match host.as_str() {
+                    "fast.example" => Ok(vec![SocketAddr::from(([10, 0, 0, 2], port))]),
+                    "::1" => Ok(vec![SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 1], port))]),
+                    _ => std::future::pending().await,
+                }
+            },
+        )
+        .await;
+        let timed_out = |entry: &str| Target::Unresolved {
+            entry: entry.to_owned(),
+            error: "timed out: the name did not resolve within 2 s".to_owned(),
+        };
         assert_eq!(
-            urls.last().map(String::as_str),
-            Some("dns+http://no-such-name.invalid:9464/metrics")
+            targets,
+            [
+                timed_out("dns+http://hangs.example:9464/metrics"),
+                timed_out("dns+http://hangs-too.example:9464/metrics"),
+                Target::Read("http://10.0.0.2:9464/metrics".to_owned()),
+                Target::Read("http://[::1]:9464/metrics".to_owned()),
+                Target::Read("http://10.0.0.1:9464/metrics".to_owned()),
+            ]
         );
+        assert!(started.elapsed() < LOOKUP_TIMEOUT * 3 / 2, "one at a time");
     }
 }
