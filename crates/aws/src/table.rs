@@ -1,9 +1,12 @@
 //! Creating a DynamoDB table unless it exists, and waiting until it is
 //! `ACTIVE`.
 //!
-//! This module owns the `CreateTable` call's handling of a table that
-//! already exists (`ResourceInUseException`) and the `DescribeTable` poll
-//! that waits for `ACTIVE`. The caller builds the whole `CreateTable`
+//! This module owns the order of calls: `DescribeTable` first, so a table
+//! that exists (on AWS, made by Terraform) is never asked to be created and
+//! a role needs no `CreateTable` grant for it; `CreateTable` only when it
+//! is not found, with a table created meanwhile by another process
+//! (`ResourceInUseException`) taken as created; then the `DescribeTable`
+//! poll that waits for `ACTIVE`. The caller builds the whole `CreateTable`
 //! request (name, key schema, attributes, billing mode, indexes): this
 //! module never chooses any of them, never changes an existing table, and
 //! never deletes one.
@@ -36,11 +39,12 @@ pub enum TableError {
     NotActive { table: String, waited: Duration },
 }
 
-/// Sends `request` (a `CreateTable` of `client`'s, fully built by the
-/// caller), takes an existing table (`ResourceInUseException`) as created,
-/// then reads the table's status every [`POLL_INTERVAL`] until it is
-/// `ACTIVE`. `on_request` is called before each request, for the caller's
-/// request count.
+/// Reads the table; when it is not found, sends `request` (a
+/// `CreateTable` of `client`'s, fully built by the caller) and takes a
+/// table created meanwhile (`ResourceInUseException`) as created; then
+/// reads the table's status every [`POLL_INTERVAL`] until it is `ACTIVE`.
+/// `on_request` is called before each request, for the caller's request
+/// count.
 pub async fn ensure_table<F>(
     client: &Client,
     request: CreateTableFluentBuilder,
@@ -51,9 +55,22 @@ where
 {
     let table = request.get_table_name().clone().unwrap_or_default();
     on_request();
-    match request.send().await {
-        Ok(_) => {}
-        Err(error) if classify(&error) == ErrorClass::InUse => {}
+    match client.describe_table().table_name(&table).send().await {
+        Ok(described) => {
+            if described.table().and_then(|table| table.table_status())
+                == Some(&TableStatus::Active)
+            {
+                return Ok(());
+            }
+        }
+        Err(error) if classify(&error) == ErrorClass::NotFound => {
+            on_request();
+            match request.send().await {
+                Ok(_) => {}
+                Err(error) if classify(&error) == ErrorClass::InUse => {}
+                Err(error) => return Err(AwsError::from_sdk(&error).into()),
+            }
+        }
         Err(error) => return Err(AwsError::from_sdk(&error).into()),
     }
     for _ in 0..POLLS {
@@ -168,7 +185,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn creates_then_waits_until_active() {
-        let (client, scripted) = client(&[(200, CREATING), (200, CREATING), (200, ACTIVE)]);
+        let (client, scripted) = client(&[
+            (400, MISSING),
+            (200, CREATING),
+            (200, CREATING),
+            (200, ACTIVE),
+        ]);
         let requests = AtomicU32::new(0);
         ensure_table(&client, request(&client), || {
             requests.fetch_add(1, Ordering::Relaxed);
@@ -177,25 +199,53 @@ mod tests {
         .expect("active");
         assert_eq!(
             *scripted.calls.lock().expect("lock"),
-            ["CreateTable", "DescribeTable", "DescribeTable"]
+            [
+                "DescribeTable",
+                "CreateTable",
+                "DescribeTable",
+                "DescribeTable"
+            ]
         );
-        assert_eq!(requests.load(Ordering::Relaxed), 3);
+        assert_eq!(requests.load(Ordering::Relaxed), 4);
+    }
+
+    /// A table that is there is never asked to be created: a role that may
+    /// not create it starts all the same.
+    #[tokio::test(start_paused = true)]
+    async fn an_existing_table_is_only_read() {
+        let (client, scripted) = client(&[(200, ACTIVE)]);
+        ensure_table(&client, request(&client), || {})
+            .await
+            .expect("active");
+        assert_eq!(*scripted.calls.lock().expect("lock"), ["DescribeTable"]);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_existing_table_is_waited_for() {
-        let (client, scripted) = client(&[(400, IN_USE), (200, ACTIVE)]);
+    async fn a_table_still_being_made_is_waited_for() {
+        let (client, scripted) = client(&[(200, CREATING), (200, ACTIVE)]);
         ensure_table(&client, request(&client), || {})
             .await
             .expect("active");
         assert_eq!(
             *scripted.calls.lock().expect("lock"),
-            ["CreateTable", "DescribeTable"]
+            ["DescribeTable", "DescribeTable"]
         );
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_refused_creation_is_classified() {
+    async fn a_table_created_meanwhile_by_another_is_waited_for() {
+        let (client, scripted) = client(&[(400, MISSING), (400, IN_USE), (200, ACTIVE)]);
+        ensure_table(&client, request(&client), || {})
+            .await
+            .expect("active");
+        assert_eq!(
+            *scripted.calls.lock().expect("lock"),
+            ["DescribeTable", "CreateTable", "DescribeTable"]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_read_is_classified_and_nothing_is_created() {
         let (client, scripted) = client(&[(400, DENIED)]);
         let error = ensure_table(&client, request(&client), || {})
             .await
@@ -204,12 +254,28 @@ mod tests {
             matches!(&error, TableError::Aws(aws) if aws.class == ErrorClass::Other),
             "{error:?}"
         );
-        assert_eq!(*scripted.calls.lock().expect("lock"), ["CreateTable"]);
+        assert_eq!(*scripted.calls.lock().expect("lock"), ["DescribeTable"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_creation_is_classified() {
+        let (client, scripted) = client(&[(400, MISSING), (400, DENIED)]);
+        let error = ensure_table(&client, request(&client), || {})
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(&error, TableError::Aws(aws) if aws.class == ErrorClass::Other),
+            "{error:?}"
+        );
+        assert_eq!(
+            *scripted.calls.lock().expect("lock"),
+            ["DescribeTable", "CreateTable"]
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_table_that_vanishes_is_not_found() {
-        let (client, _) = client(&[(400, IN_USE), (400, MISSING)]);
+        let (client, _) = client(&[(400, MISSING), (400, IN_USE), (400, MISSING)]);
         let error = ensure_table(&client, request(&client), || {})
             .await
             .expect_err("gone");
