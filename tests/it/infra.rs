@@ -1947,7 +1947,9 @@ mod operations;
 /// modules/service: the services, the one-off finalizer task (the
 /// operator's commands on the live tables) and the one-off replay task.
 /// `None`: not run on AWS (Terraform does what `init` does; `tail` and
-/// `load` are for the local stack), so no runbook may name it.
+/// `load` are for the local stack; `consumer` is the operator's own), so
+/// no runbook may name it. A command that is neither fails the tests, so
+/// a new one cannot go unchecked.
 fn role_of(command: &str) -> Option<&'static str> {
     match command {
         "worker" => Some("worker"),
@@ -1957,8 +1959,17 @@ fn role_of(command: &str) -> Option<&'static str> {
         "replay" => Some("replay"),
         // The container health check of both services: no AWS call.
         "probe" => Some("worker"),
-        _ => None,
+        "init" | "tail" | "load" | "consumer" => None,
+        other => panic!(
+            "`tally {other}` runs on no known role: in tests/it/infra.rs's role_of(), name the task role that runs it on AWS, or list it among the commands that run on none"
+        ),
     }
+}
+
+#[test]
+#[should_panic(expected = "runs on no known role")]
+fn a_command_without_a_role_fails_the_checks() {
+    role_of("a-new-command");
 }
 
 /// The elements of a one-line `resources` value (`[a, "b"]`, or a bare
@@ -2004,6 +2015,12 @@ fn elements_for(kind: &str) -> Vec<&'static str> {
     }
 }
 
+/// Whether the role's statements allow `action` on `kind` and no Deny
+/// statement takes it away.
+fn role_permits(statements: &[Statement], action: &str, kind: &str) -> bool {
+    role_allows(statements, action, kind) && !role_denies(statements, action, kind)
+}
+
 /// Whether the role's statements allow `action` on `kind`.
 fn role_allows(statements: &[Statement], action: &str, kind: &str) -> bool {
     let wanted = elements_for(kind);
@@ -2018,6 +2035,61 @@ fn role_allows(statements: &[Statement], action: &str, kind: &str) -> bool {
                     .body
                     .contains("values   = [var.metrics_namespace]"))
     })
+}
+
+/// What the task roles of modules/service (its text) do not let the
+/// commands they run call: each call src/operations.rs lists must be
+/// allowed and not denied, and the key must decrypt for any command that
+/// calls anything.
+fn missing_grants(service: &str) -> Vec<String> {
+    let mut missing = Vec::new();
+    for (command, calls) in operations::OPERATIONS {
+        let Some(role) = role_of(command) else {
+            continue;
+        };
+        let statements = statements(service, role);
+        for (action, kind) in *calls {
+            if role_denies(&statements, action, kind) {
+                missing.push(format!(
+                    "`tally {command}` calls {action} on the {kind}: the {role} role denies it"
+                ));
+            } else if !role_permits(&statements, action, kind) {
+                missing.push(format!(
+                    "`tally {command}` calls {action} on the {kind}: the {role} role does not allow it"
+                ));
+            }
+        }
+        // The stream and the tables are encrypted with the key.
+        if !calls.is_empty() && !granted(&statements, "[var.kms_key_arn]").contains("kms:Decrypt") {
+            missing.push(format!("the {role} role may not decrypt"));
+        }
+    }
+    missing
+}
+
+/// A Deny statement takes away what the role's Allow statements grant: a
+/// deny of the worker's counter updates shows as a call the worker role
+/// does not let `tally worker` make.
+#[test]
+fn a_deny_takes_away_what_a_role_allows() {
+    let service = module_text("service");
+    let header = "data \"aws_iam_policy_document\" \"worker\" {\n";
+    assert_eq!(service.matches(header).count(), 1);
+    let denied = service.replace(
+        header,
+        &format!(
+            "{header}  statement {{\n    sid       = \"NoCounting\"\n    effect    = \"Deny\"\n    actions   = [\"dynamodb:UpdateItem\"]\n    resources = [var.table_arns[\"tallies\"]]\n  }}\n"
+        ),
+    );
+    assert_eq!(missing_grants(&service), Vec::<String>::new());
+    let missing = missing_grants(&denied);
+    assert!(
+        missing.contains(&format!(
+            "`tally worker` calls dynamodb:UpdateItem on the {}: the worker role denies it",
+            operations::TALLIES
+        )),
+        "{missing:?}"
+    );
 }
 
 #[test]
@@ -2036,25 +2108,7 @@ fn every_role_allows_what_its_commands_call() {
         local(&service, "replay_arns"),
         Some(r#"flatten([for arn in var.replay_table_arns : [arn, "${arn}/index/*"]])"#)
     );
-    let mut missing = Vec::new();
-    for (command, calls) in operations::OPERATIONS {
-        let Some(role) = role_of(command) else {
-            continue;
-        };
-        let statements = statements(&service, role);
-        for (action, kind) in *calls {
-            if !role_allows(&statements, action, kind) {
-                missing.push(format!("`tally {command}` calls {action} on the {kind}: the {role} role does not allow it"));
-            }
-        }
-        // The stream and the tables are encrypted with the key.
-        if !calls.is_empty() {
-            assert!(
-                granted(&statements, "[var.kms_key_arn]").contains("kms:Decrypt"),
-                "the {role} role may not decrypt"
-            );
-        }
-    }
+    let missing = missing_grants(&service);
     assert!(missing.is_empty(), "{}", missing.join("\n"));
     // Each task definition runs with the role its commands are checked
     // against.
