@@ -3424,6 +3424,88 @@ fn every_command_a_runbook_names_exists_and_runs_in_a_task_that_may() {
     assert!(refused.is_empty(), "{}", refused.join("\n"));
 }
 
+/// The text of `runbook` from `start` up to `end`.
+fn runbook_section(runbook: &str, start: &str, end: &str) -> String {
+    let text = std::fs::read_to_string(runbooks().join(runbook)).unwrap();
+    let from = text
+        .find(start)
+        .unwrap_or_else(|| panic!("{runbook} has {start:?}"));
+    let to = text[from..]
+        .find(end)
+        .map(|at| from + at)
+        .unwrap_or_else(|| panic!("{runbook} has {end:?} after {start:?}"));
+    text[from..to].to_owned()
+}
+
+/// restore.md replays the stream from T, so T must be within the stream's
+/// retention as Terraform sets it; the workers must have stopped before
+/// the restore; polls changed after T are copied into the restored polls
+/// table before the replay, and none is changed until the switch.
+#[test]
+fn the_restore_runbook_keeps_to_the_streams_retention_and_the_polls() {
+    let stream = module_text("stream");
+    let retention = attr(block(&stream, "variable \"retention_hours\""), "default")
+        .expect("a default retention");
+    let tally = module_text("tally");
+    assert_eq!(
+        attr(block(&tally, "module \"stream\""), "retention_hours"),
+        None,
+        "modules/tally leaves the retention at modules/stream's default"
+    );
+    let choose = squeeze(&runbook_section("restore.md", "1. Choose", "\n2. "));
+    assert!(
+        choose.contains(&format!(
+            "T must be within the stream's retention ({retention} hours"
+        )),
+        "step 1 says T must be within the stream's {retention} hours: {choose}"
+    );
+    let replay = squeeze(&runbook_section("restore.md", "\n4. ", "\n5. "));
+    assert!(
+        replay.contains(&format!("({retention} hours' retention)")),
+        "{replay}"
+    );
+    let stop = squeeze(&runbook_section("restore.md", "\n2. ", "\n3. "));
+    assert!(
+        stop.contains("`aws ecs describe-services --cluster <app> --services worker --query 'services[0].runningCount'` must print 0"),
+        "step 2 waits until no worker runs: {stop}"
+    );
+    let service = module_text("service");
+    assert_eq!(
+        attr(resource(&service, "aws_ecs_service", "worker"), "name"),
+        Some("\"worker\"")
+    );
+    let restore = squeeze(&runbook_section("restore.md", "\n3. ", "\n4. "));
+    for needed in [
+        "aws dynamodb scan --table-name <app>-polls",
+        "aws dynamodb put-item --table-name <app>-restored-1-polls",
+        "change no poll",
+    ] {
+        assert!(
+            restore.contains(needed),
+            "step 3 copies the current polls into the restored table before the replay, and none changes until the switch: no {needed:?} in {restore}"
+        );
+    }
+}
+
+/// scale.md gives the account's default shard quotas as the Kinesis Data
+/// Streams quotas page does, and says when prod's shard count needs a
+/// quota increase.
+#[test]
+fn the_scale_runbook_gives_the_default_shard_quotas() {
+    let prod = std::fs::read_to_string(infra().join("envs/prod/main.tf")).unwrap();
+    let shards = attr(block(&prod, "module \"tally\""), "shard_count").expect("prod's shard count");
+    let scale = squeeze(&runbook_section("scale.md", "- Reshard", "\n- Raise"));
+    for needed in [
+        "by default 20,000 in us-east-1, us-west-2 and eu-west-1, 1,000 or 6,000 in other regions",
+        "`aws kinesis describe-limits`",
+        &format!("where prod's {shards} shards"),
+        "request a quota increase",
+    ] {
+        assert!(scale.contains(needed), "scale.md says {needed:?}: {scale}");
+    }
+    assert!(!scale.contains("500 by default"), "{scale}");
+}
+
 #[test]
 fn every_command_is_in_the_operations_table() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
