@@ -79,9 +79,10 @@ pub const RESOURCES: &[&str] = &[
 
 /// A lease worker's calls on the stream and its lease table
 /// (`lease/src/worker.rs`, `lease/src/store/dynamo.rs`,
-/// `lease/src/stream/kinesis.rs`): `ensure_table` (CreateTable, answered
-/// `ResourceInUse` when the table exists; DescribeTable; the fleet item's
-/// conditional Put), heartbeats and lease updates (UpdateItem), the fleet
+/// `lease/src/stream/kinesis.rs`): `ensure_table` (DescribeTable; and
+/// CreateTable only when the table is missing, never on AWS, where
+/// Terraform makes it, so no role is granted it and a missing table fails
+/// the start with AccessDenied; the fleet item's conditional Put), heartbeats and lease updates (UpdateItem), the fleet
 /// item and one lease (GetItem), the lease table (Scan), a worker's leases
 /// (Query on the owner index), a new lease (a transaction of a Put and the
 /// fleet item's Update), finished parents' leases (DeleteItem).
@@ -91,7 +92,6 @@ macro_rules! lease_worker {
             ("kinesis:ListShards", STREAM),
             ("kinesis:GetShardIterator", STREAM),
             ("kinesis:GetRecords", STREAM),
-            ("dynamodb:CreateTable", $table),
             ("dynamodb:DescribeTable", $table),
             ("dynamodb:GetItem", $table),
             ("dynamodb:PutItem", $table),
@@ -103,8 +103,13 @@ macro_rules! lease_worker {
     };
 }
 
-const LEASE_WORKER: [(&str, &str); 11] = lease_worker!(LEASES, LEASES_INDEX);
-const SHADOW_LEASE_WORKER: [(&str, &str); 11] = lease_worker!(SHADOW, SHADOW_INDEX);
+const LEASE_WORKER: [(&str, &str); 10] = lease_worker!(LEASES, LEASES_INDEX);
+const SHADOW_LEASE_WORKER: [(&str, &str); 10] = lease_worker!(SHADOW, SHADOW_INDEX);
+/// `tally tail` makes its lease table when it is missing (it runs on no
+/// AWS role; locally its application is often new).
+const LEASE_TABLE_MADE: [(&str, &str); 1] = [("dynamodb:CreateTable", LEASES)];
+const METRICS_PUT: [(&str, &str); 1] = [("cloudwatch:PutMetricData", METRICS)];
+const TALLIES_REPLACED: [(&str, &str); 1] = [("dynamodb:PutItem", TALLIES)];
 
 /// A lease worker in fan-out mode (`TALLY_CONSUMER_MODE=fan-out`,
 /// `lease/src/stream/kinesis.rs`): the stream's ARN, the consumer named
@@ -194,141 +199,160 @@ const SHADOW_PIPELINE: [(&str, &str); 2] = [
 ];
 
 /// What each command calls. `probe` calls nothing on AWS.
-pub const OPERATIONS: &[(&str, &[(&str, &str)])] = &[
-    (
-        // Creates what does not exist; never run on AWS, where Terraform
-        // makes the stream, the tables and the bucket.
-        "init",
-        &[
-            ("kinesis:CreateStream", STREAM),
-            ("kinesis:DescribeStreamSummary", STREAM),
-            ("dynamodb:CreateTable", POLLS),
-            ("dynamodb:DescribeTable", POLLS),
-            ("dynamodb:CreateTable", VOTES),
-            ("dynamodb:DescribeTable", VOTES),
-            ("dynamodb:CreateTable", TALLIES),
-            ("dynamodb:DescribeTable", TALLIES),
-            ("dynamodb:CreateTable", REJECTS),
-            ("dynamodb:DescribeTable", REJECTS),
-            ("dynamodb:CreateTable", LEASES),
-            ("dynamodb:DescribeTable", LEASES),
-            ("dynamodb:PutItem", LEASES),
-            ("s3:ListBucket", BUCKET),
-            ("s3:CreateBucket", BUCKET),
-        ],
-    ),
-    (
-        "leases",
-        &[
-            ("dynamodb:Scan", LEASES),
-            ("dynamodb:Query", LEASES_INDEX),
-            ("dynamodb:GetItem", LEASES),
-        ],
-    ),
-    ("tail", &concat_operations::<15>(&[&LEASE_WORKER, &FAN_OUT])),
-    (
-        // An operator's command, never run by a task.
-        "consumer",
-        &[
-            ("kinesis:DescribeStreamSummary", STREAM),
-            ("kinesis:DescribeStreamConsumer", CONSUMER),
-            ("kinesis:DeregisterStreamConsumer", CONSUMER),
-        ],
-    ),
-    (
-        "poll",
-        &[
-            ("dynamodb:PutItem", POLLS),
-            ("dynamodb:GetItem", POLLS),
-            ("dynamodb:UpdateItem", POLLS),
-            ("dynamodb:Scan", POLLS),
-        ],
-    ),
-    (
-        "worker",
-        &concat_operations::<22>(&[
-            &LEASE_WORKER,
-            &FAN_OUT,
-            &PIPELINE,
-            &[("cloudwatch:PutMetricData", METRICS)],
-        ]),
-    ),
-    (
-        // The producer (PutRecords, ListShards for the shard map), the
-        // readiness probe (DescribeStreamSummary, a poll's GetItem), the
-        // admin API on polls, ballots by key, counters, a voter's rejects.
-        "gateway",
-        &[
-            ("kinesis:PutRecords", STREAM),
-            ("kinesis:ListShards", STREAM),
-            ("kinesis:DescribeStreamSummary", STREAM),
-            ("dynamodb:GetItem", POLLS),
-            ("dynamodb:Scan", POLLS),
-            ("dynamodb:PutItem", POLLS),
-            ("dynamodb:UpdateItem", POLLS),
-            ("dynamodb:GetItem", VOTES),
-            ("dynamodb:BatchGetItem", VOTES),
-            ("dynamodb:BatchGetItem", TALLIES),
-            ("dynamodb:Query", REJECTS_INDEX),
-            ("cloudwatch:PutMetricData", METRICS),
-        ],
-    ),
-    ("audit", &RECOUNT),
-    (
-        "finalize",
-        &concat_operations::<9>(&[&RECOUNT, &SHARD_PROGRESS, &FINALIZE]),
-    ),
-    (
-        // The recount, the counters replaced by it (`set_counts`: PutItem)
-        // with --use recount, the poll made final.
-        "resolve",
-        &concat_operations::<6>(&[&RECOUNT, &[("dynamodb:PutItem", TALLIES)], &FINALIZE]),
-    ),
-    (
-        // --from votes: the live poll, votes and counters read, the shadow
-        // tables made and written. --from stream: a lease worker of its own
-        // (its lease table is a shadow table) and the pipeline into the
-        // shadow tables, and in fan-out mode (the default) its own stream
-        // consumer.
-        "replay",
-        &concat_operations::<26>(&[
-            &RECOUNT,
-            &SHADOW_TABLES,
-            &SHADOW_LEASE_WORKER,
-            &SHADOW_PIPELINE,
-            &REPLAY_FAN_OUT,
-        ]),
-    ),
-    (
-        // Every open or closed poll (Scan), or the ones named, their
-        // results, an object each.
-        "snapshot",
-        &[
-            ("dynamodb:Scan", POLLS),
-            ("dynamodb:GetItem", POLLS),
-            ("dynamodb:BatchGetItem", TALLIES),
-            ("s3:PutObject", OBJECTS),
-        ],
-    ),
-    ("probe", &[]),
-    ("results", &RESULTS),
-    (
-        "vote-status",
-        &[
-            ("dynamodb:GetItem", VOTES),
-            ("dynamodb:Query", REJECTS_INDEX),
-        ],
-    ),
-    (
-        "load",
-        &[
-            ("dynamodb:Scan", POLLS),
-            ("dynamodb:GetItem", POLLS),
-            ("kinesis:PutRecords", STREAM),
-            ("kinesis:ListShards", STREAM),
-        ],
-    ),
-];
+pub const OPERATIONS: &[(&str, &[(&str, &str)])] =
+    &[
+        (
+            // Creates what does not exist; never run on AWS, where Terraform
+            // makes the stream, the tables and the bucket.
+            "init",
+            &[
+                ("kinesis:CreateStream", STREAM),
+                ("kinesis:DescribeStreamSummary", STREAM),
+                ("dynamodb:CreateTable", POLLS),
+                ("dynamodb:DescribeTable", POLLS),
+                ("dynamodb:CreateTable", VOTES),
+                ("dynamodb:DescribeTable", VOTES),
+                ("dynamodb:CreateTable", TALLIES),
+                ("dynamodb:DescribeTable", TALLIES),
+                ("dynamodb:CreateTable", REJECTS),
+                ("dynamodb:DescribeTable", REJECTS),
+                ("dynamodb:CreateTable", LEASES),
+                ("dynamodb:DescribeTable", LEASES),
+                ("dynamodb:PutItem", LEASES),
+                ("s3:ListBucket", BUCKET),
+                ("s3:CreateBucket", BUCKET),
+            ],
+        ),
+        (
+            "leases",
+            &[
+                ("dynamodb:Scan", LEASES),
+                ("dynamodb:Query", LEASES_INDEX),
+                ("dynamodb:GetItem", LEASES),
+            ],
+        ),
+        (
+            "tail",
+            &concat_operations::<{ LEASE_WORKER.len() + FAN_OUT.len() + LEASE_TABLE_MADE.len() }>(
+                &[&LEASE_WORKER, &FAN_OUT, &LEASE_TABLE_MADE],
+            ),
+        ),
+        (
+            // An operator's command, never run by a task.
+            "consumer",
+            &[
+                ("kinesis:DescribeStreamSummary", STREAM),
+                ("kinesis:DescribeStreamConsumer", CONSUMER),
+                ("kinesis:DeregisterStreamConsumer", CONSUMER),
+            ],
+        ),
+        (
+            "poll",
+            &[
+                ("dynamodb:PutItem", POLLS),
+                ("dynamodb:GetItem", POLLS),
+                ("dynamodb:UpdateItem", POLLS),
+                ("dynamodb:Scan", POLLS),
+            ],
+        ),
+        (
+            "worker",
+            &concat_operations::<
+                { LEASE_WORKER.len() + FAN_OUT.len() + PIPELINE.len() + METRICS_PUT.len() },
+            >(&[&LEASE_WORKER, &FAN_OUT, &PIPELINE, &METRICS_PUT]),
+        ),
+        (
+            // The producer (PutRecords, ListShards for the shard map), the
+            // readiness probe (DescribeStreamSummary, a poll's GetItem), the
+            // admin API on polls, ballots by key, counters, a voter's rejects.
+            "gateway",
+            &[
+                ("kinesis:PutRecords", STREAM),
+                ("kinesis:ListShards", STREAM),
+                ("kinesis:DescribeStreamSummary", STREAM),
+                ("dynamodb:GetItem", POLLS),
+                ("dynamodb:Scan", POLLS),
+                ("dynamodb:PutItem", POLLS),
+                ("dynamodb:UpdateItem", POLLS),
+                ("dynamodb:GetItem", VOTES),
+                ("dynamodb:BatchGetItem", VOTES),
+                ("dynamodb:BatchGetItem", TALLIES),
+                ("dynamodb:Query", REJECTS_INDEX),
+                ("cloudwatch:PutMetricData", METRICS),
+            ],
+        ),
+        ("audit", &RECOUNT),
+        (
+            "finalize",
+            &concat_operations::<{ RECOUNT.len() + SHARD_PROGRESS.len() + FINALIZE.len() }>(&[
+                &RECOUNT,
+                &SHARD_PROGRESS,
+                &FINALIZE,
+            ]),
+        ),
+        (
+            // The recount, the counters replaced by it (`set_counts`: PutItem)
+            // with --use recount, the poll made final.
+            "resolve",
+            &concat_operations::<{ RECOUNT.len() + TALLIES_REPLACED.len() + FINALIZE.len() }>(&[
+                &RECOUNT,
+                &TALLIES_REPLACED,
+                &FINALIZE,
+            ]),
+        ),
+        (
+            // --from votes: the live poll, votes and counters read, the shadow
+            // tables made and written. --from stream: a lease worker of its own
+            // (its lease table is a shadow table) and the pipeline into the
+            // shadow tables, and in fan-out mode (the default) its own stream
+            // consumer.
+            "replay",
+            &concat_operations::<
+                {
+                    RECOUNT.len()
+                        + SHADOW_TABLES.len()
+                        + SHADOW_LEASE_WORKER.len()
+                        + SHADOW_PIPELINE.len()
+                        + REPLAY_FAN_OUT.len()
+                },
+            >(&[
+                &RECOUNT,
+                &SHADOW_TABLES,
+                &SHADOW_LEASE_WORKER,
+                &SHADOW_PIPELINE,
+                &REPLAY_FAN_OUT,
+            ]),
+        ),
+        (
+            // Every open or closed poll (Scan), or the ones named, their
+            // results, an object each.
+            "snapshot",
+            &[
+                ("dynamodb:Scan", POLLS),
+                ("dynamodb:GetItem", POLLS),
+                ("dynamodb:BatchGetItem", TALLIES),
+                ("s3:PutObject", OBJECTS),
+            ],
+        ),
+        ("probe", &[]),
+        ("results", &RESULTS),
+        (
+            "vote-status",
+            &[
+                ("dynamodb:GetItem", VOTES),
+                ("dynamodb:Query", REJECTS_INDEX),
+            ],
+        ),
+        (
+            "load",
+            &[
+                ("dynamodb:Scan", POLLS),
+                ("dynamodb:GetItem", POLLS),
+                ("kinesis:PutRecords", STREAM),
+                ("kinesis:ListShards", STREAM),
+            ],
+        ),
+    ];
 
 /// The operations of `command`, or `None` for a command the table does
 /// not name.

@@ -1043,7 +1043,8 @@ fn the_worker_deletes_only_leases_and_never_writes_polls() {
     assert_eq!(
         granted(&worker, "local.leases_arns"),
         set(&[
-            "dynamodb:CreateTable",
+            // No CreateTable: Terraform makes the table, and the worker
+            // only reads it at start (crates/aws/src/table.rs).
             "dynamodb:DescribeTable",
             "dynamodb:GetItem",
             "dynamodb:Scan",

@@ -88,15 +88,15 @@ data "aws_iam_policy_document" "worker" {
     actions   = ["kinesis:SubscribeToShard"]
     resources = ["${var.stream_arn}/consumer/${var.app}:*"]
   }
-  # lease/src/store/dynamo.rs: at start CreateTable (the table exists, so
-  # it answers ResourceInUse) and DescribeTable; leases are read by GetItem,
+  # lease/src/store/dynamo.rs: at start DescribeTable (Terraform made the
+  # table, so the worker never asks to create it: no CreateTable); leases are read by GetItem,
   # Scan and Query on the owner index, created by Put (with an Update of the
   # fleet item), renewed, taken and checkpointed by UpdateItem, and the
   # leases of finished parent shards deleted by DeleteItem: the only table
   # the worker deletes in.
   statement {
     sid       = "Leases"
-    actions   = ["dynamodb:CreateTable", "dynamodb:DescribeTable", "dynamodb:GetItem", "dynamodb:Scan", "dynamodb:Query", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"]
+    actions   = ["dynamodb:DescribeTable", "dynamodb:GetItem", "dynamodb:Scan", "dynamodb:Query", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"]
     resources = local.leases_arns
   }
   # crates/store/src/dynamo.rs: the poll cache reads polls; the worker
