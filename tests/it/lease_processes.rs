@@ -173,9 +173,12 @@ impl Setup {
                     let sequence =
                         SequenceNumber::parse(delivery["sequence"].as_str().unwrap()).unwrap();
                     match checkpoints.get(delivery["shard"].as_str().unwrap()) {
-                        Some(Checkpoint::ShardEnd) => false,
+                        // A delivered record's shard had a lease; gone now,
+                        // it was a finished parent's, deleted once its
+                        // children started.
+                        None | Some(Checkpoint::ShardEnd) => false,
                         Some(Checkpoint::At(position)) => position.sequence < sequence,
-                        _ => true,
+                        Some(_) => true,
                     }
                 })
                 .collect();
